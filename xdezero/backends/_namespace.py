@@ -1,0 +1,181 @@
+"""Array namespace lookup (cached per array type) and moves between libraries and devices.
+
+This module and its siblings are the only places that import array-api-compat or know about CuPy.
+Nothing here imports CuPy, torch or JAX unless the user already did, or explicitly asked for a GPU.
+"""
+
+from __future__ import annotations
+
+import sys
+from types import ModuleType
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+_NAMESPACES: dict[type, ModuleType] = {}
+_ARRAY_TYPES: set[type] = {np.ndarray}
+_LIBRARY_OF_MODULE = {"jaxlib": "jax", "cupy": "cupy", "torch": "torch", "numpy": "numpy"}
+
+
+def library_name(x: Any) -> str:
+    """The user-facing name of the library an array belongs to: 'numpy', 'torch', 'jax', 'cupy', ..."""
+    top = type(x).__module__.partition(".")[0]
+    return _LIBRARY_OF_MODULE.get(top, top)
+
+
+def describe(x: Any) -> str:
+    """A short description for error messages, e.g. 'numpy float32 array of shape (2, 3)'."""
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+        return f"{library_name(x)} {x.dtype} array of shape {tuple(x.shape)}"
+    return f"{type(x).__name__} {x!r:.40}"
+
+
+def is_array(x: Any) -> bool:
+    """True for any array-API array (NumPy, CuPy, torch, JAX, Dask, array-api-strict, ...)."""
+    t = type(x)
+    if t in _ARRAY_TYPES:
+        return True
+    if isinstance(x, np.generic) or not array_api_compat.is_array_api_obj(x):
+        return False
+    _ARRAY_TYPES.add(t)
+    return True
+
+
+def as_array_data(x: Any, *, what: str = "Variable data") -> Any:
+    """Validate `x` as array data: arrays pass, NumPy scalars become 0-d arrays, None passes."""
+    if type(x) in _ARRAY_TYPES or x is None:
+        return x
+    if isinstance(x, np.generic):
+        return np.asarray(x)
+    if is_array(x):
+        return x
+    raise TypeError(
+        f"{what} must be an array-API array (numpy, cupy, torch, jax, dask, array-api-strict, ...) "
+        f"or None, not {type(x).__module__}.{type(x).__qualname__}; "
+        "wrap Python numbers and lists in the array library of your choice, e.g. np.array(1.0)"
+    )
+
+
+def array_namespace(*arrays: Any) -> ModuleType:
+    """The array-API namespace for `arrays`, resolved once per array type."""
+    t = type(arrays[0])
+    for a in arrays[1:]:
+        if type(a) is not t:
+            return _mixed_namespace(arrays)
+    try:
+        return _NAMESPACES[t]
+    except KeyError:
+        xp = _NAMESPACES[t] = array_api_compat.array_namespace(arrays[0])
+        return xp
+
+
+def _mixed_namespace(arrays) -> ModuleType:
+    libraries = sorted({library_name(a) for a in arrays})
+    if len(libraries) > 1:
+        raise TypeError(
+            "cannot combine arrays from different libraries in one operation: "
+            + " and ".join(libraries)
+            + "; move them to one library first (e.g. with xdezero.backends.to_cpu / to_gpu)"
+        )
+    return array_api_compat.array_namespace(*arrays)
+
+
+def device_of(x: Any) -> Any:
+    """The device an array lives on."""
+    return array_api_compat.device(x)
+
+
+def get_array_module(x: Any) -> ModuleType:
+    """DeZero's helper: `cupy` for CuPy arrays, `numpy` for NumPy arrays and everything else that is not an
+    array; the array-API namespace for other libraries."""
+    from xdezero.core import Variable  # local: backends sit below core
+
+    if isinstance(x, Variable):
+        x = x.data
+    if x is None or isinstance(x, np.ndarray | np.generic) or not is_array(x):
+        return np
+    if array_api_compat.is_cupy_array(x):
+        return sys.modules["cupy"]
+    return array_namespace(x)
+
+
+def is_cupy_available() -> bool:
+    """True when CuPy imports and sees a usable CUDA device (importing CuPy alone proves nothing)."""
+    try:
+        import cupy
+    except ImportError:
+        return False
+    try:
+        return bool(cupy.cuda.is_available())
+    except Exception:
+        return False
+
+
+def _require_cupy() -> ModuleType:
+    try:
+        import cupy
+    except ImportError:
+        raise RuntimeError(
+            "CuPy is not installed, so arrays cannot be moved to a GPU; "
+            "install the CuPy build for your CUDA version (e.g. pip install cupy-cuda12x)"
+        ) from None
+    if not is_cupy_available():
+        raise RuntimeError("CuPy is installed but sees no usable CUDA GPU (cupy.cuda.is_available() is False)")
+    return cupy
+
+
+def to_cpu(x: Any) -> Any:
+    """Move an array to the host: CuPy arrays become NumPy arrays, other libraries stay themselves on the CPU."""
+    if x is None or isinstance(x, np.ndarray):
+        return x
+    if isinstance(x, np.generic):
+        return np.asarray(x)
+    if array_api_compat.is_cupy_array(x):
+        return x.get()
+    if array_api_compat.is_torch_array(x):
+        return x.cpu()
+    if array_api_compat.is_jax_array(x):
+        import jax
+
+        return jax.device_put(x, jax.devices("cpu")[0])
+    if is_array(x):
+        return x
+    return as_array_data(x, what="to_cpu argument")
+
+
+def to_gpu(x: Any) -> Any:
+    """Move an array to the GPU: NumPy arrays become CuPy arrays; torch and JAX arrays move to their GPU device."""
+    if x is None:
+        return x
+    if array_api_compat.is_torch_array(x):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RuntimeError("torch sees no CUDA GPU (torch.cuda.is_available() is False)")
+        return x.cuda()
+    if array_api_compat.is_jax_array(x):
+        import jax
+
+        try:
+            gpu = jax.devices("gpu")[0]
+        except RuntimeError:
+            raise RuntimeError("JAX sees no GPU; install jax[cuda] on a machine with an NVIDIA GPU") from None
+        return jax.device_put(x, gpu)
+    if array_api_compat.is_cupy_array(x):
+        return x
+    x = as_array_data(x, what="to_gpu argument")
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"to_gpu moves NumPy, torch and JAX arrays; got {describe(x)}")
+    return _require_cupy().asarray(x)
+
+
+def to_device(x: Any, device: Any) -> Any:
+    """Move an array to `device` within its own library (array-API `to_device`); 'cpu' and 'gpu' are shorthands."""
+    if x is None:
+        return x
+    if device == "cpu":
+        return to_cpu(x)
+    if device in ("gpu", "cuda"):
+        return to_gpu(x)
+    return array_api_compat.to_device(as_array_data(x, what="to_device argument"), device)

@@ -1,0 +1,136 @@
+"""Elementwise math: square, exp, log, sin, cos, tanh, sqrt, abs."""
+
+from __future__ import annotations
+
+from xdezero.core import Function, Variable
+
+__all__ = ["square", "exp", "log", "sin", "cos", "tanh", "sqrt", "abs"]
+
+
+class Square(Function):
+    """y = x²; dy/dx = 2x."""
+
+    def forward(self, x):
+        return x * x
+
+    def backward(self, gy):
+        (x,) = self.inputs
+        return gy * (x * 2)
+
+
+class Exp(Function):
+    """y = eˣ; dy/dx = y."""
+
+    def forward(self, x):
+        return self.xp.exp(x)
+
+    def backward(self, gy):
+        (x,) = self.inputs
+        return gy * exp(x)
+
+
+class Log(Function):
+    """y = log x; dy/dx = 1/x."""
+
+    def forward(self, x):
+        return self.xp.log(x)
+
+    def backward(self, gy):
+        (x,) = self.inputs
+        return gy / x
+
+
+class Sin(Function):
+    """y = sin x; dy/dx = cos x."""
+
+    def forward(self, x):
+        return self.xp.sin(x)
+
+    def backward(self, gy):
+        (x,) = self.inputs
+        return gy * cos(x)
+
+
+class Cos(Function):
+    """y = cos x; dy/dx = -sin x."""
+
+    def forward(self, x):
+        return self.xp.cos(x)
+
+    def backward(self, gy):
+        (x,) = self.inputs
+        return gy * -sin(x)
+
+
+class Tanh(Function):
+    """y = tanh x; dy/dx = 1 - y²."""
+
+    def forward(self, x):
+        return self.xp.tanh(x)
+
+    def backward(self, gy):
+        (x,) = self.inputs
+        y = tanh(x)  # recomputed from the input, so the output need not stay alive
+        return gy * (1 - y * y)
+
+
+class Sqrt(Function):
+    """y = √x; dy/dx = 1/(2y)."""
+
+    def forward(self, x):
+        return self.xp.sqrt(x)
+
+    def backward(self, gy):
+        (x,) = self.inputs
+        return gy / (sqrt(x) * 2)
+
+
+class Abs(Function):
+    """y = |x|; dy/dx = sign(x)."""
+
+    def forward(self, x):
+        return self.xp.abs(x)
+
+    def backward(self, gy):
+        (x,) = self.inputs
+        return gy * Variable(self.xp.sign(x.data))
+
+
+def square(x) -> Variable:
+    """x²."""
+    return Square()(x)
+
+
+def exp(x) -> Variable:
+    """eˣ."""
+    return Exp()(x)
+
+
+def log(x) -> Variable:
+    """Natural logarithm."""
+    return Log()(x)
+
+
+def sin(x) -> Variable:
+    """sin x."""
+    return Sin()(x)
+
+
+def cos(x) -> Variable:
+    """cos x."""
+    return Cos()(x)
+
+
+def tanh(x) -> Variable:
+    """tanh x."""
+    return Tanh()(x)
+
+
+def sqrt(x) -> Variable:
+    """√x."""
+    return Sqrt()(x)
+
+
+def abs(x) -> Variable:
+    """|x|."""
+    return Abs()(x)

@@ -1,0 +1,248 @@
+"""Shape and reduction ops: reshape, transpose, get_item, sum, matmul (and their DeZero helpers)."""
+
+from __future__ import annotations
+
+import builtins
+import math
+from typing import Any
+
+from xdezero.backends import device_of, scatter_add
+from xdezero.core import Function, Variable, as_variable, broadcast_to, sum_to
+
+__all__ = [
+    "reshape",
+    "transpose",
+    "get_item",
+    "sum",
+    "sum_to",
+    "broadcast_to",
+    "matmul",
+    "normalize_axis",
+    "reshape_sum_backward",
+]
+
+
+def normalize_axis(axis: int | tuple | list | None, ndim: int, where: str) -> tuple[int, ...]:
+    """`axis` as a sorted tuple of non-negative ints (all axes for None); a clear error when out of range."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    out = []
+    for a in axes:
+        if not isinstance(a, int) or not -ndim <= a < ndim:
+            raise ValueError(
+                f"{where}: axis {a!r} is out of range for an array of {ndim} dimensions "
+                f"(accepted: integers in [{-ndim}, {ndim - 1}])"
+            )
+        out.append(a % ndim)
+    if len(set(out)) != len(out):
+        raise ValueError(f"{where}: repeated axis in {axis!r}")
+    return tuple(sorted(out))
+
+
+def reshape_sum_backward(gy: Variable, x_shape: tuple, axis: Any, keepdims: bool) -> Variable:
+    """Reshape the gradient of a sum over `axis` so that it broadcasts back to `x_shape`."""
+    axes = normalize_axis(axis, len(x_shape), "sum")
+    if keepdims or not axes or gy.ndim == len(x_shape):
+        return gy
+    shape = list(gy.shape)
+    for a in axes:
+        shape.insert(a, 1)
+    return reshape(gy, tuple(shape))
+
+
+class Reshape(Function):
+    """y = x viewed with a new shape; dy/dx = reshape back."""
+
+    keeps_inputs = False
+
+    def __init__(self, shape: tuple):
+        self.shape = shape
+
+    def forward(self, x):
+        self.x_shape = tuple(x.shape)
+        return self.xp.reshape(x, self.shape)
+
+    def backward(self, gy):
+        return reshape(gy, self.x_shape)
+
+
+def _resolve_shape(shape: tuple, size: int) -> tuple:
+    known = math.prod(s for s in shape if s != -1)
+    if shape.count(-1) > 1 or (shape.count(-1) == 0 and known != size) or (known and size % known):
+        raise ValueError(f"reshape: cannot reshape an array of size {size} into shape {shape}")
+    if -1 in shape:
+        if known == 0:
+            raise ValueError(f"reshape: cannot infer -1 in {shape} for an array of size {size}")
+        shape = tuple(size // known if s == -1 else s for s in shape)
+    return shape
+
+
+def reshape(x: Any, shape: tuple | int) -> Variable:
+    """x with a new shape (one dimension may be -1)."""
+    x = as_variable(x)
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    shape = _resolve_shape(shape, x.size)
+    if x.shape == shape:
+        return x
+    return Reshape(shape)(x)
+
+
+class Transpose(Function):
+    """y = x with permuted axes; dy/dx = the inverse permutation."""
+
+    keeps_inputs = False
+
+    def __init__(self, axes: tuple | None):
+        self.axes = axes
+
+    def forward(self, x):
+        axes = tuple(reversed(range(x.ndim))) if self.axes is None else self.axes
+        if sorted(a % x.ndim for a in axes) != list(range(x.ndim)) or len(axes) != x.ndim:
+            raise ValueError(f"transpose: axes {self.axes} are not a permutation of the {x.ndim} axes of {x.shape}")
+        self.axes = tuple(a % x.ndim for a in axes)
+        return self.xp.permute_dims(x, self.axes)
+
+    def backward(self, gy):
+        inverse = tuple(sorted(range(len(self.axes)), key=self.axes.__getitem__))
+        return transpose(gy, inverse)
+
+
+def transpose(x: Any, axes: tuple | None = None) -> Variable:
+    """x with its axes permuted (reversed by default)."""
+    return Transpose(None if axes is None else tuple(axes))(x)
+
+
+def _index_for(xp, x, index):
+    """Lists and foreign integer arrays in an index become arrays of x's own library (JAX, strict need it)."""
+    if isinstance(index, tuple):
+        return tuple(_index_for(xp, x, i) for i in index)
+    if isinstance(index, list) or (hasattr(index, "shape") and type(index) is not type(x)):
+        return xp.asarray(index, device=device_of(x))
+    return index
+
+
+def _complete_index(index, ndim):
+    """Add a trailing `...` to a partial index: the standard (and array-api-strict) asks for complete ones."""
+    index = index if isinstance(index, tuple) else (index,)
+    if any(i is Ellipsis for i in index) or builtins.sum(i is not None for i in index) >= ndim:
+        return index
+    return index + (Ellipsis,)
+
+
+def _take_rows(xp, x, index):
+    n = x.shape[0]
+    flat = xp.reshape(index, (-1,))
+    if not xp.all((flat >= -n) & (flat < n)):
+        raise IndexError(f"get_item: an index is out of range for axis 0 of size {n}")
+    rows = xp.take(x, xp.where(flat < 0, flat + n, flat), axis=0)
+    return xp.reshape(rows, tuple(index.shape) + tuple(x.shape[1:]))
+
+
+class GetItem(Function):
+    """y = x[slices]; dy/dx scatters gy back, accumulating repeated indices."""
+
+    keeps_inputs = False
+
+    def __init__(self, slices: Any):
+        self.slices = slices
+
+    def forward(self, x):
+        self.x_shape = tuple(x.shape)
+        self.slices = _index_for(self.xp, x, self.slices)
+        if hasattr(self.slices, "shape"):  # x[int_array]: `take` is the portable spelling
+            return _take_rows(self.xp, x, self.slices)
+        self.slices = _complete_index(self.slices, x.ndim)
+        try:
+            return x[self.slices]
+        except IndexError as e:
+            raise IndexError(f"get_item: index {self.slices!r} is invalid for shape {self.x_shape}: {e}") from e
+
+    def backward(self, gy):
+        return GetItemGrad(self.slices, self.x_shape)(gy)
+
+
+class GetItemGrad(Function):
+    """y = zeros(shape) with gy added at slices; dy/dgy = gy[slices]."""
+
+    keeps_inputs = False
+
+    def __init__(self, slices: Any, in_shape: tuple):
+        self.slices = slices
+        self.in_shape = in_shape
+
+    def forward(self, gy):
+        return scatter_add(self.in_shape, self.slices, gy)
+
+    def backward(self, ggx):
+        return get_item(ggx, self.slices)
+
+
+def get_item(x: Any, slices: Any) -> Variable:
+    """x[slices]: basic slices, negative indices and integer arrays (repeated indices accumulate in backward)."""
+    if isinstance(slices, Variable):
+        slices = slices.data
+    elif isinstance(slices, tuple):
+        slices = tuple(s.data if isinstance(s, Variable) else s for s in slices)
+    return GetItem(slices)(x)
+
+
+class Sum(Function):
+    """y = Σ x over `axis`; dy/dx = 1 (broadcast back)."""
+
+    keeps_inputs = False
+
+    def __init__(self, axis: Any, keepdims: bool):
+        self.axis = axis
+        self.keepdims = keepdims
+
+    def forward(self, x):
+        self.x_shape = tuple(x.shape)
+        axes = normalize_axis(self.axis, x.ndim, "sum")
+        return self.xp.sum(x, axis=axes, keepdims=self.keepdims)
+
+    def backward(self, gy):
+        gy = reshape_sum_backward(gy, self.x_shape, self.axis, self.keepdims)
+        return broadcast_to(gy, self.x_shape)
+
+
+def sum(x: Any, axis: int | tuple | None = None, keepdims: bool = False) -> Variable:
+    """Σ x over `axis` (all axes by default)."""
+    return Sum(axis, keepdims)(x)
+
+
+def _swap_last(v: Variable) -> Variable:
+    axes = tuple(range(v.ndim - 2)) + (v.ndim - 1, v.ndim - 2)
+    return transpose(v, axes)
+
+
+class MatMul(Function):
+    """y = x @ W (batched, broadcasting); dy/dx = gy @ Wᵀ, dy/dW = xᵀ @ gy."""
+
+    def forward(self, x, W):
+        if x.ndim < 2 or W.ndim < 2 or x.shape[-1] != W.shape[-2]:
+            raise ValueError(
+                f"matmul: shapes {tuple(x.shape)} and {tuple(W.shape)} do not align "
+                "(the last dimension of the first must equal the second-to-last of the second)"
+            )
+        return self.xp.matmul(x, W)
+
+    def backward(self, gy):
+        x, W = self.inputs
+        gx = sum_to(matmul(gy, _swap_last(W)), x.shape)
+        gW = sum_to(matmul(_swap_last(x), gy), W.shape)
+        return gx, gW
+
+
+def matmul(x: Any, W: Any) -> Variable:
+    """x @ W; 1-D operands are treated as a row (left) or column (right) vector, as in NumPy."""
+    x, W = as_variable(x), as_variable(W)
+    if x.ndim == 1 or W.ndim == 1:
+        if x.ndim == 0 or W.ndim == 0:
+            raise ValueError(f"matmul: operands must have at least one dimension, got {x.shape} and {W.shape}")
+        x2 = reshape(x, (1, x.shape[0])) if x.ndim == 1 else x
+        W2 = reshape(W, (W.shape[0], 1)) if W.ndim == 1 else W
+        y = MatMul()(x2, W2)
+        shape = y.shape[:-2] + (() if x.ndim == 1 else y.shape[-2:-1]) + (() if W.ndim == 1 else y.shape[-1:])
+        return reshape(y, shape)
+    return MatMul()(x, W)
