@@ -39,7 +39,8 @@ __all__ = [
 
 def _is_scalar(x: Any) -> bool:
     """A Python number used as an operand: it takes the array's dtype instead of forcing float64."""
-    return isinstance(x, numbers.Number) and not isinstance(x, np.generic)
+    t = type(x)
+    return t is float or t is int or (isinstance(x, numbers.Number) and not isinstance(x, np.generic))
 
 
 class Variable:
@@ -50,7 +51,7 @@ class Variable:
     __array_ufunc__ = None  # makes `ndarray op Variable` defer to Variable's reflected operator
 
     def __init__(self, data: Any, name: str | None = None) -> None:
-        self._data = as_array_data(data)
+        self._data = data if type(data) is np.ndarray else as_array_data(data)
         self.name = name
         self.grad: Variable | None = None
         self.creator: Function | None = None
@@ -103,15 +104,15 @@ class Variable:
         seen = set(stack)
         while stack:
             f = stack.pop()
-            for ref, (creator, _) in zip(f._input_refs, f._sources):
-                x = ref()
+            for i, x in enumerate(f._current_inputs()):
+                creator = x.creator if x is not None else f._recorded_source(i)[0]
                 if x is not None:
-                    creator = x.creator
                     x.unchain()
                 if creator is not None and creator not in seen:
                     seen.add(creator)
                     stack.append(creator)
-            f._sources = [(None, 0)] * len(f._sources)
+            if not f.keeps_inputs:
+                f._sources = [(None, 0)] * len(f._sources)
 
     def backward(self, retain_grad: bool = False, create_graph: bool = False) -> None:
         """Accumulate d(self)/d(leaf) into every leaf's `.grad`.
@@ -280,18 +281,16 @@ def _run_backward(start: Variable, retain_grad: bool, create_graph: bool) -> Non
         gxs = f.backward(*gys)
         if not isinstance(gxs, tuple | list):
             gxs = (gxs,)
-        if len(gxs) != len(f._input_refs):
-            raise ValueError(
-                f"{type(f).__name__}.backward returned {len(gxs)} gradients for {len(f._input_refs)} inputs"
-            )
-        for ref, (creator, index), gx in zip(f._input_refs, f._sources, gxs):
+        inputs = f._current_inputs()
+        if len(gxs) != len(inputs):
+            raise ValueError(f"{type(f).__name__}.backward returned {len(gxs)} gradients for {len(inputs)} inputs")
+        for i, (x, gx) in enumerate(zip(inputs, gxs)):
             if gx is None:
                 continue
             if not isinstance(gx, Variable):
                 gx = Variable(gx)
-            x = ref()
-            if x is not None:  # the live graph wins: the variable may have been unchained since
-                creator, index = x.creator, x._index
+            # The live graph wins (the variable may have been unchained since); a freed one uses the record.
+            creator, index = (x.creator, x._index) if x is not None else f._recorded_source(i)
             if creator is None:
                 if x is not None:
                     x.grad = own(gx) if x.grad is None else accumulate(x.grad, gx)
@@ -317,25 +316,42 @@ class Function:
     keeps_inputs = True
 
     def __call__(self, *inputs: Any) -> Any:
+        # The engine's hot path: kept flat on purpose (it runs once per op, forward and backward).
         inputs = [x if isinstance(x, Variable) else Variable(x) for x in inputs]
         xs = [x._data for x in inputs]
         self.xp = array_namespace(*xs)
         ys = self.forward(*xs)
-        if not isinstance(ys, tuple):
-            ys = (ys,)
+        if type(ys) is not tuple:
+            y = Variable(ys)
+            if enable_backprop_flag.get():
+                self._record(inputs, [y])
+            return y
         outputs = [Variable(y) for y in ys]
         if enable_backprop_flag.get():
-            self.generation = generation = max([x.generation for x in inputs])
-            for i, y in enumerate(outputs):
-                y.creator = self
-                y.generation = generation + 1
-                y._index = i
-            if self.keeps_inputs:
-                self.inputs = inputs
+            self._record(inputs, outputs)
+        return outputs
+
+    def _record(self, inputs: list, outputs: list) -> None:
+        """Link this call into the graph: outputs point here, inputs are kept (or weakly referenced)."""
+        self.generation = generation = max([x.generation for x in inputs]) if len(inputs) > 1 else inputs[0].generation
+        for i, y in enumerate(outputs):
+            y.creator = self
+            y.generation = generation + 1
+            y._index = i
+        if self.keeps_inputs:
+            self.inputs = inputs
+        else:
             self._input_refs = [weakref.ref(x) for x in inputs]
             self._sources = [(x.creator, x._index) for x in inputs]
-            self.outputs = [weakref.ref(y) for y in outputs]
-        return outputs if len(outputs) > 1 else outputs[0]
+        self.outputs = [weakref.ref(y) for y in outputs]
+
+    def _current_inputs(self) -> list:
+        """The input Variables, None for one that was freed (only possible when `keeps_inputs` is False)."""
+        return self.inputs if self.keeps_inputs else [ref() for ref in self._input_refs]
+
+    def _recorded_source(self, i: int) -> tuple:
+        """(creator, output index) of input i as recorded at call time (used once that input is freed)."""
+        return self._sources[i]
 
     def forward(self, *xs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} does not implement forward")

@@ -1,0 +1,189 @@
+"""Engine overhead and memory: xdezero (NumPy) side by side with PyTorch eager (CPU), reported as ratios.
+
+    python benchmarks/bench_core.py            # all workloads
+    python benchmarks/bench_core.py --quick    # fewer repeats
+
+Workloads
+  chain-0d    y = sin(y) * 1.01, 10,000 times, on a 0-d float64 array; forward + backward, µs per iteration
+  chain-1k    the same on a 1,000-element float64 array
+  fanout-N    x fanned into N branches sin(x * c_i), summed by a balanced tree; backward µs per graph node
+  memory      y = sin(y) * 1.01 for 200 ops on a 10⁶-element float32 array: MB held at the end of forward,
+              each framework measured in a fresh subprocess (resident memory growth)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def _median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        gc.collect()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+# --- workloads, one function per framework ------------------------------------------------------
+
+
+def chain_xdezero(size: int | None, n: int):
+    import xdezero.functions as F
+    from xdezero import Variable
+
+    data = np.array(0.5) if size is None else np.full(size, 0.5)
+
+    def run():
+        x = Variable(data)
+        y = x
+        for _ in range(n):
+            y = F.sin(y) * 1.01
+        if size is not None:
+            y = F.sum(y)
+        y.backward()
+
+    return run
+
+
+def chain_torch(size: int | None, n: int):
+    import torch
+
+    data = torch.tensor(0.5, dtype=torch.float64) if size is None else torch.full((size,), 0.5, dtype=torch.float64)
+
+    def run():
+        x = data.clone().requires_grad_()
+        y = x
+        for _ in range(n):
+            y = torch.sin(y) * 1.01
+        if size is not None:
+            y = y.sum()
+        y.backward()
+
+    return run
+
+
+def _tree_sum(terms):
+    while len(terms) > 1:
+        pairs = [terms[i] + terms[i + 1] for i in range(0, len(terms) - 1, 2)]
+        if len(terms) % 2:
+            pairs.append(terms[-1])
+        terms = pairs
+    return terms[0]
+
+
+def fanout_xdezero(n: int):
+    import xdezero.functions as F
+    from xdezero import Variable
+
+    cs = [np.array(1.0 + i / n) for i in range(n)]
+
+    def build():
+        x = Variable(np.array(0.5))
+        return x, _tree_sum([F.sin(x * c) for c in cs])
+
+    return build, lambda graph: graph[1].backward()
+
+
+def fanout_torch(n: int):
+    import torch
+
+    cs = [torch.tensor(1.0 + i / n, dtype=torch.float64) for i in range(n)]
+
+    def build():
+        x = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+        return x, _tree_sum([torch.sin(x * c) for c in cs])
+
+    return build, lambda graph: graph[1].backward()
+
+
+def _time_backward(build, backward, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        graph = build()
+        gc.collect()
+        t0 = time.perf_counter()
+        backward(graph)
+        times.append(time.perf_counter() - t0)
+        del graph
+    return statistics.median(times)
+
+
+# --- memory, measured in a fresh process per framework --------------------------------------------
+
+_MEMORY_SCRIPT = r"""
+import gc, json, os, sys
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+framework, n_ops, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+if framework == "torch":
+    import torch
+    x = torch.full((size,), 0.5, dtype=torch.float32, requires_grad=True)
+    sin = torch.sin
+else:
+    import numpy as np, xdezero, xdezero.functions as F
+    x = xdezero.Variable(np.full(size, 0.5, dtype=np.float32))
+    sin = F.sin
+gc.collect()
+before = rss()
+y = x
+for _ in range(n_ops // 2):
+    y = sin(y) * 1.01
+gc.collect()
+print(json.dumps({"held_mb": (rss() - before) / 1e6}))
+"""
+
+
+def memory_held(framework: str, n_ops: int = 200, size: int = 10**6) -> float:
+    out = subprocess.run(
+        [sys.executable, "-c", _MEMORY_SCRIPT, framework, str(n_ops), str(size)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])["held_mb"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(1)  # the engine overhead is single-threaded in both frameworks
+    repeats = 3 if args.quick else 7
+    rows = []
+    n = 10_000
+    for label, size in (("chain-0d (µs/iter)", None), ("chain-1k (µs/iter)", 1000)):
+        ours = _median_time(chain_xdezero(size, n), repeats) / n * 1e6
+        ref = _median_time(chain_torch(size, n), repeats) / n * 1e6
+        rows.append((label, ours, ref))
+    for fan in (1_000, 30_000):
+        nodes = 3 * fan - 1  # fan multiplications, fan sines, fan - 1 additions
+        ours = _time_backward(*fanout_xdezero(fan), max(3, repeats // 2)) / nodes * 1e6
+        ref = _time_backward(*fanout_torch(fan), max(3, repeats // 2)) / nodes * 1e6
+        rows.append((f"fanout-{fan} backward (µs/node)", ours, ref))
+    rows.append(("memory 200 ops x 1e6 f32 (MB)", memory_held("xdezero"), memory_held("torch")))
+
+    print(f"{'workload':36} {'xdezero':>10} {'torch':>10} {'ratio':>7}")
+    for label, ours, ref in rows:
+        print(f"{label:36} {ours:10.2f} {ref:10.2f} {ours / ref:7.2f}")
+    fan_rows = [r for r in rows if r[0].startswith("fanout")]
+    print(
+        f"fan-out growth 1,000 -> 30,000: xdezero {fan_rows[1][1] / fan_rows[0][1]:.2f}x, "
+        f"torch {fan_rows[1][2] / fan_rows[0][2]:.2f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()

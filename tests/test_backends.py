@@ -1,0 +1,73 @@
+"""Backends: namespace lookup, validation, device moves and their errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.helpers import asarray, library
+from xdezero import Variable
+from xdezero.backends import (
+    array_namespace,
+    get_array_module,
+    is_array,
+    is_cupy_available,
+    library_name,
+    scatter_add,
+    to_cpu,
+    to_device,
+    to_gpu,
+)
+
+
+def test_namespace_is_cached_and_library_named(xp):
+    a = asarray(xp, [1.0, 2.0])
+    assert array_namespace(a) is array_namespace(a)
+    assert library_name(a) == library(xp)
+    assert is_array(a)
+    assert not is_array(1.0) and not is_array([1.0])
+
+
+def test_scatter_add_accumulates_repeated_indices(xp):
+    values = asarray(xp, [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    index = asarray(xp, np.array([0, 2, 0]))
+    out = scatter_add((3, 2), index, values)
+    from tests.helpers import to_numpy
+
+    np.testing.assert_allclose(to_numpy(out), [[6.0, 8.0], [0.0, 0.0], [3.0, 4.0]])
+    out = scatter_add((2, 3), (slice(None), slice(1, 3)), asarray(xp, np.ones((2, 2))))
+    np.testing.assert_allclose(to_numpy(out), [[0, 1, 1], [0, 1, 1]])
+
+
+def test_get_array_module_for_dezero_code():
+    assert get_array_module(np.ones(2)) is np
+    assert get_array_module(Variable(np.ones(2))) is np
+    assert get_array_module(1.0) is np
+
+
+def test_to_cpu_keeps_numpy_and_normalises_scalars():
+    a = np.ones(2)
+    assert to_cpu(a) is a
+    assert isinstance(to_cpu(np.float32(1.0)), np.ndarray)
+    assert to_device(a, "cpu") is a
+
+
+@pytest.mark.skipif(is_cupy_available(), reason="a GPU is usable here")
+def test_to_gpu_without_cupy_or_gpu_is_a_clear_error():
+    x = Variable(np.ones(2))
+    with pytest.raises(RuntimeError, match="CuPy"):
+        x.to_gpu()
+    assert isinstance(x.data, np.ndarray)  # unchanged
+
+
+def test_to_gpu_rejects_non_arrays():
+    with pytest.raises(TypeError, match="to_gpu argument must be an array-API array"):
+        to_gpu([1.0, 2.0])
+
+
+def test_torch_to_gpu_without_cuda_is_a_clear_error():
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available")
+    with pytest.raises(RuntimeError, match="CUDA"):
+        to_gpu(torch.ones(2))
