@@ -7,7 +7,7 @@ Workloads
   chain-0d    y = sin(y) * 1.01, 10,000 times, on a 0-d float64 array; forward + backward, µs per iteration
   chain-1k    the same on a 1,000-element float64 array
   fanout-N    x fanned into N branches sin(x * c_i), summed by a balanced tree; backward µs per graph node
-  memory      y = sin(y) * 1.01 for 200 ops on a 10⁶-element float32 array: MB held at the end of forward,
+  memory      y = sin(y) * 1.01 for 200 ops on a 10⁶-element float32 array: MiB held at the end of forward,
               each framework measured in a fresh subprocess (resident memory growth)
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -134,54 +135,92 @@ else:
     import numpy as np, xdezero, xdezero.functions as F
     x = xdezero.Variable(np.full(size, 0.5, dtype=np.float32))
     sin = F.sin
+warm = sin(x) * 1.01  # warm up (loads kernels, starts pools) before measuring
+del warm
 gc.collect()
 before = rss()
 y = x
 for _ in range(n_ops // 2):
     y = sin(y) * 1.01
 gc.collect()
-print(json.dumps({"held_mb": (rss() - before) / 1e6}))
+print(json.dumps({"held_mb": (rss() - before) / 2**20}))
 """
 
 
 def memory_held(framework: str, n_ops: int = 200, size: int = 10**6) -> float:
+    # A fixed mmap threshold makes every large buffer its own mapping, returned to the OS when freed, so the
+    # resident-memory growth is the memory actually held (glibc's adaptive threshold would keep freed buffers).
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     out = subprocess.run(
         [sys.executable, "-c", _MEMORY_SCRIPT, framework, str(n_ops), str(size)],
         capture_output=True,
         text=True,
         check=True,
+        env=env,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])["held_mb"]
+
+
+def _worker(framework: str, workload: str) -> float:
+    """Time one workload for one framework in this (fresh) process; returns µs per iteration or per node."""
+    if framework == "torch":
+        import torch
+
+        torch.set_num_threads(1)  # the engine overhead is single-threaded in both frameworks
+    chain = chain_torch if framework == "torch" else chain_xdezero
+    fanout = fanout_torch if framework == "torch" else fanout_xdezero
+    if workload.startswith("chain"):
+        size = None if workload == "chain-0d" else 1000
+        run = chain(size, 10_000)
+        run()  # warm-up
+        return _median_time(run, 3) / 10_000 * 1e6
+    fan = int(workload.split("-")[1])
+    nodes = 3 * fan - 1  # fan multiplications, fan sines, fan - 1 additions
+    return _time_backward(*fanout(fan), 3) / nodes * 1e6
+
+
+def _in_subprocess(*args: str) -> float:
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker", *args], capture_output=True, text=True, check=True
+    )
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "WORKLOAD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    import torch
-
-    torch.set_num_threads(1)  # the engine overhead is single-threaded in both frameworks
-    repeats = 3 if args.quick else 7
+    if args.worker:
+        print(_worker(*args.worker))
+        return
+    # Each measurement runs in a fresh process (so neither framework's objects weigh on the other's garbage
+    # collector), alternating frameworks; the table shows medians over the rounds.
+    rounds = 3 if args.quick else 5
+    workloads = {
+        "chain-0d": "chain-0d fwd+bwd (µs/iter)",
+        "chain-1k": "chain-1k fwd+bwd (µs/iter)",
+        "fanout-1000": "fanout-1000 backward (µs/node)",
+        "fanout-30000": "fanout-30000 backward (µs/node)",
+    }
     rows = []
-    n = 10_000
-    for label, size in (("chain-0d (µs/iter)", None), ("chain-1k (µs/iter)", 1000)):
-        ours = _median_time(chain_xdezero(size, n), repeats) / n * 1e6
-        ref = _median_time(chain_torch(size, n), repeats) / n * 1e6
-        rows.append((label, ours, ref))
-    for fan in (1_000, 30_000):
-        nodes = 3 * fan - 1  # fan multiplications, fan sines, fan - 1 additions
-        ours = _time_backward(*fanout_xdezero(fan), max(3, repeats // 2)) / nodes * 1e6
-        ref = _time_backward(*fanout_torch(fan), max(3, repeats // 2)) / nodes * 1e6
-        rows.append((f"fanout-{fan} backward (µs/node)", ours, ref))
-    rows.append(("memory 200 ops x 1e6 f32 (MB)", memory_held("xdezero"), memory_held("torch")))
+    for workload, label in workloads.items():
+        ours, ref = [], []
+        for _ in range(rounds):
+            ours.append(_in_subprocess("xdezero", workload))
+            ref.append(_in_subprocess("torch", workload))
+        rows.append((label, statistics.median(ours), statistics.median(ref)))
+    mem_ours = statistics.median(memory_held("xdezero") for _ in range(rounds))
+    mem_ref = statistics.median(memory_held("torch") for _ in range(rounds))
+    rows.append(("memory 200 ops x 1e6 f32 (MiB held)", mem_ours, mem_ref))
 
     print(f"{'workload':36} {'xdezero':>10} {'torch':>10} {'ratio':>7}")
     for label, ours, ref in rows:
         print(f"{label:36} {ours:10.2f} {ref:10.2f} {ours / ref:7.2f}")
-    fan_rows = [r for r in rows if r[0].startswith("fanout")]
+    fan_small, fan_large = rows[2], rows[3]
     print(
-        f"fan-out growth 1,000 -> 30,000: xdezero {fan_rows[1][1] / fan_rows[0][1]:.2f}x, "
-        f"torch {fan_rows[1][2] / fan_rows[0][2]:.2f}x"
+        f"fan-out growth 1,000 -> 30,000 (µs/node): xdezero {fan_large[1] / fan_small[1]:.2f}x, "
+        f"torch {fan_large[2] / fan_small[2]:.2f}x"
     )
 
 

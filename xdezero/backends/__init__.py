@@ -1,5 +1,14 @@
 """The only code that knows array libraries: namespace lookup, device moves, and what the standard lacks."""
 
+from xdezero.backends._im2col import (
+    add_windows,
+    col2im,
+    col2im_matrix,
+    im2col,
+    im2col_matrix,
+    pad_images,
+    windows,
+)
 from xdezero.backends._namespace import (
     array_namespace,
     as_array_data,
@@ -13,20 +22,30 @@ from xdezero.backends._namespace import (
     to_device,
     to_gpu,
 )
+from xdezero.backends._random import seed, uniform
 from xdezero.backends._scatter import flat_positions, scatter_add
 
 __all__ = [
+    "add_windows",
     "array_namespace",
     "as_array_data",
+    "col2im",
+    "col2im_matrix",
     "describe",
     "device_of",
     "flat_positions",
     "get_array_module",
+    "im2col",
+    "im2col_matrix",
     "is_array",
     "is_cupy_available",
     "library_name",
+    "pad_images",
     "scatter_add",
+    "seed",
     "to_cpu",
     "to_device",
     "to_gpu",
+    "uniform",
+    "windows",
 ]

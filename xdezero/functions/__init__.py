@@ -1,10 +1,61 @@
 """Differentiable functions, DeZero's `dezero.functions` (import as `F`)."""
 
 from xdezero.core import add, div, mul, neg, pow, rdiv, rsub, sub
+from xdezero.functions.activation import (
+    leaky_relu,
+    log_softmax,
+    relu,
+    sigmoid,
+    sigmoid_simple,
+    softmax,
+    softmax_simple,
+)
+from xdezero.functions.conv import (
+    average_pooling,
+    col2im,
+    conv2d,
+    conv2d_simple,
+    deconv2d,
+    im2col,
+    pooling,
+    pooling_simple,
+)
+from xdezero.functions.linear import embed_id, linear, linear_simple
+from xdezero.functions.loss import (
+    accuracy,
+    binary_cross_entropy,
+    mean_squared_error,
+    mean_squared_error_simple,
+    sigmoid_cross_entropy,
+    softmax_cross_entropy,
+    softmax_cross_entropy_simple,
+)
 from xdezero.functions.math import abs, cos, exp, log, sin, sqrt, square, tanh
-from xdezero.functions.shape import broadcast_to, get_item, matmul, reshape, sum, sum_to, transpose
+from xdezero.functions.normalization import batch_norm, batch_nrom, dropout
+from xdezero.functions.reduce import clip, max, min
+from xdezero.functions.shape import (
+    average,
+    broadcast_to,
+    expand_dims,
+    flatten,
+    get_item,
+    matmul,
+    mean,
+    reshape,
+    sum,
+    sum_to,
+    transpose,
+)
 
 __all__ = [
+    "pooling_simple",
+    "pooling",
+    "im2col",
+    "deconv2d",
+    "conv2d_simple",
+    "conv2d",
+    "col2im",
+    "average_pooling",
     "abs",
     "add",
     "broadcast_to",
@@ -28,4 +79,31 @@ __all__ = [
     "sum_to",
     "tanh",
     "transpose",
+    "accuracy",
+    "average",
+    "batch_norm",
+    "batch_nrom",
+    "binary_cross_entropy",
+    "clip",
+    "dropout",
+    "embed_id",
+    "expand_dims",
+    "flatten",
+    "leaky_relu",
+    "linear",
+    "linear_simple",
+    "log_softmax",
+    "max",
+    "mean",
+    "mean_squared_error",
+    "mean_squared_error_simple",
+    "min",
+    "relu",
+    "sigmoid",
+    "sigmoid_cross_entropy",
+    "sigmoid_simple",
+    "softmax",
+    "softmax_cross_entropy",
+    "softmax_cross_entropy_simple",
+    "softmax_simple",
 ]

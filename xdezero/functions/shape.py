@@ -17,6 +17,10 @@ __all__ = [
     "sum_to",
     "broadcast_to",
     "matmul",
+    "expand_dims",
+    "flatten",
+    "average",
+    "mean",
     "normalize_axis",
     "reshape_sum_backward",
 ]
@@ -78,6 +82,27 @@ def _resolve_shape(shape: tuple, size: int) -> tuple:
     return shape
 
 
+def expand_dims(x: Any, axis: int) -> Variable:
+    """x with a new axis of length 1 inserted at `axis` (negative counts from the end of the result)."""
+    x = as_variable(x)
+    if not isinstance(axis, int) or not -x.ndim - 1 <= axis <= x.ndim:
+        raise ValueError(
+            f"expand_dims: axis {axis!r} is out of range for an array of {x.ndim} dimensions "
+            f"(accepted: integers in [{-x.ndim - 1}, {x.ndim}])"
+        )
+    shape = list(x.shape)
+    shape.insert(axis % (x.ndim + 1), 1)
+    return reshape(x, tuple(shape))
+
+
+def flatten(x: Any) -> Variable:
+    """x reshaped to (N, -1), keeping the first (batch) axis."""
+    x = as_variable(x)
+    if x.ndim == 0:
+        raise ValueError("flatten: expected an array with a batch axis, got a 0-d array")
+    return reshape(x, (x.shape[0], -1))
+
+
 def reshape(x: Any, shape: tuple | int) -> Variable:
     """x with a new shape (one dimension may be -1)."""
     x = as_variable(x)
@@ -132,7 +157,12 @@ def _complete_index(index, ndim):
 
 def _take_rows(xp, x, index):
     n = x.shape[0]
-    flat = xp.reshape(index, (-1,))
+    if x.ndim == 0:
+        raise IndexError("get_item: a 0-d array cannot be indexed with an integer array")
+    if not xp.isdtype(index.dtype, "integral"):
+        raise IndexError(f"get_item: index arrays must have an integer dtype, got {index.dtype}")
+    # Small or unsigned index dtypes: torch's `take` wants int32/int64, and `flat + n` could overflow them.
+    flat = xp.astype(xp.reshape(index, (-1,)), xp.arange(0, device=device_of(x)).dtype)
     if not xp.all((flat >= -n) & (flat < n)):
         raise IndexError(f"get_item: an index is out of range for axis 0 of size {n}")
     rows = xp.take(x, xp.where(flat < 0, flat + n, flat), axis=0)
@@ -209,6 +239,17 @@ class Sum(Function):
 def sum(x: Any, axis: int | tuple | None = None, keepdims: bool = False) -> Variable:
     """Σ x over `axis` (all axes by default)."""
     return Sum(axis, keepdims)(x)
+
+
+def average(x: Any, axis: int | tuple | None = None, keepdims: bool = False) -> Variable:
+    """Mean of x over `axis` (all axes by default)."""
+    x = as_variable(x)
+    y = sum(x, axis, keepdims)
+    count = x.size // y.size if y.size else 0
+    return y / count if count != 1 else y
+
+
+mean = average
 
 
 def _swap_last(v: Variable) -> Variable:

@@ -1,0 +1,93 @@
+"""Random numbers on any backend: absent from the array API standard.
+
+The portable way draws on the host with a `numpy.random.Generator` and moves the result with
+`xp.asarray(..., device=...)`. CuPy, torch and JAX arrays get a generator of their own library, so that the
+numbers are made on the array's device; those generators are created lazily from the seed, and only for a
+library whose array was passed in (so a library the user did not import is never imported).
+NumPy's global random state is never touched.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+from xdezero.backends._namespace import array_namespace, device_of
+
+_lock = threading.Lock()
+_seed: int | None = None
+_host: np.random.Generator = np.random.default_rng()
+_per_device: dict[tuple[str, str], Any] = {}  # (library, device) -> that library's generator state
+
+
+def seed(n: int | None) -> None:
+    """Seed every xdezero random stream (None: fresh entropy); NumPy's global RNG is left alone."""
+    global _seed, _host
+    if n is not None and (not isinstance(n, int | np.integer) or n < 0):
+        raise ValueError(f"seed: expected a non-negative integer or None, got {n!r}")
+    with _lock:
+        _seed = None if n is None else int(n)
+        _host = np.random.default_rng(_seed)
+        _per_device.clear()
+
+
+def _child_seed(key: tuple[str, str]) -> int:
+    """A seed for one library/device stream, derived from the global seed so that runs repeat."""
+    if _seed is None:
+        return int(_host.integers(2**62))
+    return int(np.random.default_rng([_seed, *(ord(c) for c in "/".join(key))]).integers(2**62))
+
+
+def _torch_uniform(shape: tuple, like: Any, dtype: Any) -> Any:
+    torch = sys.modules["torch"]
+    key = ("torch", str(like.device))
+    gen = _per_device.get(key)
+    if gen is None:
+        gen = _per_device[key] = torch.Generator(device=like.device)
+        gen.manual_seed(_child_seed(key))
+    return torch.rand(shape, generator=gen, dtype=dtype, device=like.device)
+
+
+def _jax_uniform(shape: tuple, like: Any, dtype: Any) -> Any:
+    jax = sys.modules["jax"]
+    key = ("jax", str(device_of(like)))
+    state = _per_device.get(key)
+    if state is None:
+        state = jax.random.key(_child_seed(key) % 2**31)
+    state, sub = jax.random.split(state)
+    _per_device[key] = state
+    return jax.device_put(jax.random.uniform(sub, shape, dtype=dtype), device_of(like))
+
+
+def _cupy_uniform(shape: tuple, like: Any, dtype: Any) -> Any:
+    cupy = sys.modules["cupy"]
+    key = ("cupy", str(like.device.id))
+    gen = _per_device.get(key)
+    if gen is None:
+        gen = _per_device[key] = cupy.random.default_rng(_child_seed(key))
+    with like.device:
+        return gen.random(shape, dtype=dtype)
+
+
+def uniform(shape: tuple, like: Any, dtype: Any = None) -> Any:
+    """Uniform [0, 1) samples of `shape`, as an array of `like`'s library and device (dtype: `like`'s dtype)."""
+    shape = tuple(int(s) for s in shape)
+    dtype = like.dtype if dtype is None else dtype
+    xp = array_namespace(like)
+    if not xp.isdtype(dtype, "real floating"):
+        raise TypeError(f"uniform: dtype must be a real floating dtype, got {dtype}")
+    with _lock:
+        if array_api_compat.is_torch_array(like):
+            return _torch_uniform(shape, like, dtype)
+        if array_api_compat.is_jax_array(like):
+            return _jax_uniform(shape, like, dtype)
+        if array_api_compat.is_cupy_array(like) and dtype in (sys.modules["cupy"].float32, sys.modules["cupy"].float64):
+            return _cupy_uniform(shape, like, dtype)
+        sample = _host.random(shape, dtype=np.float64)
+    if isinstance(like, np.ndarray):
+        return sample.astype(dtype, copy=False)
+    return xp.astype(xp.asarray(sample, device=device_of(like)), dtype)

@@ -1,0 +1,144 @@
+"""Activations: sigmoid, relu, leaky_relu, softmax, log_softmax (and DeZero's composed `_simple` versions)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from xdezero.backends import array_namespace
+from xdezero.core import Function, Variable, as_variable
+from xdezero.functions.math import exp
+from xdezero.functions.reduce import logsumexp
+from xdezero.functions.shape import normalize_axis, sum
+
+__all__ = ["sigmoid", "sigmoid_simple", "relu", "leaky_relu", "softmax", "softmax_simple", "log_softmax"]
+
+
+def _live_output(f: Function, recompute) -> Variable:
+    """The function's output if it is still alive and still made by `f`, else an equivalent recomputation."""
+    y = f.outputs[0]()
+    return y if y is not None and y.creator is f else recompute()
+
+
+class Sigmoid(Function):
+    """y = 1 / (1 + e⁻ˣ); dy/dx = y (1 - y)."""
+
+    def forward(self, x):
+        # The tanh form never overflows, unlike 1 / (1 + exp(-x)) at x = -1000.
+        return self.xp.tanh(x * 0.5) * 0.5 + 0.5
+
+    def backward(self, gy):
+        y = _live_output(self, lambda: sigmoid(self.inputs[0]))
+        return gy * y * (1 - y)
+
+
+def sigmoid(x: Any) -> Variable:
+    """Logistic sigmoid 1 / (1 + e⁻ˣ), finite for any x."""
+    return Sigmoid()(x)
+
+
+def sigmoid_simple(x: Any) -> Variable:
+    """1 / (1 + e⁻ˣ) composed from exp and division (overflows for very negative x; prefer sigmoid)."""
+    x = as_variable(x)
+    return 1 / (1 + exp(-x))
+
+
+class ReLU(Function):
+    """y = max(x, 0); dy/dx = 1 where x > 0, else 0."""
+
+    keeps_inputs = False
+
+    def forward(self, x):
+        positive = x > 0
+        self.mask = self.xp.astype(positive, x.dtype)
+        return self.xp.where(positive, x, 0.0)
+
+    def backward(self, gy):
+        return gy * Variable(self.mask)
+
+
+def relu(x: Any) -> Variable:
+    """max(x, 0)."""
+    return ReLU()(x)
+
+
+class LeakyReLU(Function):
+    """y = x where x > 0, else slope·x; dy/dx = 1 or slope."""
+
+    keeps_inputs = False
+
+    def __init__(self, slope: float):
+        self.slope = slope
+
+    def forward(self, x):
+        positive = x > 0
+        self.mask = self.xp.astype(positive, x.dtype) * (1 - self.slope) + self.slope
+        return self.xp.where(positive, x, x * self.slope)
+
+    def backward(self, gy):
+        return gy * Variable(self.mask)
+
+
+def leaky_relu(x: Any, slope: float = 0.2) -> Variable:
+    """x for x > 0, slope·x otherwise."""
+    return LeakyReLU(slope)(x)
+
+
+class Softmax(Function):
+    """y = eˣ / Σ eˣ over `axis`; dx = y (gy - Σ y gy)."""
+
+    def __init__(self, axis: tuple):
+        self.axis = axis
+
+    def forward(self, x):
+        xp = self.xp
+        # A primitive because exp(x) alone overflows: shift by the max, which leaves softmax unchanged.
+        e = xp.exp(x - xp.max(x, axis=self.axis, keepdims=True))
+        return e / xp.sum(e, axis=self.axis, keepdims=True)
+
+    def backward(self, gy):
+        y = _live_output(self, lambda: softmax(self.inputs[0], self.axis))
+        gx = y * gy
+        return gx - y * sum(gx, self.axis, keepdims=True)
+
+
+def softmax(x: Any, axis: int | tuple = 1) -> Variable:
+    """eˣ / Σ eˣ over `axis`, finite for any finite x."""
+    x = as_variable(x)
+    return Softmax(normalize_axis(axis, x.ndim, "softmax"))(x)
+
+
+def softmax_simple(x: Any, axis: int | tuple = 1) -> Variable:
+    """Softmax composed from exp, sum and division."""
+    x = as_variable(x)
+    axes = normalize_axis(axis, x.ndim, "softmax_simple")
+    # Shifting by a constant leaves softmax and its gradient unchanged and keeps exp from overflowing.
+    y = exp(x - Variable(_finite_max(x.data, axes)))
+    return y / sum(y, axes, keepdims=True)
+
+
+def _finite_max(data, axes):
+    xp = array_namespace(data)
+    m = xp.max(data, axis=axes, keepdims=True)
+    return xp.where(xp.isfinite(m), m, xp.zeros_like(m))
+
+
+class LogSoftmax(Function):
+    """y = x - log Σ eˣ over `axis`; dx = gy - eʸ Σ gy."""
+
+    def __init__(self, axis: tuple):
+        self.axis = axis
+
+    def forward(self, x):
+        # A primitive because log(softmax(x)) underflows to log 0 for logits far below the max.
+        return x - logsumexp(x, self.axis)
+
+    def backward(self, gy):
+        y = self.outputs[0]()
+        p = exp(y) if y is not None and y.creator is self else softmax(self.inputs[0], self.axis)
+        return gy - p * sum(gy, self.axis, keepdims=True)
+
+
+def log_softmax(x: Any, axis: int | tuple = 1) -> Variable:
+    """log softmax(x) over `axis`, finite for any finite x."""
+    x = as_variable(x)
+    return LogSoftmax(normalize_axis(axis, x.ndim, "log_softmax"))(x)

@@ -1,0 +1,467 @@
+"""Convolution and pooling on NCHW images, built on im2col.
+
+conv2d, deconv2d and the weight gradient are primitives (composing them from im2col + matmul would cost
+extra transposed copies of the column array); their backwards are each other, so every order of
+derivative is again a convolution.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any
+
+from xdezero.backends import add_windows, array_namespace, col2im_matrix, device_of, im2col_matrix, windows
+from xdezero.backends import col2im as col2im_array
+from xdezero.backends import im2col as im2col_array
+from xdezero.core import Function, Variable, as_variable
+from xdezero.functions.shape import matmul, reshape, sum, transpose
+
+__all__ = [
+    "conv2d",
+    "deconv2d",
+    "conv2d_simple",
+    "pooling",
+    "pooling_simple",
+    "average_pooling",
+    "im2col",
+    "col2im",
+    "get_conv_outsize",
+    "get_deconv_outsize",
+    "pair",
+]
+
+Pair = tuple[int, int]
+
+
+def pair(x: int | tuple[int, int]) -> tuple[int, int]:
+    """Return ``(x, x)`` for an int, ``x`` itself for a pair."""
+    if isinstance(x, tuple | list) and len(x) == 2:
+        return (operator.index(x[0]), operator.index(x[1]))
+    try:
+        x = operator.index(x)
+    except TypeError:
+        raise ValueError(f"pair: expected an int or a pair of ints, got {x!r}") from None
+    return (x, x)
+
+
+def get_conv_outsize(input_size: int, kernel_size: int, stride: int, pad: int) -> int:
+    """Output length of a convolution: (input + 2·pad - kernel) // stride + 1."""
+    return (input_size + pad * 2 - kernel_size) // stride + 1
+
+
+def get_deconv_outsize(size: int, k: int, s: int, p: int) -> int:
+    """Output length of a transposed convolution: s·(size - 1) + k - 2·p."""
+    return s * (size - 1) + k - 2 * p
+
+
+# --- argument checks ---------------------------------------------------------------------------------
+
+
+def _geometry(name: str, kernel_size: Any, stride: Any, pad: Any) -> tuple[Pair, Pair, Pair]:
+    kernel, stride, pad = pair(kernel_size), pair(stride), pair(pad)
+    if min(kernel) < 1 or min(stride) < 1 or min(pad) < 0:
+        raise ValueError(
+            f"{name}: kernel_size {kernel} and stride {stride} must be positive and pad {pad} non-negative"
+        )
+    return kernel, stride, pad
+
+
+def _check_images(name: str, x: Variable, what: str = "x") -> None:
+    if x.ndim != 4:
+        raise ValueError(f"{name}: {what} must be a 4-D (N, C, H, W) array, got shape {x.shape}")
+
+
+def _out_hw(name: str, hw: tuple, kernel: Pair, stride: Pair, pad: Pair) -> Pair:
+    h, w = hw
+    oh = get_conv_outsize(h, kernel[0], stride[0], pad[0])
+    ow = get_conv_outsize(w, kernel[1], stride[1], pad[1])
+    if oh < 1 or ow < 1:
+        raise ValueError(
+            f"{name}: the {kernel[0]}x{kernel[1]} kernel is larger than the padded input "
+            f"{h + 2 * pad[0]}x{w + 2 * pad[1]} (input {h}x{w}, pad {pad})"
+        )
+    return oh, ow
+
+
+def _check_bias(name: str, b: Variable | None, channels: int) -> None:
+    if b is not None and b.shape != (channels,):
+        raise ValueError(f"{name}: b must have shape ({channels},) (one value per output channel), got {b.shape}")
+
+
+def _swap_batch(xp: Any, a: Any, rows: int, cols: int) -> Any:
+    """(rows, cols·L) -> (cols, rows·L), or (rows, cols, L) -> (cols, rows·L): swaps the two leading axes; the
+    reshape that merges the swapped axes is the one copy, and leaves the result contiguous."""
+    a = xp.reshape(a, (rows, cols, -1))
+    return xp.reshape(xp.permute_dims(a, (1, 0, 2)), (cols, -1))
+
+
+# --- convolution ---------------------------------------------------------------------------------------
+
+
+class Conv2d(Function):
+    """y = W ⋆ x + b (cross-correlation); dy/dx = deconv2d(gy, W), dy/dW = conv2d_grad_w(x, gy), dy/db = Σ gy."""
+
+    def __init__(self, stride: Pair, pad: Pair):
+        self.stride = stride
+        self.pad = pad
+
+    def forward(self, x, W, b=None):
+        xp = self.xp
+        oc = W.shape[0]
+        n = x.shape[0]
+        oh, ow = (get_conv_outsize(s, k, st, p) for s, k, st, p in zip(x.shape[2:], W.shape[2:], self.stride, self.pad))
+        # One GEMM (OC, C·KH·KW) @ (C·KH·KW, N·OH·OW); the bias is added before the one copy back to NCHW.
+        y = xp.matmul(xp.reshape(W, (oc, -1)), im2col_matrix(x, W.shape[2:], self.stride, self.pad))
+        if b is not None:
+            y = y + xp.reshape(b, (oc, 1))
+        return xp.reshape(_swap_batch(xp, y, oc, n), (n, oc, oh, ow))
+
+    def backward(self, gy):
+        x, W = self.inputs[:2]
+        gx = deconv2d(gy, W, stride=self.stride, pad=self.pad, outsize=x.shape[2:])
+        gW = Conv2DGradW(W.shape[2:], self.stride, self.pad)(x, gy)
+        if len(self.inputs) == 2:
+            return gx, gW
+        return gx, gW, sum(gy, axis=(0, 2, 3))
+
+
+class Deconv2d(Function):
+    """y = Wᵀ ⋆ x + b (transposed convolution); dy/dx = conv2d(gy, W), dy/dW = conv2d_grad_w(gy, x), dy/db = Σ gy."""
+
+    def __init__(self, stride: Pair, pad: Pair, outsize: Pair):
+        self.stride = stride
+        self.pad = pad
+        self.outsize = outsize
+
+    def forward(self, x, W, b=None):
+        xp = self.xp
+        c, oc = W.shape[:2]
+        n = x.shape[0]
+        Wt = xp.permute_dims(xp.reshape(W, (c, -1)), (1, 0))
+        col = xp.matmul(Wt, _swap_batch(xp, xp.reshape(x, (n, c, -1)), n, c))  # (OC·KH·KW, N·H·W)
+        y = col2im_matrix(col, (n, oc, *self.outsize), W.shape[2:], self.stride, self.pad)
+        if b is not None:
+            y = y + xp.reshape(b, (oc, 1, 1))
+        return y
+
+    def backward(self, gy):
+        x, W = self.inputs[:2]
+        gx = conv2d(gy, W, stride=self.stride, pad=self.pad)
+        gW = Conv2DGradW(W.shape[2:], self.stride, self.pad)(gy, x)
+        if len(self.inputs) == 2:
+            return gx, gW
+        return gx, gW, sum(gy, axis=(0, 2, 3))
+
+
+class Conv2DGradW(Function):
+    """gW = Σₙ gy ⊗ im2col(x), the weight gradient of conv2d(x, W); bilinear, so its backward is
+    (deconv2d(gy, ggW), conv2d(x, ggW))."""
+
+    def __init__(self, kernel: Pair, stride: Pair, pad: Pair):
+        self.kernel = tuple(kernel)
+        self.stride = stride
+        self.pad = pad
+
+    def forward(self, x, gy):
+        xp = self.xp
+        n, c = x.shape[:2]
+        oc = gy.shape[1]
+        col = im2col_matrix(x, self.kernel, self.stride, self.pad)  # (C·KH·KW, N·OH·OW)
+        gy = _swap_batch(xp, xp.reshape(gy, (n, oc, -1)), n, oc)  # (OC, N·OH·OW)
+        # col @ gyᵀ, then a transpose of the small result: OpenBLAS runs gy @ colᵀ (long K, transposed B)
+        # up to 100x slower.
+        gW = xp.permute_dims(xp.matmul(col, xp.permute_dims(gy, (1, 0))), (1, 0))
+        return xp.reshape(gW, (oc, c, *self.kernel))
+
+    def backward(self, ggW):
+        x, gy = self.inputs
+        gx = deconv2d(gy, ggW, stride=self.stride, pad=self.pad, outsize=x.shape[2:])
+        ggy = conv2d(x, ggW, stride=self.stride, pad=self.pad)
+        return gx, ggy
+
+
+def conv2d(x: Any, W: Any, b: Any = None, stride: int | Pair = 1, pad: int | Pair = 0) -> Variable:
+    """2-D convolution (cross-correlation) of x (N, C, H, W) with W (OC, C, KH, KW), plus b (OC,)."""
+    x, W = as_variable(x), as_variable(W)
+    b = None if b is None else as_variable(b)
+    _check_images("conv2d", x)
+    _check_images("conv2d", W, "W (OC, C, KH, KW)")
+    kernel, stride, pad = _geometry("conv2d", W.shape[2:], stride, pad)
+    if x.shape[1] != W.shape[1]:
+        raise ValueError(
+            f"conv2d: x of shape {x.shape} has {x.shape[1]} channels but W of shape {W.shape} expects "
+            f"{W.shape[1]} (W is (out_channels, in_channels, KH, KW))"
+        )
+    _out_hw("conv2d", x.shape[2:], kernel, stride, pad)
+    _check_bias("conv2d", b, W.shape[0])
+    f = Conv2d(stride, pad)
+    return f(x, W) if b is None else f(x, W, b)
+
+
+def deconv2d(
+    x: Any, W: Any, b: Any = None, stride: int | Pair = 1, pad: int | Pair = 0, outsize: Any = None
+) -> Variable:
+    """Transposed 2-D convolution of x (N, C, H, W) with W (C, OC, KH, KW), plus b (OC,): the adjoint of conv2d."""
+    x, W = as_variable(x), as_variable(W)
+    b = None if b is None else as_variable(b)
+    _check_images("deconv2d", x)
+    _check_images("deconv2d", W, "W (C, OC, KH, KW)")
+    kernel, stride, pad = _geometry("deconv2d", W.shape[2:], stride, pad)
+    if x.shape[1] != W.shape[0]:
+        raise ValueError(
+            f"deconv2d: x of shape {x.shape} has {x.shape[1]} channels but W of shape {W.shape} expects "
+            f"{W.shape[0]} (W is (in_channels, out_channels, KH, KW))"
+        )
+    h, w = x.shape[2:]
+    if outsize is None:
+        outsize = tuple(get_deconv_outsize(s, k, st, p) for s, k, st, p in zip((h, w), kernel, stride, pad))
+        if min(outsize) < 1:
+            raise ValueError(
+                f"deconv2d: input {h}x{w} with kernel {kernel}, stride {stride}, pad {pad} gives output {outsize}"
+            )
+    outsize = pair(tuple(outsize))
+    if _out_hw("deconv2d", outsize, kernel, stride, pad) != (h, w):
+        raise ValueError(
+            f"deconv2d: outsize {outsize} is inconsistent with input {h}x{w}: a convolution with kernel {kernel}, "
+            f"stride {stride}, pad {pad} maps {outsize} to {_out_hw('deconv2d', outsize, kernel, stride, pad)}"
+        )
+    _check_bias("deconv2d", b, W.shape[1])
+    f = Deconv2d(stride, pad, outsize)
+    return f(x, W) if b is None else f(x, W, b)
+
+
+def conv2d_simple(x: Any, W: Any, b: Any = None, stride: int | Pair = 1, pad: int | Pair = 0) -> Variable:
+    """conv2d written as im2col + matmul (slower; differentiable through those two functions)."""
+    x, W = as_variable(x), as_variable(W)
+    _check_images("conv2d_simple", x)
+    _check_images("conv2d_simple", W, "W (OC, C, KH, KW)")
+    if x.shape[1] != W.shape[1]:
+        raise ValueError(
+            f"conv2d_simple: x of shape {x.shape} has {x.shape[1]} channels but W of shape {W.shape} expects "
+            f"{W.shape[1]} (W is (out_channels, in_channels, KH, KW))"
+        )
+    n = x.shape[0]
+    oc = W.shape[0]
+    kernel, stride, pad = _geometry("conv2d_simple", W.shape[2:], stride, pad)
+    oh, ow = _out_hw("conv2d_simple", x.shape[2:], kernel, stride, pad)
+    col = im2col(x, kernel, stride, pad, to_matrix=True)
+    t = matmul(col, transpose(reshape(W, (oc, -1))))
+    if b is not None:
+        t = t + b
+    return transpose(reshape(t, (n, oh, ow, oc)), (0, 3, 1, 2))
+
+
+# --- im2col / col2im -----------------------------------------------------------------------------------
+
+
+class Im2col(Function):
+    """col = the sliding windows of x; dcol/dx = col2im (sums each window back)."""
+
+    keeps_inputs = False
+
+    def __init__(self, kernel: Pair, stride: Pair, pad: Pair, to_matrix: bool):
+        self.kernel, self.stride, self.pad, self.to_matrix = kernel, stride, pad, to_matrix
+
+    def forward(self, x):
+        self.input_shape = tuple(x.shape)
+        col = im2col_array(x, self.kernel, self.stride, self.pad)
+        if not self.to_matrix:
+            return col
+        n, c, kh, kw, oh, ow = col.shape
+        return self.xp.reshape(self.xp.permute_dims(col, (0, 4, 5, 1, 2, 3)), (n * oh * ow, c * kh * kw))
+
+    def backward(self, gy):
+        return col2im(gy, self.input_shape, self.kernel, self.stride, self.pad, self.to_matrix)
+
+
+class Col2im(Function):
+    """x = Σ of the windows in col placed back on the image; dx/dcol = im2col."""
+
+    keeps_inputs = False
+
+    def __init__(self, input_shape: tuple, kernel: Pair, stride: Pair, pad: Pair, to_matrix: bool):
+        self.input_shape = input_shape
+        self.kernel, self.stride, self.pad, self.to_matrix = kernel, stride, pad, to_matrix
+
+    def forward(self, col):
+        if self.to_matrix:
+            n, c = self.input_shape[:2]
+            oh, ow = _out_hw("col2im", self.input_shape[2:], self.kernel, self.stride, self.pad)
+            col = self.xp.reshape(col, (n, oh, ow, c, *self.kernel))
+            col = self.xp.permute_dims(col, (0, 3, 4, 5, 1, 2))
+        return col2im_array(col, self.input_shape, self.kernel, self.stride, self.pad)
+
+    def backward(self, gy):
+        return im2col(gy, self.kernel, self.stride, self.pad, self.to_matrix)
+
+
+def im2col(x: Any, kernel_size: int | Pair, stride: int | Pair = 1, pad: int | Pair = 0, to_matrix: bool = True):
+    """Sliding windows of x (N, C, H, W): (N·OH·OW, C·KH·KW) with to_matrix, else (N, C, KH, KW, OH, OW)."""
+    x = as_variable(x)
+    _check_images("im2col", x)
+    kernel, stride, pad = _geometry("im2col", kernel_size, stride, pad)
+    _out_hw("im2col", x.shape[2:], kernel, stride, pad)
+    return Im2col(kernel, stride, pad, to_matrix)(x)
+
+
+def col2im(
+    x: Any,
+    input_shape: tuple,
+    kernel_size: int | Pair,
+    stride: int | Pair = 1,
+    pad: int | Pair = 0,
+    to_matrix: bool = True,
+) -> Variable:
+    """The adjoint of im2col: windows summed back into an image of `input_shape` (N, C, H, W)."""
+    x = as_variable(x)
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 4:
+        raise ValueError(f"col2im: input_shape must be (N, C, H, W), got {input_shape}")
+    kernel, stride, pad = _geometry("col2im", kernel_size, stride, pad)
+    n, c = input_shape[:2]
+    oh, ow = _out_hw("col2im", input_shape[2:], kernel, stride, pad)
+    expected = (n * oh * ow, c * kernel[0] * kernel[1]) if to_matrix else (n, c, *kernel, oh, ow)
+    if x.shape != expected:
+        raise ValueError(f"col2im: for input_shape {input_shape} the columns must have shape {expected}, got {x.shape}")
+    return Col2im(input_shape, kernel, stride, pad, to_matrix)(x)
+
+
+# --- pooling -------------------------------------------------------------------------------------------
+
+
+class Pooling(Function):
+    """y = max over each window (padding counts as -inf); dy/dx = gy routed to the first arg-max of its window."""
+
+    keeps_inputs = False
+
+    def __init__(self, kernel: Pair, stride: Pair, pad: Pair):
+        self.kernel, self.stride, self.pad = kernel, stride, pad
+
+    def forward(self, x):
+        xp = self.xp
+        self.x_shape = tuple(x.shape)
+        parts = windows(x, self.kernel, self.stride, self.pad, value=-math.inf)
+        # A running max over the KH·KW strided views: no column array, and the arg-max comes along for free.
+        y = parts[0]
+        index = xp.zeros(tuple(y.shape), dtype=xp.int32, device=device_of(x))
+        for k in range(1, len(parts)):
+            better = parts[k] > y
+            y = xp.where(better, parts[k], y)
+            index = xp.where(better, k, index)
+        self.index = index
+        return y
+
+    def backward(self, gy):
+        return PoolingGrad(self)(gy)
+
+
+class PoolingGrad(Function):
+    """gx = gy placed at each window's arg-max (accumulated where windows overlap); linear in gy, its backward
+    picks ggx at the same arg-max positions."""
+
+    keeps_inputs = False
+
+    def __init__(self, pooling: Pooling):
+        self.pooling = pooling
+
+    def forward(self, gy):
+        p = self.pooling
+        zero = self.xp.zeros_like(gy)
+        parts = [self.xp.where(p.index == k, gy, zero) for k in range(p.kernel[0] * p.kernel[1])]
+        return add_windows(parts, p.x_shape, p.kernel, p.stride, p.pad)
+
+    def backward(self, ggx):
+        return PoolingWithIndexes(self.pooling)(ggx)
+
+
+class PoolingWithIndexes(Function):
+    """y = x at the arg-max positions recorded by a max pooling; dy/dx = PoolingGrad."""
+
+    keeps_inputs = False
+
+    def __init__(self, pooling: Pooling):
+        self.pooling = pooling
+
+    def forward(self, x):
+        p = self.pooling
+        parts = windows(x, p.kernel, p.stride, p.pad)
+        y = parts[0]
+        for k in range(1, len(parts)):
+            y = self.xp.where(p.index == k, parts[k], y)
+        return y
+
+    def backward(self, gy):
+        return PoolingGrad(self.pooling)(gy)
+
+
+def pooling(x: Any, kernel_size: int | Pair, stride: int | Pair = 1, pad: int | Pair = 0) -> Variable:
+    """Max pooling of x (N, C, H, W) over KH×KW windows; padded positions never win (they count as -inf)."""
+    x = as_variable(x)
+    _check_images("pooling", x)
+    kernel, stride, pad = _geometry("pooling", kernel_size, stride, pad)
+    _out_hw("pooling", x.shape[2:], kernel, stride, pad)
+    return Pooling(kernel, stride, pad)(x)
+
+
+def pooling_simple(x: Any, kernel_size: int | Pair, stride: int | Pair = 1, pad: int | Pair = 0) -> Variable:
+    """Max pooling written as im2col + a one-hot selection (zero padding, as im2col pads)."""
+    x = as_variable(x)
+    _check_images("pooling_simple", x)
+    kernel, stride, pad = _geometry("pooling_simple", kernel_size, stride, pad)
+    n, c = x.shape[:2]
+    oh, ow = _out_hw("pooling_simple", x.shape[2:], kernel, stride, pad)
+    col = reshape(im2col(x, kernel, stride, pad, to_matrix=True), (-1, kernel[0] * kernel[1]))
+    xp = array_namespace(col.data)
+    index = xp.argmax(col.data, axis=1)
+    positions = xp.arange(col.shape[1], device=device_of(col.data))
+    mask = xp.astype(index[:, None] == positions[None, :], col.dtype)
+    y = sum(col * Variable(mask), axis=1)
+    return transpose(reshape(y, (n, oh, ow, c)), (0, 3, 1, 2))
+
+
+class AveragePooling(Function):
+    """y = mean over each window (padding counts as zeros in the mean); dy/dx = gy/(KH·KW) spread over the window."""
+
+    keeps_inputs = False
+
+    def __init__(self, kernel: Pair, stride: Pair, pad: Pair):
+        self.kernel, self.stride, self.pad = kernel, stride, pad
+
+    def forward(self, x):
+        self.x_shape = tuple(x.shape)
+        parts = windows(x, self.kernel, self.stride, self.pad)
+        total = parts[0]
+        for part in parts[1:]:
+            total = total + part
+        return total * (1.0 / len(parts))
+
+    def backward(self, gy):
+        return AveragePoolingGrad(self)(gy)
+
+
+class AveragePoolingGrad(Function):
+    """gx = gy/(KH·KW) added over each window; linear, its backward is average pooling again."""
+
+    keeps_inputs = False
+
+    def __init__(self, pooling: AveragePooling):
+        self.pooling = pooling
+
+    def forward(self, gy):
+        p = self.pooling
+        k = p.kernel[0] * p.kernel[1]
+        return add_windows([gy * (1.0 / k)] * k, p.x_shape, p.kernel, p.stride, p.pad)
+
+    def backward(self, ggx):
+        p = self.pooling
+        return AveragePooling(p.kernel, p.stride, p.pad)(ggx)
+
+
+def average_pooling(x: Any, kernel_size: int | Pair, stride: int | Pair = 1, pad: int | Pair = 0) -> Variable:
+    """Average pooling of x (N, C, H, W) over KH×KW windows, always dividing by KH·KW (zero padding included)."""
+    x = as_variable(x)
+    _check_images("average_pooling", x)
+    kernel, stride, pad = _geometry("average_pooling", kernel_size, stride, pad)
+    _out_hw("average_pooling", x.shape[2:], kernel, stride, pad)
+    return AveragePooling(kernel, stride, pad)(x)

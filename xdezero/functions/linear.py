@@ -1,0 +1,72 @@
+"""The functions behind parametric layers: linear (x W + b) and embed_id (row lookup W[x])."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from xdezero.backends import array_namespace
+from xdezero.core import Function, Variable, as_variable, sum_to
+from xdezero.functions.shape import get_item, matmul
+
+__all__ = ["linear", "linear_simple", "embed_id"]
+
+
+def _check_linear(x: Any, W: Any, b: Any) -> None:
+    if W.ndim != 2:
+        raise ValueError(f"linear: W must be a 2-D (in_size, out_size) array, got shape {tuple(W.shape)}")
+    if x.ndim == 0 or x.shape[-1] != W.shape[0]:
+        raise ValueError(
+            f"linear: x of shape {tuple(x.shape)} and W of shape {tuple(W.shape)} do not align "
+            f"(x's last dimension must equal W's first, {W.shape[0]})"
+        )
+    if b is not None and tuple(b.shape) not in ((W.shape[1],), (1, W.shape[1]), ()):
+        raise ValueError(f"linear: b must have shape ({W.shape[1]},) to match W {tuple(W.shape)}, got {b.shape}")
+
+
+class Linear(Function):
+    """y = x W + b; dy/dx = gy Wᵀ, dy/dW = xᵀ gy, dy/db = Σₙ gy."""
+
+    def forward(self, x, W, b=None):
+        # One node instead of matmul + add: the common 2-D layer case, without the intermediate x W.
+        y = self.xp.matmul(x, W)
+        return y if b is None else y + b
+
+    def backward(self, gy):
+        x, W = self.inputs[:2]
+        gx = matmul(gy, W.T)
+        gW = matmul(x.T, gy)
+        if len(self.inputs) == 2:
+            return gx, gW
+        return gx, gW, sum_to(gy, self.inputs[2].shape)
+
+
+def linear(x: Any, W: Any, b: Any = None) -> Variable:
+    """x W + b for x of shape (N, in_size), W (in_size, out_size) and b (out_size,) or None."""
+    x, W = as_variable(x), as_variable(W)
+    if isinstance(b, Variable) and b.data is None:
+        b = None  # DeZero's Linear layer with nobias=True passes a Parameter holding None
+    _check_linear(x, W, b)
+    if x.ndim != 2:
+        return linear_simple(x, W, b)
+    return Linear()(x, W) if b is None else Linear()(x, W, b)
+
+
+def linear_simple(x: Any, W: Any, b: Any = None) -> Variable:
+    """x W + b composed from matmul and add."""
+    x, W = as_variable(x), as_variable(W)
+    if isinstance(b, Variable) and b.data is None:
+        b = None
+    _check_linear(x, W, b)
+    y = matmul(x, W)
+    return y if b is None else y + b
+
+
+def embed_id(x: Any, W: Any) -> Variable:
+    """W[x]: the rows of W picked by integer ids x (any shape, any integer dtype); repeated ids accumulate."""
+    ids = x.data if isinstance(x, Variable) else x
+    if not hasattr(ids, "dtype") or not array_namespace(ids).isdtype(ids.dtype, "integral"):
+        raise TypeError(f"embed_id: x must be an integer array of ids, got {getattr(ids, 'dtype', type(ids))}")
+    W = as_variable(W)
+    if W.ndim != 2:
+        raise ValueError(f"embed_id: W must be a 2-D (vocabulary, dim) array, got shape {W.shape}")
+    return get_item(W, ids)

@@ -1,0 +1,179 @@
+"""Losses and metrics: mean squared error, softmax / sigmoid / binary cross-entropy, accuracy."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from xdezero.backends import array_namespace, describe, device_of
+from xdezero.core import Function, Variable, as_variable, sum_to
+from xdezero.functions.activation import sigmoid, softmax
+from xdezero.functions.math import log
+from xdezero.functions.reduce import clip, logsumexp
+from xdezero.functions.shape import get_item, sum
+
+__all__ = [
+    "mean_squared_error",
+    "mean_squared_error_simple",
+    "softmax_cross_entropy",
+    "softmax_cross_entropy_simple",
+    "sigmoid_cross_entropy",
+    "binary_cross_entropy",
+    "accuracy",
+]
+
+
+def _batch_size(x: Any, where: str) -> int:
+    if x.ndim == 0:
+        raise ValueError(f"{where}: expected a batch (an array with a first axis), got a 0-d array")
+    return x.shape[0]
+
+
+class MeanSquaredError(Function):
+    """y = Σ (x0 - x1)² / N (N = batch size); dy/dx0 = 2 (x0 - x1) / N = -dy/dx1."""
+
+    def forward(self, x0, x1):
+        diff = x0 - x1
+        self.n = _batch_size(diff, "mean_squared_error")
+        return self.xp.sum(diff * diff) / self.n
+
+    def backward(self, gy):
+        x0, x1 = self.inputs
+        gx = (x0 - x1) * (gy * (2 / self.n))
+        return sum_to(gx, x0.shape), sum_to(-gx, x1.shape)
+
+
+def _check_same_shape(x0: Variable, x1: Variable, where: str) -> None:
+    if x0.shape != x1.shape:
+        raise ValueError(
+            f"{where}: the prediction has shape {x0.shape} and the target {x1.shape}; they must be equal "
+            "(reshape one of them: broadcasting here silently compares every row with every target)"
+        )
+
+
+def mean_squared_error(x0: Any, x1: Any) -> Variable:
+    """Σ (x0 - x1)² / N over the batch of N (DeZero's definition: the sum over other axes is not averaged)."""
+    x0, x1 = as_variable(x0), as_variable(x1)
+    _check_same_shape(x0, x1, "mean_squared_error")
+    return MeanSquaredError()(x0, x1)
+
+
+def mean_squared_error_simple(x0: Any, x1: Any) -> Variable:
+    """mean_squared_error composed from sub, mul and sum."""
+    x0, x1 = as_variable(x0), as_variable(x1)
+    _check_same_shape(x0, x1, "mean_squared_error_simple")
+    diff = x0 - x1
+    return sum(diff * diff) / _batch_size(diff, "mean_squared_error_simple")
+
+
+def _labels(x: Variable, t: Any, where: str) -> Any:
+    """t as a 1-D array of class ids in the default index dtype of x's library, checked against x's batch."""
+    t = t.data if isinstance(t, Variable) else t
+    if not hasattr(t, "dtype"):
+        raise TypeError(f"{where}: labels t must be an integer array, got {describe(t)}")
+    xp = array_namespace(x.data, t)
+    if not xp.isdtype(t.dtype, "integral"):
+        raise TypeError(f"{where}: labels t must be an integer array of class ids, got {describe(t)}")
+    if x.ndim != 2:
+        raise ValueError(f"{where}: x must be 2-D (batch, classes), got shape {x.shape}")
+    n = x.shape[0]
+    if t.ndim == 0 or t.shape[0] != n or math.prod(t.shape) != n:
+        raise ValueError(
+            f"{where}: labels t of shape {tuple(t.shape)} do not match the batch of x {x.shape}: "
+            f"expected {n} labels, shape ({n},)"
+        )
+    index_dtype = xp.arange(0, device=device_of(x.data)).dtype
+    return xp.astype(xp.reshape(t, (n,)), index_dtype)
+
+
+def _one_hot(xp: Any, t: Any, n_classes: int, dtype: Any) -> Any:
+    classes = xp.arange(n_classes, dtype=t.dtype, device=device_of(t))
+    return xp.astype(t[:, None] == classes[None, :], dtype)
+
+
+class SoftmaxCrossEntropy(Function):
+    """y = -Σₙ log softmax(x)[n, tₙ] / N; dy/dx = (softmax(x) - onehot(t)) / N."""
+
+    def forward(self, x, t):
+        # A primitive: log(softmax(x)) would underflow to log 0 for very negative logits.
+        n = x.shape[0]
+        self.onehot = _one_hot(self.xp, t, x.shape[1], x.dtype)
+        log_p = x - logsumexp(x, axis=1)
+        return -self.xp.sum(log_p * self.onehot) / n
+
+    def backward(self, gy):
+        x = self.inputs[0]
+        gx = (softmax(x, axis=1) - Variable(self.onehot)) * (gy * (1 / x.shape[0]))
+        return gx, None
+
+
+def softmax_cross_entropy(x: Any, t: Any) -> Variable:
+    """Mean over the batch of -log softmax(x)[n, tₙ] for logits x (N, C) and integer labels t (N,)."""
+    x = as_variable(x)
+    return SoftmaxCrossEntropy()(x, _labels(x, t, "softmax_cross_entropy"))
+
+
+def softmax_cross_entropy_simple(x: Any, t: Any) -> Variable:
+    """softmax_cross_entropy composed from softmax, clip, log and get_item."""
+    x = as_variable(x)
+    t = _labels(x, t, "softmax_cross_entropy_simple")
+    xp = array_namespace(t)
+    n = x.shape[0]
+    log_p = log(clip(softmax(x, axis=1), 1e-15, 1.0))
+    picked = get_item(log_p, (xp.arange(n, dtype=t.dtype, device=device_of(t)), t))
+    return -sum(picked) / n
+
+
+def _targets(x: Variable, t: Any, where: str) -> Variable:
+    """t as a constant of x's dtype and shape (0/1 targets may come in any real dtype)."""
+    t = t.data if isinstance(t, Variable) else t
+    if not hasattr(t, "dtype"):
+        raise TypeError(f"{where}: targets t must be an array, got {describe(t)}")
+    xp = array_namespace(x.data, t)
+    if math.prod(t.shape) != x.size:
+        raise ValueError(f"{where}: targets of shape {tuple(t.shape)} do not match the input of shape {x.shape}")
+    return Variable(xp.astype(xp.reshape(t, x.shape), x.dtype))
+
+
+class SigmoidCrossEntropy(Function):
+    """y = Σ [softplus(x) - t x] / N; dy/dx = (sigmoid(x) - t) / N."""
+
+    def forward(self, x, t):
+        xp = self.xp
+        # A primitive: log(sigmoid(x)) is log 0 for x = -1000; softplus(x) = max(x, 0) + log1p(e^-|x|) is not.
+        loss = xp.maximum(x, 0.0) - x * t + xp.log1p(xp.exp(-xp.abs(x)))
+        return xp.sum(loss) / x.shape[0]
+
+    def backward(self, gy):
+        x, t = self.inputs
+        return (sigmoid(x) - t) * (gy * (1 / x.shape[0])), None
+
+
+def sigmoid_cross_entropy(x: Any, t: Any) -> Variable:
+    """Binary cross-entropy of logits x against 0/1 targets t, summed and divided by the batch size."""
+    x = as_variable(x)
+    _batch_size(x, "sigmoid_cross_entropy")
+    return SigmoidCrossEntropy()(x, _targets(x, t, "sigmoid_cross_entropy"))
+
+
+def binary_cross_entropy(p: Any, t: Any) -> Variable:
+    """-Σ [t log p + (1-t) log(1-p)] / N for probabilities p; p is clipped so that log never sees 0."""
+    p = as_variable(p)
+    n = _batch_size(p, "binary_cross_entropy")
+    t = _targets(p, t, "binary_cross_entropy")
+    eps = array_namespace(p.data).finfo(p.dtype).eps
+    p = clip(p, 1e-15, 1.0 - float(eps))
+    return -sum(t * log(p) + (1 - t) * log(1 - p)) / n
+
+
+def accuracy(y: Any, t: Any) -> Variable:
+    """Fraction of rows whose argmax equals the label: a Variable holding a 0-d array (not differentiable)."""
+    y = as_variable(y)
+    labels = _labels(y, t, "accuracy") if y.ndim == 2 else None
+    if labels is None:
+        raise ValueError(f"accuracy: y must be 2-D (batch, classes), got shape {y.shape}")
+    xp = array_namespace(y.data)
+    pred = xp.astype(xp.argmax(y.data, axis=1), labels.dtype)
+    dtype = y.dtype if xp.isdtype(y.dtype, "real floating") else xp.float64
+    hits = xp.sum(xp.astype(pred == labels, dtype))
+    return Variable(xp.asarray(hits / y.shape[0]))

@@ -1,0 +1,104 @@
+"""Train/test-dependent functions: dropout and batch normalization (they read the `train` config flag)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from xdezero._config import Config
+from xdezero.backends import array_namespace, describe, uniform
+from xdezero.core import Variable, as_variable
+from xdezero.functions.shape import reshape, sum
+
+__all__ = ["dropout", "batch_norm", "batch_nrom"]
+
+
+def dropout(x: Any, dropout_ratio: float = 0.5) -> Variable:
+    """Zero each element with probability `dropout_ratio` and scale the rest by 1/(1 - ratio), in train mode;
+    the identity in test mode (`with xdezero.test_mode(): ...`). Seed with `xdezero.backends.seed(n)`."""
+    x = as_variable(x)
+    if not 0.0 <= dropout_ratio < 1.0:
+        raise ValueError(f"dropout: dropout_ratio must be in [0, 1), got {dropout_ratio!r}")
+    if not Config.train:
+        return x
+    xp = array_namespace(x.data)
+    keep = uniform(x.shape, like=x.data) >= dropout_ratio
+    # The mask is a constant of the graph, already scaled so that the expected value is unchanged.
+    mask = xp.astype(keep, x.dtype) * (1.0 / (1.0 - dropout_ratio))
+    return x * Variable(mask)
+
+
+def _stat_data(s: Any, name: str) -> Any:
+    data = s.data if isinstance(s, Variable) else s
+    if data is None or not hasattr(data, "shape"):
+        raise TypeError(f"batch_norm: {name} must be an array or a Variable holding one, got {describe(data)}")
+    return data
+
+
+def _store(target: Any, value: Any, name: str) -> None:
+    """Write a new running statistic: rebind a Variable's data, or write into a mutable array in place."""
+    if isinstance(target, Variable):
+        target.data = value
+        return
+    try:
+        target[...] = value
+    except (TypeError, ValueError, AttributeError, RuntimeError, NotImplementedError) as e:
+        raise TypeError(
+            f"batch_norm: cannot update the running {name} in place in a {describe(target)} (immutable array); "
+            f"pass it wrapped in a Variable (e.g. a Parameter), whose .data is then replaced"
+        ) from e
+
+
+def batch_norm(
+    x: Any,
+    gamma: Any,
+    beta: Any,
+    mean: Any,
+    var: Any,
+    decay: float = 0.9,
+    eps: float = 2e-5,
+) -> Variable:
+    """Batch normalization over the batch axis of (N, C) inputs, or over N, H, W of (N, C, H, W) inputs.
+
+    In train mode the batch mean and (biased) variance normalize x, and the running statistics are updated:
+    mean ← decay·mean + (1-decay)·batch_mean, var ← decay·var + (1-decay)·m/(m-1)·batch_var (m values per
+    channel). `mean` and `var` may be Variables (their `.data` is replaced with the new arrays: this works for
+    every library, JAX included) or raw arrays of a mutable library (updated in place, as DeZero does).
+    In test mode the running statistics normalize x and nothing is updated.
+    y = gamma · (x - μ) / √(σ² + eps) + beta is built from differentiable functions, so second derivatives work.
+    """
+    x, gamma, beta = as_variable(x), as_variable(gamma), as_variable(beta)
+    if x.ndim not in (2, 4):
+        raise ValueError(f"batch_norm: x must be 2-D (N, C) or 4-D (N, C, H, W), got shape {x.shape}")
+    c = x.shape[1]
+    mean_data, var_data = _stat_data(mean, "mean"), _stat_data(var, "var")
+    for name, v in (("gamma", gamma), ("beta", beta), ("mean", mean_data), ("var", var_data)):
+        if tuple(v.shape) != (c,):
+            raise ValueError(
+                f"batch_norm: {name} must have shape ({c},) for x of shape {x.shape}, got {tuple(v.shape)}"
+            )
+    axes = (0,) if x.ndim == 2 else (0, 2, 3)
+    per_channel = (1, c) if x.ndim == 2 else (1, c, 1, 1)
+    xp = array_namespace(x.data)
+
+    if Config.train:
+        m = x.size // c
+        mu = sum(x, axes, keepdims=True) / m
+        xc = x - mu
+        sigma2 = sum(xc * xc, axes, keepdims=True) / m
+        xhat = xc * (sigma2 + eps) ** -0.5
+        batch_mean = xp.reshape(mu.data, (c,))
+        batch_var = xp.reshape(sigma2.data, (c,))
+        adjust = m / max(m - 1.0, 1.0)
+        new_mean = mean_data * decay + xp.astype(batch_mean, mean_data.dtype) * (1 - decay)
+        new_var = var_data * decay + xp.astype(batch_var, var_data.dtype) * ((1 - decay) * adjust)
+        _store(mean, new_mean, "mean")
+        _store(var, new_var, "var")
+    else:
+        inv_std = (xp.astype(var_data, x.dtype) + eps) ** -0.5
+        xhat = (x - Variable(xp.reshape(xp.astype(mean_data, x.dtype), per_channel))) * Variable(
+            xp.reshape(inv_std, per_channel)
+        )
+    return reshape(gamma, per_channel) * xhat + reshape(beta, per_channel)
+
+
+batch_nrom = batch_norm  # DeZero's spelling, kept for compatibility

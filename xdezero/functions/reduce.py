@@ -1,0 +1,109 @@
+"""Reductions and clipping: max, min, clip, and the raw-array log-sum-exp they share helpers with."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from xdezero.backends import array_namespace
+from xdezero.core import Function, Variable, as_variable, broadcast_to
+from xdezero.functions.shape import normalize_axis, reshape
+
+__all__ = ["max", "min", "clip", "logsumexp", "max_backward_shape"]
+
+
+def max_backward_shape(x: Any, axis: int | tuple | None) -> list[int]:
+    """The shape of a max/min over `axis` with the reduced axes kept as 1 (so it broadcasts back to x)."""
+    axes = normalize_axis(axis, x.ndim, "max_backward_shape")
+    return [1 if i in axes else s for i, s in enumerate(x.shape)]
+
+
+def logsumexp(x: Any, axis: int | tuple | None = 1) -> Any:
+    """log Σ exp(x) over `axis` on a raw array, keeping the reduced axes (shifted by the max for stability)."""
+    xp = array_namespace(x)
+    axes = normalize_axis(axis, x.ndim, "logsumexp")
+    m = xp.max(x, axis=axes, keepdims=True)
+    # A row of -inf (or an inf) would make x - m NaN: shift by 0 there instead; log 0 then gives -inf.
+    m = xp.where(xp.isfinite(m), m, xp.zeros_like(m))
+    s = xp.sum(xp.exp(x - m), axis=axes, keepdims=True)
+    nonzero = s > 0
+    log_s = xp.where(nonzero, xp.log(xp.where(nonzero, s, xp.ones_like(s))), xp.full_like(s, -math.inf))
+    return log_s + m
+
+
+class _Extremum(Function):
+    """y = max/min x over `axis`; dy/dx = 1 at the positions equal to y (every tied one), 0 elsewhere."""
+
+    keeps_inputs = False
+    name = "max"
+
+    def __init__(self, axis: Any, keepdims: bool):
+        self.axis = axis
+        self.keepdims = keepdims
+
+    def reduce(self, x, axes, keepdims):
+        raise NotImplementedError
+
+    def forward(self, x):
+        self.x_shape = tuple(x.shape)
+        axes = normalize_axis(self.axis, x.ndim, self.name)
+        if x.ndim and any(x.shape[a] == 0 for a in axes):
+            raise ValueError(f"{self.name}: cannot reduce over an empty axis of an array of shape {self.x_shape}")
+        y = self.reduce(x, axes, True)
+        # The mask is a constant of the graph: the second derivative of max is zero almost everywhere.
+        self.mask = self.xp.astype(x == y, x.dtype)
+        self.kept_shape = tuple(y.shape)
+        return y if self.keepdims else self.xp.reshape(y, tuple(s for i, s in enumerate(y.shape) if i not in axes))
+
+    def backward(self, gy):
+        gy = reshape(gy, self.kept_shape)
+        return broadcast_to(gy, self.x_shape) * Variable(self.mask)
+
+
+class Max(_Extremum):
+    name = "max"
+
+    def reduce(self, x, axes, keepdims):
+        return self.xp.max(x, axis=axes, keepdims=keepdims)
+
+
+class Min(_Extremum):
+    name = "min"
+
+    def reduce(self, x, axes, keepdims):
+        return self.xp.min(x, axis=axes, keepdims=keepdims)
+
+
+def max(x: Any, axis: int | tuple | None = None, keepdims: bool = False) -> Variable:
+    """Largest element of x over `axis` (all axes by default)."""
+    return Max(axis, keepdims)(x)
+
+
+def min(x: Any, axis: int | tuple | None = None, keepdims: bool = False) -> Variable:
+    """Smallest element of x over `axis` (all axes by default)."""
+    return Min(axis, keepdims)(x)
+
+
+class Clip(Function):
+    """y = min(max(x, x_min), x_max); dy/dx = 1 where x_min <= x <= x_max, else 0."""
+
+    keeps_inputs = False
+
+    def __init__(self, x_min: float, x_max: float):
+        self.x_min = x_min
+        self.x_max = x_max
+
+    def forward(self, x):
+        xp = self.xp
+        self.mask = xp.astype((x >= self.x_min) & (x <= self.x_max), x.dtype)
+        return xp.clip(x, self.x_min, self.x_max)
+
+    def backward(self, gy):
+        return gy * Variable(self.mask)
+
+
+def clip(x: Any, x_min: float, x_max: float) -> Variable:
+    """x clipped to [x_min, x_max] (Python numbers)."""
+    if x_min > x_max:
+        raise ValueError(f"clip: x_min ({x_min}) must not exceed x_max ({x_max})")
+    return Clip(x_min, x_max)(as_variable(x))
