@@ -180,9 +180,7 @@ def _worker(framework: str, workload: str) -> float:
 
 
 def _in_subprocess(*args: str) -> float:
-    out = subprocess.run(
-        [sys.executable, __file__, "--worker", *args], capture_output=True, text=True, check=True
-    )
+    out = subprocess.run([sys.executable, __file__, "--worker", *args], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 

@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from xdezero import Variable
+from xdezero import Variable, backends
 from xdezero.backends import library_name
 
 
 def to_numpy(a) -> np.ndarray:
     """Any backend array (or Variable) as a NumPy array, for comparisons."""
-    if isinstance(a, Variable):
-        a = a.data
-    if library_name(a) == "cupy":
-        return a.get()
-    if library_name(a) == "torch":
-        return a.detach().cpu().numpy()
-    try:
-        return np.asarray(a)
-    except (TypeError, ValueError, RuntimeError):
-        return np.from_dlpack(a)
+    return backends.to_numpy(a.data if isinstance(a, Variable) else a)
 
 
 def asarray(xp, a, dtype=None):

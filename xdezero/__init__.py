@@ -1,19 +1,56 @@
 """xdezero: DeZero's define-by-run autodiff engine over any array-API array."""
 
+# Submodules, so that `import xdezero` gives `xdezero.functions`, `xdezero.layers`, ... as in DeZero.
+from xdezero import (
+    cuda,
+    dataloaders,
+    datasets,
+    functions,
+    layers,
+    models,
+    optimizers,
+    transforms,
+    utils,
+)
 from xdezero._config import Config, no_grad, test_mode, using_config
 from xdezero.core import Function, Parameter, Variable, as_array, as_variable
+from xdezero.dataloaders import DataLoader
+from xdezero.datasets import Dataset
+from xdezero.layers import Layer
+from xdezero.models import Model
+from xdezero.optimizers import Optimizer
 
 __version__ = "0.1.0"
 
+
+def setup_variable() -> None:
+    """DeZero installs Variable's operators here; xdezero's Variable defines them in its class body."""
+
+
 __all__ = [
     "Config",
+    "DataLoader",
+    "Dataset",
     "Function",
+    "Layer",
+    "Model",
+    "Optimizer",
     "Parameter",
     "Variable",
     "__version__",
     "as_array",
     "as_variable",
+    "cuda",
+    "dataloaders",
+    "datasets",
+    "functions",
+    "layers",
+    "models",
     "no_grad",
+    "optimizers",
+    "setup_variable",
     "test_mode",
+    "transforms",
     "using_config",
+    "utils",
 ]

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from xdezero.backends import array_namespace, device_of, to_cpu
+from xdezero.backends import array_namespace, device_of, to_numpy
 from xdezero.core import Variable, as_variable, sum_to_array
 from xdezero.functions.conv import get_conv_outsize, get_deconv_outsize, pair
 from xdezero.functions.reduce import logsumexp, max_backward_shape
@@ -38,15 +38,7 @@ def sum_to(x: Any, shape: tuple) -> Any:
 
 
 def _to_numpy(x: Any) -> np.ndarray:
-    if isinstance(x, Variable):
-        x = x.data
-    if isinstance(x, np.ndarray | np.generic | int | float | bool | list):
-        return np.asarray(x)
-    x = to_cpu(x)
-    try:
-        return np.asarray(x)
-    except (TypeError, ValueError, RuntimeError):
-        return np.from_dlpack(x)
+    return to_numpy(x.data if isinstance(x, Variable) else x)
 
 
 def array_equal(a: Any, b: Any) -> bool:

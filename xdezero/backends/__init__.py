@@ -21,6 +21,7 @@ from xdezero.backends._namespace import (
     to_cpu,
     to_device,
     to_gpu,
+    to_numpy,
 )
 from xdezero.backends._random import seed, uniform
 from xdezero.backends._scatter import flat_positions, scatter_add
@@ -46,6 +47,7 @@ __all__ = [
     "to_cpu",
     "to_device",
     "to_gpu",
+    "to_numpy",
     "uniform",
     "windows",
 ]

@@ -144,6 +144,21 @@ def to_cpu(x: Any) -> Any:
     return as_array_data(x, what="to_cpu argument")
 
 
+def to_numpy(x: Any) -> np.ndarray:
+    """Any array (or Python/NumPy scalar or list) as a NumPy array, copied to the host when it lives elsewhere."""
+    if isinstance(x, np.ndarray):
+        return x
+    if x is None or isinstance(x, np.generic | int | float | complex | bool | list | tuple):
+        return np.asarray(x)
+    x = to_cpu(x)
+    if array_api_compat.is_torch_array(x):
+        return x.detach().numpy()
+    try:
+        return np.asarray(x)
+    except (TypeError, ValueError, RuntimeError):  # array-api-strict offers only DLPack
+        return np.from_dlpack(x)
+
+
 def to_gpu(x: Any) -> Any:
     """Move an array to the GPU: NumPy arrays become CuPy arrays; torch and JAX arrays move to their GPU device."""
     if x is None:

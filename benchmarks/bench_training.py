@@ -1,0 +1,173 @@
+"""One training step (forward, loss, backward, SGD update): xdezero side by side with PyTorch eager.
+
+    python benchmarks/bench_training.py                  # CPU: xdezero on NumPy vs torch CPU
+    python benchmarks/bench_training.py --device cuda    # GPU: xdezero on CuPy vs torch CUDA
+    python benchmarks/bench_training.py --threads 0      # leave both libraries' thread counts alone
+
+Workloads (float32, sigmoid hidden layers, softmax cross-entropy, SGD lr=0.1)
+  cpu   mlp-spiral   2 → 1000 → 3, batch 300 (the spiral data set)
+  cuda  mlp-mnist    784 → 1000 → 1000 → 10, batch 100
+  cuda  wide-4096    4096 → 4096 (one linear layer, 4096 classes), batch 4096
+
+Each number is the median over repeats of the time of one step, in µs, the two frameworks timed in turn,
+one step each; `ratio` is xdezero / torch.
+By default both libraries run with one CPU thread (`--threads 1`), so the comparison measures the frameworks
+rather than thread scheduling; set the thread count before NumPy's BLAS starts, i.e. here, on the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import statistics
+import sys
+import time
+
+
+def _set_threads(n: int) -> None:
+    # Must happen before NumPy (and its BLAS) is imported.
+    if n > 0:
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(n)
+
+
+def _interleaved_medians(steps, syncs, repeats: int, warmup: int) -> list[float]:
+    """Median µs per step of each step function, timed one step of each in turn (drifting load hits all)."""
+    for step, sync in zip(steps, syncs):
+        for _ in range(warmup):
+            step()
+        sync()
+    times = [[] for _ in steps]
+    for _ in range(repeats):
+        for k, (step, sync) in enumerate(zip(steps, syncs)):
+            t0 = time.perf_counter()
+            step()
+            sync()
+            times[k].append(time.perf_counter() - t0)
+    return [statistics.median(ts) * 1e6 for ts in times]
+
+
+def _data(sizes: tuple[int, ...], batch: int, spiral: bool):
+    import numpy as np
+
+    if spiral:
+        from xdezero.datasets import get_spiral
+
+        x, t = get_spiral(train=True)
+        return x[:batch], t[:batch]
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((batch, sizes[0])).astype(np.float32), rng.integers(0, sizes[-1], size=batch)
+
+
+def xdezero_step(sizes: tuple[int, ...], x_np, t_np, gpu: bool):
+    """A step function for xdezero's MLP, its data on the host (NumPy) or the GPU (CuPy)."""
+    import numpy as np
+
+    import xdezero.functions as F
+    from xdezero import models, optimizers
+    from xdezero.backends import to_gpu
+
+    np.random.seed(0)
+    model = models.MLP(sizes[1:], activation=F.sigmoid)
+    optimizer = optimizers.SGD(lr=0.1).setup(model)
+    x, t = (to_gpu(x_np), to_gpu(t_np)) if gpu else (x_np, t_np)
+    if gpu:
+        model.to_gpu()
+
+    def step():
+        loss = F.softmax_cross_entropy(model(x), t)
+        model.cleargrads()
+        loss.backward()
+        optimizer.update()
+
+    return step
+
+
+def torch_step(sizes: tuple[int, ...], x_np, t_np, device: str):
+    import torch
+
+    torch.manual_seed(0)
+    layers = []
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
+        if i:
+            layers.append(torch.nn.Sigmoid())
+        layers.append(torch.nn.Linear(n_in, n_out))
+    model = torch.nn.Sequential(*layers).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.from_numpy(x_np).to(device)
+    t = torch.from_numpy(t_np).to(device=device, dtype=torch.int64)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        loss = loss_fn(model(x), t)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def _require_gpu() -> None:
+    from xdezero.backends import is_cupy_available
+
+    problems = []
+    if not is_cupy_available():
+        problems.append("CuPy with a usable CUDA device (cupy.cuda.is_available())")
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            problems.append("a CUDA build of torch that sees the GPU (torch.cuda.is_available())")
+    except ImportError:
+        problems.append("torch")
+    if problems:
+        sys.exit("bench_training --device cuda needs " + " and ".join(problems) + "; none found here")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--repeats", type=int, default=200, help="timed steps per workload (default 200)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for NumPy and torch (0: defaults)")
+    args = parser.parse_args()
+    _set_threads(args.threads)
+
+    if args.device == "cuda":
+        _require_gpu()
+        import cupy
+        import torch
+
+        workloads = [("mlp-mnist", (784, 1000, 1000, 10), 100, False), ("wide-4096", (4096, 4096), 4096, False)]
+
+        def sync_ours():
+            cupy.cuda.Device().synchronize()
+
+        sync_torch = torch.cuda.synchronize
+    else:
+        workloads = [("mlp-spiral", (2, 1000, 3), 300, True)]
+
+        def sync_ours():
+            pass
+
+        sync_torch = sync_ours
+
+    import torch
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+
+    print(f"device={args.device} threads={args.threads or 'default'} repeats={args.repeats} (median µs per step)")
+    print(f"{'workload':28} {'xdezero':>10} {'torch':>10} {'ratio':>7}")
+    for name, sizes, batch, spiral in workloads:
+        x, t = _data(sizes, batch, spiral)
+        ours_step = xdezero_step(sizes, x, t, gpu=args.device == "cuda")
+        ref_step = torch_step(sizes, x, t, "cuda" if args.device == "cuda" else "cpu")
+        warmup = max(5, args.repeats // 10)
+        ours, ref = _interleaved_medians([ours_step, ref_step], [sync_ours, sync_torch], args.repeats, warmup)
+        label = f"{name} {'→'.join(map(str, sizes))} b{batch}"
+        print(f"{label:28} {ours:10.1f} {ref:10.1f} {ours / ref:7.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Mini-batch iterators over a Dataset (DeZero's `dezero.dataloaders`).
+
+Shuffling uses a private `numpy.random.Generator`, never NumPy's global RNG state: pass `seed=` for a fixed
+order, or leave it out and the generator is seeded by one draw from the global RNG when the loader is
+created. So a program that calls `np.random.seed(0)` first is reproducible, as with DeZero, and other code
+drawing global random numbers between epochs does not change the order of the batches.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from xdezero.backends import to_gpu as _to_gpu
+from xdezero.transforms import _make_rng
+
+__all__ = ["DataLoader", "SeqDataLoader"]
+
+
+def _check_batch_size(cls: str, batch_size: Any) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
+        raise TypeError(f"{cls}: batch_size must be a positive integer, got {type(batch_size).__name__}")
+    if batch_size <= 0:
+        raise ValueError(f"{cls}: batch_size must be a positive integer, got {batch_size}")
+    return int(batch_size)
+
+
+class DataLoader:
+    """Iterate over `dataset` in batches `(x, t)` of `batch_size` examples (the last one may be smaller).
+
+    One pass over the data set is one `for` loop; the loader then resets (reshuffling when `shuffle`) for
+    the next epoch. Batches are NumPy arrays, or CuPy arrays when `gpu=True` (which needs CuPy and a GPU).
+    `t` is None when the data set has no labels.
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        batch_size: int,
+        shuffle: bool = True,
+        gpu: bool = False,
+        *,
+        seed: int | np.random.Generator | None = None,
+    ) -> None:
+        self.dataset = dataset
+        self.batch_size = _check_batch_size(type(self).__name__, batch_size)
+        self.shuffle = shuffle
+        self.gpu = gpu
+        self.data_size = len(dataset)
+        self.max_iter = math.ceil(self.data_size / self.batch_size)
+        self.rng = _make_rng(seed) if shuffle else None
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new epoch (a new order when shuffling)."""
+        self.iteration = 0
+        if self.shuffle:
+            self.index = self.rng.permutation(self.data_size)
+        else:
+            self.index = np.arange(self.data_size)
+
+    def __iter__(self) -> DataLoader:
+        return self
+
+    def _batch_indices(self) -> Any:
+        i, b = self.iteration, self.batch_size
+        return self.index[i * b : (i + 1) * b]
+
+    def __next__(self) -> tuple[Any, Any]:
+        if self.iteration >= self.max_iter:
+            self.reset()
+            raise StopIteration
+        batch = [self.dataset[int(i)] for i in self._batch_indices()]
+        x = np.asarray([example[0] for example in batch])
+        labels = [example[1] for example in batch]
+        t = None if all(label is None for label in labels) else np.asarray(labels)
+        if self.gpu:
+            x, t = _to_gpu(x), _to_gpu(t)
+        self.iteration += 1  # only now: a failed GPU move does not skip the batch
+        return x, t
+
+    def next(self) -> tuple[Any, Any]:
+        return self.__next__()
+
+    def __len__(self) -> int:
+        return self.max_iter
+
+    def to_cpu(self) -> None:
+        self.gpu = False
+
+    def to_gpu(self) -> None:
+        self.gpu = True
+
+
+class SeqDataLoader(DataLoader):
+    """Batches for truncated backprop through time: row k of each batch walks its own contiguous stretch of
+    the sequence (start k * len(dataset) // batch_size), one step per iteration; no shuffling."""
+
+    def __init__(self, dataset: Any, batch_size: int, gpu: bool = False) -> None:
+        super().__init__(dataset, batch_size, shuffle=False, gpu=gpu)
+        if self.batch_size > self.data_size:
+            raise ValueError(
+                f"SeqDataLoader: batch_size {self.batch_size} is larger than the data set ({self.data_size} examples)"
+            )
+
+    def _batch_indices(self) -> Any:
+        jump = self.data_size // self.batch_size
+        return (np.arange(self.batch_size) * jump + self.iteration) % self.data_size

@@ -1,0 +1,397 @@
+"""Data sets (DeZero's `dezero.datasets`): in-memory NumPy data, indexed one example at a time.
+
+Downloaded files are cached in `~/.xdezero` (or the folder named by the environment variable
+`XDEZERO_DATA_DIR`). A download goes to a temporary file in that folder, is checked against its published
+checksum, and only then renamed into place, so an interrupted or corrupt download never leaves a file that
+looks cached. Files already in the folder are trusted as they are: to use a copy fetched by other means,
+put it there under its original name.
+
+CIFAR-10/100 are distributed as Python pickles. Unpickling can run arbitrary code, so they are read with
+a restricted unpickler that rebuilds only NumPy arrays, dtypes and plain containers (see `_SafeUnpickler`).
+"""
+
+from __future__ import annotations
+
+import codecs
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import sys
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xdezero.transforms import Compose, Flatten, Normalize, ToFloat
+
+__all__ = [
+    "Dataset",
+    "Spiral",
+    "SinCurve",
+    "MNIST",
+    "CIFAR10",
+    "CIFAR100",
+    "DownloadError",
+    "data_dir",
+    "get_file",
+    "get_spiral",
+]
+
+
+# --- download and cache ---------------------------------------------------------------------------
+
+
+class DownloadError(OSError):
+    """A data file could not be downloaded, or its content failed the checksum."""
+
+
+def data_dir() -> Path:
+    """The cache folder: `$XDEZERO_DATA_DIR` if set, else `~/.xdezero` (created on first use)."""
+    env = os.environ.get("XDEZERO_DATA_DIR")
+    path = Path(env).expanduser() if env else Path.home() / ".xdezero"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _open_url(url: str, timeout: float) -> Any:
+    """A readable binary stream for `url` (the one place that touches the network)."""
+    request = urllib.request.Request(url, headers={"User-Agent": "xdezero"})
+    return urllib.request.urlopen(request, timeout=timeout)
+
+
+def _new_hash(checksum: str | None) -> tuple[Any, str] | None:
+    if checksum is None:
+        return None
+    algorithm, sep, expected = checksum.partition(":")
+    if not sep or algorithm not in ("md5", "sha256"):
+        raise ValueError(f"get_file: checksum must look like 'sha256:<hex>' or 'md5:<hex>', got {checksum!r}")
+    return hashlib.new(algorithm, usedforsecurity=False), expected.lower()
+
+
+def _download(url: str, dest: Path, checksum: str | None, timeout: float) -> None:
+    """Stream `url` into a temporary file next to `dest`, verify it, then rename it to `dest`."""
+    hasher = _new_hash(checksum)
+    fd, tmp_name = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out, _open_url(url, timeout) as response:
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+                if hasher is not None:
+                    hasher[0].update(chunk)
+        if hasher is not None and hasher[0].hexdigest() != hasher[1]:
+            raise DownloadError(
+                f"the file downloaded from {url} is corrupt: its {hasher[0].name} checksum is "
+                f"{hasher[0].hexdigest()}, expected {hasher[1]}; nothing was cached, try again later"
+            )
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def get_file(
+    url: str | Sequence[str], file_name: str | None = None, checksum: str | None = None, timeout: float = 60.0
+) -> str:
+    """The local path of the file at `url`, downloading it into `data_dir()` unless already there.
+
+    `url` may be a list of mirrors, tried in order. `checksum` ('sha256:<hex>' or 'md5:<hex>') is verified on
+    download; a mismatch raises DownloadError and leaves nothing in the cache.
+    """
+    urls = [url] if isinstance(url, str) else list(url)
+    if not urls:
+        raise ValueError("get_file: no URL given")
+    if file_name is None:
+        file_name = urls[0].rstrip("/").rpartition("/")[2]
+    _new_hash(checksum)  # reject a malformed checksum before touching the network
+    dest = data_dir() / file_name
+    if dest.exists():
+        return str(dest)
+    failures = []
+    for u in urls:
+        print(f"Downloading {file_name} from {u} ...", file=sys.stderr)
+        try:
+            _download(u, dest, checksum, timeout)
+            return str(dest)
+        except DownloadError as e:
+            failures.append(str(e))
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            reason = getattr(e, "reason", None) or e
+            failures.append(f"{u}: {reason}")
+    raise DownloadError(
+        f"could not download {file_name} ({'; '.join(failures)}). If this machine is offline, fetch the file "
+        f"elsewhere and place it at {dest} (set XDEZERO_DATA_DIR to use another folder)."
+    )
+
+
+# --- Dataset -----------------------------------------------------------------------------------------
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+class Dataset:
+    """Examples `(transform(data[i]), target_transform(label[i]))`; subclasses fill `data`/`label` in `prepare`."""
+
+    def __init__(
+        self, train: bool = True, transform: Callable | None = None, target_transform: Callable | None = None
+    ) -> None:
+        self.train = train
+        self.transform = _identity if transform is None else transform
+        self.target_transform = _identity if target_transform is None else target_transform
+        self.data: Any = None
+        self.label: Any = None
+        self.prepare()
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        if not isinstance(index, int | np.integer):
+            raise TypeError(
+                f"{type(self).__name__}[index] takes one integer index (use a DataLoader for batches), "
+                f"got {type(index).__name__}"
+            )
+        x = self.transform(self.data[index])
+        if self.label is None:
+            return x, None
+        return x, self.target_transform(self.label[index])
+
+    def __len__(self) -> int:
+        if self.data is None:
+            return 0
+        return len(self.data)
+
+    def prepare(self) -> None:
+        """Load `self.data` (and `self.label`, or leave it None); called once by `__init__`."""
+
+
+# --- toy data sets -------------------------------------------------------------------------------------
+
+
+def get_spiral(train: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Three interleaved spirals of 100 points each: x float32 (300, 2), t int64 (300,), shuffled.
+
+    Deterministic (seed 1984 for the training set, 2020 for the test set), drawn from a private legacy
+    RandomState, so the values are DeZero's and NumPy's global random state is left alone.
+    """
+    rng = np.random.RandomState(1984 if train else 2020)
+    num_data, num_class = 100, 3
+    rate = np.arange(num_data) / num_data
+    theta = np.arange(num_class)[:, None] * 4.0 + 4.0 * rate + rng.randn(num_class, num_data) * 0.2
+    radius = np.broadcast_to(rate, theta.shape)
+    x = np.stack([radius * np.sin(theta), radius * np.cos(theta)], axis=-1).reshape(-1, 2).astype(np.float32)
+    t = np.repeat(np.arange(num_class, dtype=np.int64), num_data)
+    order = rng.permutation(num_data * num_class)
+    return x[order], t[order]
+
+
+class Spiral(Dataset):
+    """The spiral data set of `get_spiral` (300 points, 3 classes)."""
+
+    def prepare(self) -> None:
+        self.data, self.label = get_spiral(self.train)
+
+
+class SinCurve(Dataset):
+    """999 consecutive pairs (y[k], y[k+1]) of sin (train, with fixed-seed uniform noise ±0.05) or cos (test)."""
+
+    def prepare(self) -> None:
+        x = np.linspace(0, 2 * np.pi, 1000)
+        if self.train:
+            y = np.sin(x) + np.random.default_rng(0).uniform(-0.05, 0.05, size=x.shape)
+        else:
+            y = np.cos(x)
+        self.data = y[:-1, None]
+        self.label = y[1:, None]
+
+
+# --- MNIST -------------------------------------------------------------------------------------------
+
+_MNIST_MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+)
+_MNIST_FILES = {
+    "train-images-idx3-ubyte.gz": "md5:f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte.gz": "md5:d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte.gz": "md5:9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte.gz": "md5:ec29112dd5afa0611ce80d1b7f02629c",
+}
+
+
+# Stateless, so one shared instance serves as the default argument.
+_MNIST_TRANSFORM = Compose([Flatten(), ToFloat(), Normalize(0.0, 255.0)])
+_CIFAR_TRANSFORM = Compose([ToFloat(), Normalize(mean=127.5, std=127.5)])
+
+
+def _read_idx(path: str | Path, ndim: int) -> np.ndarray:
+    """An unsigned-byte IDX array (the MNIST format: magic 0x0000080N, N big-endian uint32 sizes, data)."""
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    magic = 0x800 + ndim
+    header = 4 + 4 * ndim
+    if len(raw) < header or int.from_bytes(raw[:4], "big") != magic:
+        raise ValueError(f"{path} is not an IDX file of {ndim}-d unsigned bytes (bad magic number)")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=header)
+    if data.size != int(np.prod(shape)):
+        raise ValueError(f"{path} is truncated or corrupt: header says shape {shape}, found {data.size} bytes")
+    return data.reshape(shape)
+
+
+class MNIST(Dataset):
+    """MNIST digits: data uint8 (N, 1, 28, 28), label uint8 (N,); 60000 train / 10000 test examples.
+
+    The default transform (DeZero's) flattens each image to 784 float32 values in [0, 1]; `transform=None`
+    gives the raw uint8 images.
+    """
+
+    def __init__(
+        self,
+        train: bool = True,
+        transform: Callable | None = _MNIST_TRANSFORM,
+        target_transform: Callable | None = None,
+    ) -> None:
+        super().__init__(train, transform, target_transform)
+
+    def prepare(self) -> None:
+        prefix = "train" if self.train else "t10k"
+        paths = {}
+        for kind in ("images-idx3", "labels-idx1"):
+            name = f"{prefix}-{kind}-ubyte.gz"
+            paths[kind] = get_file([m + name for m in _MNIST_MIRRORS], name, _MNIST_FILES[name])
+        images = _read_idx(paths["images-idx3"], 3)
+        labels = _read_idx(paths["labels-idx1"], 1)
+        if len(images) != len(labels):
+            raise ValueError(f"MNIST: {len(images)} images but {len(labels)} labels")
+        self.data = images.reshape(-1, 1, images.shape[1], images.shape[2])
+        self.label = labels
+
+    def show(self, row: int = 10, col: int = 10) -> None:
+        """Show a random row × col grid of images with matplotlib."""
+        import matplotlib.pyplot as plt
+
+        h, w = self.data.shape[2:]
+        picks = np.random.default_rng().integers(0, len(self.data), size=row * col)
+        grid = self.data[picks, 0].reshape(row, col, h, w).transpose(0, 2, 1, 3).reshape(row * h, col * w)
+        plt.imshow(grid, cmap="gray", interpolation="nearest")
+        plt.axis("off")
+        plt.show()
+
+    @staticmethod
+    def labels() -> dict[int, str]:
+        return {i: str(i) for i in range(10)}
+
+
+# --- CIFAR -------------------------------------------------------------------------------------------
+
+
+def _numpy_reconstructors() -> dict[tuple[str, str], Any]:
+    # The functions NumPy's own pickles name, looked up through live objects so that both the NumPy 1 names
+    # (numpy.core.multiarray) and the NumPy 2 ones (numpy._core.multiarray) map to them without deprecation.
+    reconstruct = np.zeros(1).__reduce__()[0]
+    scalar = np.float64(0).__reduce__()[0]
+    # Python 3 writes bytes in protocol-2 pickles as _codecs.encode(text, 'latin1'): a pure conversion.
+    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): codecs.encode}
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed[(module, "_reconstruct")] = reconstruct
+        allowed[(module, "scalar")] = scalar
+    return allowed
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Rebuilds only NumPy arrays/dtypes/scalars and builtin containers; any other global is refused."""
+
+    _allowed = _numpy_reconstructors()
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return self._allowed[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"refusing to load {module}.{name} from a data file: only NumPy arrays and plain containers "
+                "are allowed (the file may be corrupt or malicious)"
+            ) from None
+
+
+def _load_pickle(stream: Any) -> dict:
+    obj = _SafeUnpickler(stream, encoding="bytes").load()
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a pickled dict in the CIFAR archive, found {type(obj).__name__}")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+class CIFAR10(Dataset):
+    """CIFAR-10 images: data uint8 (N, 3, 32, 32), label int64 (N,); 50000 train / 10000 test examples.
+
+    The default transform maps each pixel to float32 in [-1, 1]; `transform=None` gives the raw uint8 images.
+    """
+
+    url = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+    checksum = "md5:c58f30108f718f92721af3b95e74349a"
+    train_members = tuple(f"cifar-10-batches-py/data_batch_{i}" for i in range(1, 6))
+    test_members = ("cifar-10-batches-py/test_batch",)
+
+    def __init__(
+        self,
+        train: bool = True,
+        transform: Callable | None = _CIFAR_TRANSFORM,
+        target_transform: Callable | None = None,
+    ) -> None:
+        super().__init__(train, transform, target_transform)
+
+    def _label_key(self) -> str:
+        return "labels"
+
+    def prepare(self) -> None:
+        path = get_file(self.url, checksum=self.checksum)
+        members = self.train_members if self.train else self.test_members
+        data, labels = [], []
+        with tarfile.open(path, "r:gz") as tar:
+            for member in members:
+                try:
+                    stream = tar.extractfile(member)
+                except KeyError:
+                    stream = None
+                if stream is None:
+                    raise ValueError(f"{path} has no file {member}; the archive is not the official one")
+                batch = _load_pickle(io.BytesIO(stream.read()))
+                data.append(np.asarray(batch["data"], dtype=np.uint8))
+                labels.append(np.asarray(batch[self._label_key()], dtype=np.int64))
+        self.data = np.concatenate(data).reshape(-1, 3, 32, 32)
+        self.label = np.concatenate(labels)
+
+    @staticmethod
+    def labels() -> dict[int, str]:
+        names = "airplane automobile bird cat deer dog frog horse ship truck".split()
+        return dict(enumerate(names))
+
+
+class CIFAR100(CIFAR10):
+    """CIFAR-100: like CIFAR10 with 100 'fine' labels or 20 'coarse' ones (`label_type`)."""
+
+    url = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+    checksum = "md5:eb9058c3a382ffc7106e4002c42a8d85"
+    train_members = ("cifar-100-python/train",)
+    test_members = ("cifar-100-python/test",)
+
+    def __init__(
+        self,
+        train: bool = True,
+        transform: Callable | None = _CIFAR_TRANSFORM,
+        target_transform: Callable | None = None,
+        label_type: str = "fine",
+    ) -> None:
+        if label_type not in ("fine", "coarse"):
+            raise ValueError(f"CIFAR100: label_type must be 'fine' or 'coarse', got {label_type!r}")
+        self.label_type = label_type
+        super().__init__(train, transform, target_transform)
+
+    def _label_key(self) -> str:
+        return self.label_type + "_labels"

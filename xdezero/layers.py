@@ -1,0 +1,480 @@
+"""Layers: objects that own Parameters (registered by attribute assignment) and compute with xdezero.functions.
+
+Parameters are created on the host with NumPy's global random generator (so `np.random.seed` makes a model
+reproducible) and move to the library and device of the first input a layer sees; `to_cpu`, `to_gpu` and
+`to_device` move them explicitly. Weights are saved as NumPy `.npz` files whatever the backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import secrets
+import weakref
+import zipfile
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+import xdezero.functions as F
+from xdezero.backends import array_namespace, device_of, to_cpu, to_device, to_gpu, to_numpy
+from xdezero.core import Parameter, Variable
+
+__all__ = ["Layer", "Linear", "Conv2d", "Deconv2d", "RNN", "LSTM", "EmbedID", "BatchNorm"]
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def _raw(x: Any) -> Any:
+    return x.data if isinstance(x, Variable) else x
+
+
+def _on_library_of(host: np.ndarray, like: Any) -> Any:
+    """The NumPy array `host` as an array of `like`'s library and device (NumPy itself when `like` is None)."""
+    if like is None or isinstance(like, np.ndarray):
+        return host
+    return array_namespace(like).asarray(host, device=device_of(like))
+
+
+def _numpy_dtype(a: Any) -> np.dtype:
+    """The NumPy dtype matching the dtype of the backend array `a` (torch and array-api-strict have their own)."""
+    if isinstance(a.dtype, np.dtype):
+        return a.dtype
+    return to_numpy(array_namespace(a).empty((0,), dtype=a.dtype, device=device_of(a))).dtype
+
+
+def _pair(x: int | tuple[int, int], what: str) -> tuple[int, int]:
+    if isinstance(x, int):
+        return (x, x)
+    if isinstance(x, tuple | list) and len(x) == 2 and all(isinstance(v, int) for v in x):
+        return (x[0], x[1])
+    raise ValueError(f"{what} must be an int or a pair of ints, got {x!r}")
+
+
+def _weak(x: Any) -> weakref.ref | Callable[[], None]:
+    try:
+        return weakref.ref(x)
+    except TypeError:  # an object without weak reference support counts as already freed
+        return lambda: None
+
+
+def _lazy_parameter(name: str, shape: tuple, dtype: Any) -> Parameter:
+    """A Parameter whose data is created on the first input; `shape` may hold None for the unknown sizes.
+
+    The expected shape and dtype let `load_weights` fill (and validate) it before the first call.
+    """
+    p = Parameter(None, name=name)
+    p.expected_shape = shape
+    p.expected_dtype = None if dtype is None else np.dtype(dtype)
+    return p
+
+
+# --- Layer -----------------------------------------------------------------------------------------
+
+
+class Layer:
+    """A differentiable building block: Parameters and Layers assigned as attributes are its parameters.
+
+    Registration follows assignment order (nested Layers included), so `params()` and weight-file keys are
+    stable. A Parameter reachable twice (a shared layer) is yielded once.
+    """
+
+    _placed = False  # set once the layer's own parameters have followed its first input
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "_params", {})  # attribute names, in insertion order (a dict used as a set)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        registry = self.__dict__.get("_params")
+        if registry is None:  # a subclass that skipped Layer.__init__
+            Layer.__init__(self)
+            registry = self._params
+        if isinstance(value, Parameter | Layer):
+            registry[name] = None
+        else:
+            registry.pop(name, None)
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        self.__dict__.get("_params", {}).pop(name, None)
+        object.__delattr__(self, name)
+
+    def __call__(self, *inputs: Any) -> Any:
+        if not self._placed:
+            self._follow_first_input(inputs)
+        outputs = self.forward(*inputs)
+        if not isinstance(outputs, tuple):
+            outputs = (outputs,)
+        object.__setattr__(self, "inputs", [_weak(x) for x in inputs])
+        object.__setattr__(self, "outputs", [_weak(y) for y in outputs])
+        return outputs if len(outputs) > 1 else outputs[0]
+
+    def forward(self, *inputs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward")
+
+    def _follow_first_input(self, inputs: tuple) -> None:
+        """Move this layer's own NumPy-created parameters to the library and device of its first input."""
+        like = next((_raw(x) for x in inputs if _raw(x) is not None), None)
+        if like is None or isinstance(like, np.ndarray) or not hasattr(like, "shape"):
+            object.__setattr__(self, "_placed", True)
+            return
+        for name in self.__dict__.get("_params", ()):
+            p = self.__dict__[name]
+            if isinstance(p, Parameter) and isinstance(p.data, np.ndarray):
+                p.data = _on_library_of(p.data, like)
+        object.__setattr__(self, "_placed", True)
+
+    # --- parameters -------------------------------------------------------------------------
+    def named_params(self) -> Iterator[tuple[str, Parameter]]:
+        """(path, Parameter) pairs, paths joined by '/' (`l1/W`), in registration order."""
+        return self._named_params("", set())
+
+    def _named_params(self, prefix: str, seen: set) -> Iterator[tuple[str, Parameter]]:
+        seen.add(id(self))
+        for name in self.__dict__.get("_params", ()):
+            obj = self.__dict__[name]
+            key = f"{prefix}/{name}" if prefix else name
+            if id(obj) in seen:
+                continue
+            if isinstance(obj, Layer):
+                yield from obj._named_params(key, seen)
+            else:
+                seen.add(id(obj))
+                yield key, obj
+
+    def params(self) -> Iterator[Parameter]:
+        """Every Parameter of this layer and its sublayers, each once."""
+        for _, p in self.named_params():
+            yield p
+
+    def cleargrads(self) -> None:
+        for p in self.params():
+            p.cleargrad()
+
+    # DeZero's name for the flattening; kept for code written against it.
+    def _flatten_params(self, params_dict: dict, parent_key: str = "") -> None:
+        for key, p in self._named_params(parent_key, set()):
+            params_dict[key] = p
+
+    # --- devices ----------------------------------------------------------------------------
+    def _move(self, move: Callable[[Any], Any], what: str) -> Layer:
+        # Every array is moved before any is assigned: a failure leaves the layer as it was.
+        moved = []
+        for key, p in self.named_params():
+            try:
+                data = None if p.data is None else move(p.data)
+                grad = None if p.grad is None else Variable(move(p.grad.data))
+            except (RuntimeError, TypeError, ValueError) as e:
+                raise type(e)(f"{type(self).__name__}.{what}: cannot move parameter {key!r}: {e}") from e
+            moved.append((p, data, grad))
+        for p, data, grad in moved:
+            p.data = data
+            p.grad = grad
+        return self
+
+    def to_cpu(self) -> Layer:
+        """Move every parameter to the host (CuPy → NumPy; torch/JAX stay themselves, on the CPU)."""
+        return self._move(to_cpu, "to_cpu")
+
+    def to_gpu(self) -> Layer:
+        """Move every parameter to the GPU (NumPy → CuPy; torch/JAX to their GPU device)."""
+        return self._move(to_gpu, "to_gpu")
+
+    def to_device(self, device: Any) -> Layer:
+        """Move every parameter to `device` within its own library ('cpu' and 'gpu' are shorthands)."""
+        return self._move(lambda a: to_device(a, device), "to_device")
+
+    # --- weights on disk --------------------------------------------------------------------
+    def save_weights(self, path: str | os.PathLike) -> None:
+        """Write every parameter to a NumPy `.npz` file (keys like `l1/W`), atomically.
+
+        The model is not moved: each array is copied to NumPy for writing. The file is written under a
+        temporary name in the same directory and renamed over `path`, so a failure leaves any old file intact.
+        As with `np.savez`, `.npz` is appended to a path that lacks it.
+        """
+        arrays = {}
+        for key, p in self.named_params():
+            if p.data is None:
+                raise ValueError(
+                    f"save_weights: parameter {key!r} has no data yet (its shape comes from the first input); "
+                    "call the model on an input before saving"
+                )
+            arrays[key] = to_numpy(p.data)
+        path = os.fspath(path)
+        if not path.endswith(".npz"):
+            path += ".npz"
+        directory, base = os.path.split(os.path.abspath(path))
+        tmp = os.path.join(directory, f".{base}.{secrets.token_hex(6)}.tmp")
+        try:
+            with open(tmp, "xb") as f:
+                _write_npz(f, arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def load_weights(self, path: str | os.PathLike) -> None:
+        """Load a `.npz` file written by `save_weights` (or DeZero) into the parameters, in place.
+
+        Every entry is checked first: a missing or extra key, a shape or dtype mismatch, or pickled data is an
+        error naming the parameter, and then nothing is changed. Arrays go to each parameter's current library
+        and device.
+        """
+        params = dict(self.named_params())
+        where = f"load_weights({os.fspath(path)!r})"
+        try:
+            archive = np.load(path, allow_pickle=False)
+        except ValueError as e:  # NumPy would have to unpickle it: never done here
+            raise ValueError(
+                f"{where}: not an .npz weights file (NumPy reads it only as pickled data, which is never loaded)"
+            ) from e
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise ValueError(f"{where}: expected an .npz archive of named arrays, found a single .npy array")
+        with archive:
+            stored = set(archive.files)
+            missing = [k for k in params if k not in stored]
+            extra = [k for k in archive.files if k not in params]
+            if missing or extra:
+                parts = []
+                if missing:
+                    parts.append("missing parameter(s) " + ", ".join(map(repr, missing)))
+                if extra:
+                    parts.append("unknown key(s) " + ", ".join(map(repr, extra)))
+                raise ValueError(f"{where}: the file does not match {type(self).__name__}: " + "; ".join(parts))
+            staged = [(p, _staged_array(archive, key, p, where)) for key, p in params.items()]
+        for p, data in staged:
+            p.data = data
+
+
+def _write_npz(f: Any, arrays: dict[str, np.ndarray]) -> None:
+    # The zip layout of np.savez, written by hand so that any key (even 'file') is allowed and nothing pickles.
+    with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key, a in arrays.items():
+            with zf.open(key + ".npy", mode="w", force_zip64=True) as entry:
+                np.lib.format.write_array(entry, np.ascontiguousarray(a), allow_pickle=False)
+
+
+def _staged_array(archive: Any, key: str, p: Parameter, where: str) -> Any:
+    """The archive's array for parameter `key`, validated and placed on the parameter's library and device."""
+    try:
+        a = archive[key]
+    except ValueError as e:
+        raise ValueError(f"{where}: parameter {key!r} is stored as pickled objects, which are never loaded") from e
+    if p.data is not None:
+        shape, dtype = tuple(p.data.shape), _numpy_dtype(p.data)
+    else:
+        shape = getattr(p, "expected_shape", None)
+        dtype = getattr(p, "expected_dtype", None)
+    if dtype is None and a.dtype.kind != "f":
+        raise ValueError(f"{where}: parameter {key!r} must hold floating-point numbers, the file has {a.dtype}")
+    if dtype is not None and a.dtype != dtype:
+        raise ValueError(f"{where}: parameter {key!r} has dtype {dtype}, the file has {a.dtype}")
+    if shape is not None and (len(shape) != a.ndim or any(s is not None and s != n for s, n in zip(shape, a.shape))):
+        expected = "(" + ", ".join("?" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "")
+        raise ValueError(f"{where}: parameter {key!r} has shape {expected}), the file has {a.shape}")
+    return a if p.data is None else _on_library_of(a, p.data)
+
+
+# --- layers ----------------------------------------------------------------------------------------
+
+
+class Linear(Layer):
+    """y = x W + b, W of shape (in_size, out_size); in_size is taken from the first input when not given."""
+
+    def __init__(self, out_size: int, nobias: bool = False, dtype: Any = np.float32, in_size: int | None = None):
+        super().__init__()
+        self.in_size = in_size
+        self.out_size = out_size
+        self.dtype = dtype
+        self.W = _lazy_parameter("W", (in_size, out_size), dtype)
+        if in_size is not None:
+            self._init_W()
+        self.b = None if nobias else Parameter(np.zeros(out_size, dtype=dtype), name="b")
+
+    def _init_W(self, like: Any = None) -> None:
+        n_in, n_out = self.in_size, self.out_size
+        W = np.random.randn(n_in, n_out).astype(self.dtype) * math.sqrt(1 / n_in)
+        self.W.data = _on_library_of(W, like)
+
+    def forward(self, x: Any) -> Variable:
+        if self.W.data is None:
+            self.in_size = x.shape[1]
+            self._init_W(_raw(x))
+        return F.linear(x, self.W, self.b)
+
+
+class _ConvBase(Layer):
+    """The parameters shared by Conv2d and Deconv2d; W's layout is set by `_w_shape`."""
+
+    def __init__(self, out_channels, kernel_size, stride, pad, nobias, dtype, in_channels):
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.pad = pad
+        self.dtype = dtype
+        self._kernel = _pair(kernel_size, f"{type(self).__name__} kernel_size")
+        self.W = _lazy_parameter("W", self._w_shape(in_channels), dtype)
+        if in_channels is not None:
+            self._init_W()
+        self.b = None if nobias else Parameter(np.zeros(out_channels, dtype=dtype), name="b")
+
+    def _w_shape(self, in_channels: int | None) -> tuple:
+        raise NotImplementedError
+
+    def _init_W(self, like: Any = None) -> None:
+        kh, kw = self._kernel
+        scale = math.sqrt(1 / (self.in_channels * kh * kw))
+        W = np.random.randn(*self._w_shape(self.in_channels)).astype(self.dtype) * scale
+        self.W.data = _on_library_of(W, like)
+
+    def _prepare(self, x: Any) -> None:
+        if self.W.data is None:
+            self.in_channels = x.shape[1]
+            self._init_W(_raw(x))
+
+
+class Conv2d(_ConvBase):
+    """2-D convolution of NCHW inputs; W of shape (out_channels, in_channels, kh, kw)."""
+
+    def __init__(
+        self,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        pad: int | tuple[int, int] = 0,
+        nobias: bool = False,
+        dtype: Any = np.float32,
+        in_channels: int | None = None,
+    ):
+        super().__init__(out_channels, kernel_size, stride, pad, nobias, dtype, in_channels)
+
+    def _w_shape(self, in_channels):
+        return (self.out_channels, in_channels, *self._kernel)
+
+    def forward(self, x: Any) -> Variable:
+        self._prepare(x)
+        return F.conv2d(x, self.W, self.b, self.stride, self.pad)
+
+
+class Deconv2d(_ConvBase):
+    """2-D transposed convolution of NCHW inputs; W of shape (in_channels, out_channels, kh, kw)."""
+
+    def __init__(
+        self,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        pad: int | tuple[int, int] = 0,
+        nobias: bool = False,
+        dtype: Any = np.float32,
+        in_channels: int | None = None,
+    ):
+        super().__init__(out_channels, kernel_size, stride, pad, nobias, dtype, in_channels)
+
+    def _w_shape(self, in_channels):
+        return (in_channels, self.out_channels, *self._kernel)
+
+    def forward(self, x: Any) -> Variable:
+        self._prepare(x)
+        return F.deconv2d(x, self.W, self.b, self.stride, self.pad)
+
+
+class RNN(Layer):
+    """h' = tanh(x W_x + b + h W_h), keeping h between calls until `reset_state()`."""
+
+    def __init__(self, hidden_size: int, in_size: int | None = None, dtype: Any = np.float32):
+        super().__init__()
+        self.x2h = Linear(hidden_size, in_size=in_size, dtype=dtype)
+        self.h2h = Linear(hidden_size, in_size=hidden_size, nobias=True, dtype=dtype)
+        self.h = None
+
+    def reset_state(self) -> None:
+        self.h = None
+
+    def forward(self, x: Any) -> Variable:
+        a = self.x2h(x)
+        if self.h is not None:
+            a = a + self.h2h(self.h)
+        self.h = F.tanh(a)
+        return self.h
+
+
+class LSTM(Layer):
+    """Long short-term memory: gates f, i, o = σ(x W + h U + b), u = tanh(…); c' = f c + i u; h' = o tanh(c')."""
+
+    def __init__(self, hidden_size: int, in_size: int | None = None, dtype: Any = np.float32):
+        super().__init__()
+        H = hidden_size
+        for gate in "fiou":
+            setattr(self, f"x2{gate}", Linear(H, in_size=in_size, dtype=dtype))
+        for gate in "fiou":
+            setattr(self, f"h2{gate}", Linear(H, in_size=H, nobias=True, dtype=dtype))
+        self.reset_state()
+
+    def reset_state(self) -> None:
+        self.h = None
+        self.c = None
+
+    def forward(self, x: Any) -> Variable:
+        f, i, o, u = (getattr(self, f"x2{g}")(x) for g in "fiou")
+        if self.h is not None:
+            f = f + self.h2f(self.h)
+            i = i + self.h2i(self.h)
+            o = o + self.h2o(self.h)
+            u = u + self.h2u(self.h)
+        f, i, o, u = F.sigmoid(f), F.sigmoid(i), F.sigmoid(o), F.tanh(u)
+        c = i * u if self.c is None else f * self.c + i * u
+        self.h = o * F.tanh(c)
+        self.c = c
+        return self.h
+
+
+class EmbedID(Layer):
+    """y = W[x]: rows of W (in_size, out_size) picked by integer ids."""
+
+    def __init__(self, in_size: int, out_size: int, dtype: Any = np.float32):
+        super().__init__()
+        self.W = Parameter(np.random.randn(in_size, out_size).astype(dtype), name="W")
+
+    def forward(self, x: Any) -> Variable:
+        return F.embed_id(x, self.W)
+
+
+class BatchNorm(Layer):
+    """Batch normalization over axis 0 (and the spatial axes of NCHW inputs), with running statistics."""
+
+    def __init__(self, decay: float = 0.9, eps: float = 2e-5):
+        super().__init__()
+        self.decay = decay
+        self.eps = eps
+        # Running statistics are Parameters (as in DeZero) so they are saved, loaded and moved with the rest;
+        # they never get a gradient, so optimizers leave them alone.
+        self.avg_mean = _lazy_parameter("avg_mean", (None,), None)
+        self.avg_var = _lazy_parameter("avg_var", (None,), None)
+        self.gamma = _lazy_parameter("gamma", (None,), None)
+        self.beta = _lazy_parameter("beta", (None,), None)
+
+    def _init_params(self, x: Any) -> None:
+        xp = array_namespace(x)
+        D, dtype, device = x.shape[1], x.dtype, device_of(x)
+        if self.avg_mean.data is None:
+            self.avg_mean.data = xp.zeros((D,), dtype=dtype, device=device)
+        if self.avg_var.data is None:
+            self.avg_var.data = xp.ones((D,), dtype=dtype, device=device)
+        if self.gamma.data is None:
+            self.gamma.data = xp.ones((D,), dtype=dtype, device=device)
+        if self.beta.data is None:
+            self.beta.data = xp.zeros((D,), dtype=dtype, device=device)
+
+    def forward(self, x: Any) -> Variable:
+        self._init_params(_raw(x))
+        # F.batch_norm rebinds the running statistics' `.data` (never writes into the arrays) in train mode.
+        return F.batch_norm(x, self.gamma, self.beta, self.avg_mean, self.avg_var, self.decay, self.eps)

@@ -1,0 +1,225 @@
+"""Optimizers and gradient hooks.
+
+Updates rebind arrays (`p.data = p.data - lr * g`) and never write into an existing array, so they work on
+immutable (JAX) and read-only arrays alike. Per-parameter state is keyed by the Parameter object. Hooks run
+on the list of parameters that have a gradient, before the update, and replace `p.grad` with a new Variable
+rather than changing the gradient array (which may be shared).
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from xdezero.backends import array_namespace
+from xdezero.core import Parameter, Variable
+
+__all__ = [
+    "Optimizer",
+    "SGD",
+    "MomentumSGD",
+    "AdaGrad",
+    "AdaDelta",
+    "Adam",
+    "WeightDecay",
+    "ClipGrad",
+    "FreezeParam",
+]
+
+
+def _state_store() -> weakref.WeakKeyDictionary:
+    # Keyed by the Parameter itself (never id(), which a new object may reuse); weak, so a dropped model's
+    # state goes with it.
+    return weakref.WeakKeyDictionary()
+
+
+class Optimizer:
+    """Updates the parameters of `target` (a Layer, or anything with `params()`) from their gradients."""
+
+    def __init__(self) -> None:
+        self.target = None
+        self.hooks: list[Callable[[list[Parameter]], None]] = []
+
+    def setup(self, target: Any) -> Optimizer:
+        if not callable(getattr(target, "params", None)):
+            raise TypeError(f"{type(self).__name__}.setup: the target must be a Layer or Model, got {target!r}")
+        self.target = target
+        return self
+
+    def update(self) -> None:
+        if self.target is None:
+            raise RuntimeError(f"{type(self).__name__}.update: call setup(model) first")
+        params = [p for p in self.target.params() if p.grad is not None]
+        for hook in self.hooks:
+            hook(params)
+        for p in params:
+            if p.grad is not None:  # a hook (FreezeParam) may have dropped it
+                self.update_one(p)
+
+    def update_one(self, param: Parameter) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not implement update_one")
+
+    def add_hook(self, f: Callable[[list[Parameter]], None]) -> None:
+        self.hooks.append(f)
+
+    def _state(self, store: weakref.WeakKeyDictionary, param: Parameter) -> Any:
+        """Zeros shaped like `param`, created on first use (state lives in the parameter's library/device)."""
+        state = store.get(param)
+        if state is None:
+            state = store[param] = array_namespace(param.data).zeros_like(param.data)
+        return state
+
+
+class SGD(Optimizer):
+    """p ← p − lr·g."""
+
+    def __init__(self, lr: float = 0.01) -> None:
+        super().__init__()
+        self.lr = lr
+
+    def update_one(self, param: Parameter) -> None:
+        param.data = param.data - self.lr * param.grad.data
+
+
+class MomentumSGD(Optimizer):
+    """v ← momentum·v − lr·g; p ← p + v."""
+
+    def __init__(self, lr: float = 0.01, momentum: float = 0.9) -> None:
+        super().__init__()
+        self.lr = lr
+        self.momentum = momentum
+        self.vs = _state_store()
+
+    def update_one(self, param: Parameter) -> None:
+        v = self.momentum * self._state(self.vs, param) - self.lr * param.grad.data
+        self.vs[param] = v
+        param.data = param.data + v
+
+
+class AdaGrad(Optimizer):
+    """h ← h + g²; p ← p − lr·g / (√h + eps)."""
+
+    def __init__(self, lr: float = 0.001, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.lr = lr
+        self.eps = eps
+        self.hs = _state_store()
+
+    def update_one(self, param: Parameter) -> None:
+        g = param.grad.data
+        h = self._state(self.hs, param) + g * g
+        self.hs[param] = h
+        param.data = param.data - self.lr * g / (array_namespace(h).sqrt(h) + self.eps)
+
+
+class AdaDelta(Optimizer):
+    """s ← ρs + (1−ρ)g²; Δ = √((d + eps)/(s + eps))·g; d ← ρd + (1−ρ)Δ²; p ← p − Δ."""
+
+    def __init__(self, rho: float = 0.95, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.rho = rho
+        self.eps = eps
+        self.msg = _state_store()
+        self.msdx = _state_store()
+
+    def update_one(self, param: Parameter) -> None:
+        rho, eps, g = self.rho, self.eps, param.grad.data
+        xp = array_namespace(g)
+        msg = rho * self._state(self.msg, param) + (1 - rho) * g * g
+        msdx = self._state(self.msdx, param)
+        dx = xp.sqrt((msdx + eps) / (msg + eps)) * g
+        self.msg[param] = msg
+        self.msdx[param] = rho * msdx + (1 - rho) * dx * dx
+        param.data = param.data - dx
+
+
+class Adam(Optimizer):
+    """m ← m + (1−β₁)(g − m); v ← v + (1−β₂)(g² − v); p ← p − lr·m / (√v + eps), lr = α√(1−β₂ᵗ)/(1−β₁ᵗ)."""
+
+    def __init__(self, alpha: float = 0.001, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.t = 0
+        self.alpha = alpha
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.eps = eps
+        self.ms = _state_store()
+        self.vs = _state_store()
+
+    def update(self) -> None:
+        self.t += 1
+        super().update()
+
+    @property
+    def lr(self) -> float:
+        """The bias-corrected step size for the current step count `t`."""
+        return self.alpha * math.sqrt(1.0 - self.beta2**self.t) / (1.0 - self.beta1**self.t)
+
+    def update_one(self, param: Parameter) -> None:
+        g = param.grad.data
+        m = self._state(self.ms, param)
+        v = self._state(self.vs, param)
+        m = m + (1 - self.beta1) * (g - m)
+        v = v + (1 - self.beta2) * (g * g - v)
+        self.ms[param] = m
+        self.vs[param] = v
+        param.data = param.data - self.lr * m / (array_namespace(v).sqrt(v) + self.eps)
+
+
+# --- hooks -----------------------------------------------------------------------------------------
+
+
+class WeightDecay:
+    """g ← g + rate·p for each parameter (L2 regularisation), exactly once per parameter."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+
+    def __call__(self, params: list[Parameter]) -> None:
+        for p in params:
+            p.grad = Variable(p.grad.data + self.rate * p.data)
+
+
+class ClipGrad:
+    """Scale all gradients by min(1, max_norm / (‖g‖ + 1e-6)), ‖g‖ the norm of all gradients together."""
+
+    def __init__(self, max_norm: float) -> None:
+        self.max_norm = max_norm
+
+    def __call__(self, params: list[Parameter]) -> None:
+        if not params:
+            return
+        total = None
+        for p in params:
+            g = p.grad.data
+            s = array_namespace(g).sum(g * g)
+            total = s if total is None else total + s
+        xp = array_namespace(total)
+        # No branch on the value (lazy and traced arrays): the factor is clipped at 1 instead.
+        scale = xp.clip(self.max_norm / (xp.sqrt(total) + 1e-6), max=1.0)
+        for p in params:
+            g = p.grad.data
+            p.grad = Variable(g * xp.astype(scale, g.dtype))
+
+
+class FreezeParam:
+    """Leave the given Layers' (or Parameters') parameters unchanged by dropping their gradients."""
+
+    def __init__(self, *layers: Any) -> None:
+        frozen: list[Parameter] = []
+        for item in layers:
+            if isinstance(item, Parameter):
+                frozen.append(item)
+            elif callable(getattr(item, "params", None)):
+                frozen.extend(item.params())
+            else:
+                raise TypeError(f"FreezeParam takes Layers and Parameters, got {type(item).__name__}")
+        self.freeze_params = frozen
+        self._frozen_ids = {id(p) for p in frozen}
+
+    def __call__(self, params: Iterable[Parameter]) -> None:
+        for p in params:
+            if id(p) in self._frozen_ids:
+                p.grad = None

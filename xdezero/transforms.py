@@ -1,0 +1,224 @@
+"""Per-example preprocessing (DeZero's `dezero.transforms`): callables applied by a Dataset to one example.
+
+They run on the host, on NumPy arrays (and PIL images for the image transforms), before a DataLoader
+stacks examples into a batch. Pillow is imported only when an image transform is created.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "Compose",
+    "Normalize",
+    "Flatten",
+    "AsType",
+    "ToFloat",
+    "ToInt",
+    "Convert",
+    "Resize",
+    "CenterCrop",
+    "ToArray",
+    "ToPIL",
+    "RandomHorizontalFlip",
+]
+
+
+def _pil_image() -> Any:
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ImportError(
+            "the image transforms of xdezero.transforms need Pillow; install it with `pip install pillow`"
+        ) from None
+    return Image
+
+
+def _pair(size: int | Sequence[int], name: str) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    if len(size) == 2:
+        return int(size[0]), int(size[1])
+    raise ValueError(f"{name}: size must be an int or a (width, height) pair, got {size!r}")
+
+
+class Compose:
+    """Apply `transforms` in order."""
+
+    def __init__(self, transforms: Sequence[Callable] = ()) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, x: Any) -> Any:
+        for t in self.transforms:
+            x = t(x)
+        return x
+
+    def __repr__(self) -> str:
+        return f"Compose({self.transforms!r})"
+
+
+class Normalize:
+    """(x - mean) / std; a sequence mean/std is per channel, along the first (channel) axis."""
+
+    def __init__(self, mean: float | Sequence[float] = 0, std: float | Sequence[float] = 1) -> None:
+        self.mean = mean
+        self.std = std
+
+    @staticmethod
+    def _per_channel(value: Any, array: np.ndarray) -> Any:
+        if np.isscalar(value):
+            return value
+        value = np.asarray(value, dtype=array.dtype if array.dtype.kind == "f" else np.float64)
+        if value.size == 1:
+            return value.reshape(())
+        if array.ndim == 0 or value.size != array.shape[0]:
+            raise ValueError(
+                f"Normalize: {value.size} per-channel values do not match an array of shape {array.shape} "
+                "(channels go first)"
+            )
+        return value.reshape((-1,) + (1,) * (array.ndim - 1))
+
+    def __call__(self, array: np.ndarray) -> np.ndarray:
+        return (array - self._per_channel(self.mean, array)) / self._per_channel(self.std, array)
+
+
+class Flatten:
+    """A 1-d copy of the example."""
+
+    def __call__(self, array: np.ndarray) -> np.ndarray:
+        return np.ravel(array).copy()
+
+
+class AsType:
+    """Cast the example to `dtype`."""
+
+    def __init__(self, dtype: Any = np.float32) -> None:
+        self.dtype = dtype
+
+    def __call__(self, array: np.ndarray) -> np.ndarray:
+        return np.asarray(array).astype(self.dtype)
+
+
+class ToFloat(AsType):
+    """Cast the example to a float dtype (float32 by default)."""
+
+    def __init__(self, dtype: Any = np.float32) -> None:
+        super().__init__(dtype)
+
+
+class ToInt(AsType):
+    """Cast the example to an integer dtype (int64 by default)."""
+
+    def __init__(self, dtype: Any = np.int64) -> None:
+        super().__init__(dtype)
+
+
+# --- image transforms (Pillow) ---------------------------------------------------------------------
+
+
+class Convert:
+    """Convert a PIL image to `mode` ('RGB', 'L', ...); 'BGR' gives an RGB image with red and blue swapped."""
+
+    def __init__(self, mode: str = "RGB") -> None:
+        _pil_image()
+        self.mode = mode
+
+    def __call__(self, img: Any) -> Any:
+        Image = _pil_image()
+        if self.mode == "BGR":
+            r, g, b = img.convert("RGB").split()
+            return Image.merge("RGB", (b, g, r))
+        return img.convert(self.mode)
+
+
+class Resize:
+    """Resize a PIL image to `size` (an int for a square, or (width, height)); bilinear by default."""
+
+    def __init__(self, size: int | Sequence[int], mode: Any = None) -> None:
+        Image = _pil_image()
+        self.size = _pair(size, "Resize")
+        self.mode = Image.Resampling.BILINEAR if mode is None else mode
+
+    def __call__(self, img: Any) -> Any:
+        return img.resize(self.size, self.mode)
+
+
+class CenterCrop:
+    """Crop the central `size` (int or (width, height)) region of a PIL image."""
+
+    def __init__(self, size: int | Sequence[int]) -> None:
+        _pil_image()
+        self.size = _pair(size, "CenterCrop")
+
+    def __call__(self, img: Any) -> Any:
+        width, height = img.size
+        out_w, out_h = self.size
+        if out_w > width or out_h > height:
+            raise ValueError(f"CenterCrop: cannot crop {out_w}x{out_h} out of a {width}x{height} image")
+        left, top = (width - out_w) // 2, (height - out_h) // 2
+        return img.crop((left, top, left + out_w, top + out_h))
+
+
+class ToArray:
+    """A PIL image as a NumPy array of shape (channels, height, width) and `dtype`; arrays pass unchanged."""
+
+    def __init__(self, dtype: Any = np.float32) -> None:
+        self.dtype = dtype
+
+    def __call__(self, img: Any) -> np.ndarray:
+        if isinstance(img, np.ndarray):
+            return img
+        Image = _pil_image()
+        if not isinstance(img, Image.Image):
+            raise TypeError(f"ToArray: expected a PIL image or a NumPy array, got {type(img).__name__}")
+        array = np.asarray(img)
+        if array.ndim == 2:  # grayscale: add the channel axis
+            array = array[:, :, None]
+        return array.transpose(2, 0, 1).astype(self.dtype)
+
+
+class ToPIL:
+    """A (channels, height, width) uint8 NumPy array as a PIL image."""
+
+    def __init__(self) -> None:
+        _pil_image()
+
+    def __call__(self, array: np.ndarray) -> Any:
+        Image = _pil_image()
+        data = np.asarray(array).transpose(1, 2, 0)
+        if data.shape[2] == 1:
+            data = data[:, :, 0]
+        return Image.fromarray(data)
+
+
+class RandomHorizontalFlip:
+    """Mirror left-right with probability `p`: PIL images, or arrays along their last (width) axis.
+
+    The coin comes from a private generator: seeded with `seed`, or else by one draw from NumPy's global
+    RNG when the transform is created (so `np.random.seed(...)` beforehand makes it reproducible).
+    """
+
+    def __init__(self, p: float = 0.5, seed: int | np.random.Generator | None = None) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"RandomHorizontalFlip: p must be a probability in [0, 1], got {p}")
+        self.p = p
+        self.rng = _make_rng(seed)
+
+    def __call__(self, img: Any) -> Any:
+        if self.rng.random() >= self.p:
+            return img
+        if isinstance(img, np.ndarray):
+            return img[..., ::-1].copy()
+        return img.transpose(_pil_image().Transpose.FLIP_LEFT_RIGHT)
+
+
+def _make_rng(seed: int | np.random.Generator | None) -> np.random.Generator:
+    """A private Generator: from `seed`, or seeded by drawing (never re-seeding) from NumPy's global RNG."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if seed is None:
+        seed = int(np.random.randint(0, 2**63 - 1, dtype=np.int64))
+    return np.random.default_rng(seed)
