@@ -17,6 +17,7 @@ import numpy as np
 
 from xdezero._config import enable_backprop_flag, using_config
 from xdezero.backends import array_namespace, as_array_data, describe, to_cpu, to_device, to_gpu
+from xdezero.backends._namespace import NAMESPACES as _NAMESPACES
 
 __all__ = [
     "Variable",
@@ -242,9 +243,11 @@ def as_array(x: Any, array_module: Any = np) -> Any:
 
 def _run_backward(start: Variable, retain_grad: bool, create_graph: bool) -> None:
     # Gradients for function outputs wait here (keyed by function) until the function is popped, so an
-    # intermediate Variable that nobody holds any more still passes its gradient on.
+    # intermediate Variable that nobody holds any more still passes its gradient on. The loop is the engine's
+    # hot path: it is kept flat on purpose.
     pending: dict[Function, list] = {}
     heap: list = []
+    heappush, heappop = heapq.heappush, heapq.heappop
     counter = itertools.count()
     handed_out: set[int] = set()  # ids of gradient Variables already owned by some Variable.grad
 
@@ -255,12 +258,8 @@ def _run_backward(start: Variable, retain_grad: bool, create_graph: bool) -> Non
         handed_out.add(id(gx))
         return gx
 
-    def accumulate(total, gx):
-        if total is None:
-            return gx
-        if create_graph:
-            return total + gx
-        return Variable(total._data + gx._data)
+    def accumulate(total: Variable, gx: Variable) -> Variable:
+        return total + gx if create_graph else Variable(total._data + gx._data)
 
     first = start.creator
     pending[first] = [None] * len(first.outputs)
@@ -269,28 +268,32 @@ def _run_backward(start: Variable, retain_grad: bool, create_graph: bool) -> Non
     handed_out.add(id(start.grad))
 
     while heap:
-        f = heapq.heappop(heap)[2]
+        f = heappop(heap)[2]
         gys = pending.pop(f)
-        outputs = [ref() for ref in f.outputs]
-        if retain_grad:
-            for y, gy in zip(outputs, gys):
-                if y is not None and gy is not None and y is not start:
-                    y.grad = own(gy)
-        if len(gys) > 1:
+        if retain_grad or len(gys) > 1:
+            outputs = [ref() for ref in f.outputs]
+            if retain_grad:
+                for y, gy in zip(outputs, gys):
+                    if y is not None and gy is not None and y is not start:
+                        y.grad = own(gy)
             gys = [_zeros_like(y) if gy is None and y is not None else gy for y, gy in zip(outputs, gys)]
         gxs = f.backward(*gys)
-        if not isinstance(gxs, tuple | list):
-            gxs = (gxs,)
-        inputs = f._current_inputs()
+        if type(gxs) is not tuple:
+            gxs = tuple(gxs) if isinstance(gxs, list) else (gxs,)
+        inputs = f.inputs if f.keeps_inputs else [ref() for ref in f._input_refs]
         if len(gxs) != len(inputs):
             raise ValueError(f"{type(f).__name__}.backward returned {len(gxs)} gradients for {len(inputs)} inputs")
-        for i, (x, gx) in enumerate(zip(inputs, gxs)):
+        for i, x in enumerate(inputs):
+            gx = gxs[i]
             if gx is None:
                 continue
             if not isinstance(gx, Variable):
                 gx = Variable(gx)
             # The live graph wins (the variable may have been unchained since); a freed one uses the record.
-            creator, index = (x.creator, x._index) if x is not None else f._recorded_source(i)
+            if x is not None:
+                creator, index = x.creator, x._index
+            else:
+                creator, index = f._sources[i]
             if creator is None:
                 if x is not None:
                     x.grad = own(gx) if x.grad is None else accumulate(x.grad, gx)
@@ -298,8 +301,9 @@ def _run_backward(start: Variable, retain_grad: bool, create_graph: bool) -> Non
             slots = pending.get(creator)
             if slots is None:
                 slots = pending[creator] = [None] * len(creator.outputs)
-                heapq.heappush(heap, (-creator.generation, next(counter), creator))
-            slots[index] = accumulate(slots[index], gx)
+                heappush(heap, (-creator.generation, next(counter), creator))
+            previous = slots[index]
+            slots[index] = gx if previous is None else accumulate(previous, gx)
     if not retain_grad:
         start.grad = None
 
@@ -317,10 +321,19 @@ class Function:
 
     def __call__(self, *inputs: Any) -> Any:
         # The engine's hot path: kept flat on purpose (it runs once per op, forward and backward).
-        inputs = [x if isinstance(x, Variable) else Variable(x) for x in inputs]
-        xs = [x._data for x in inputs]
-        self.xp = array_namespace(*xs)
-        ys = self.forward(*xs)
+        if len(inputs) == 1:
+            x = inputs[0]
+            if not isinstance(x, Variable):
+                x = Variable(x)
+            inputs = [x]
+            data = x._data
+            self.xp = _NAMESPACES.get(type(data)) or array_namespace(data)
+            ys = self.forward(data)
+        else:
+            inputs = [x if isinstance(x, Variable) else Variable(x) for x in inputs]
+            xs = [x._data for x in inputs]
+            self.xp = array_namespace(*xs)
+            ys = self.forward(*xs)
         if type(ys) is not tuple:
             y = Variable(ys)
             if enable_backprop_flag.get():
@@ -458,6 +471,21 @@ class AddConstant(Function):
 
     def backward(self, gy):
         return gy
+
+
+class RSubConstant(Function):
+    """y = c - x for a Python number c; dy/dx = -1."""
+
+    keeps_inputs = False
+
+    def __init__(self, c):
+        self.c = c
+
+    def forward(self, x):
+        return self.c - x
+
+    def backward(self, gy):
+        return -gy
 
 
 class MulConstant(Function):
@@ -613,7 +641,7 @@ def sub(x0: Any, x1: Any) -> Variable:
     if _is_scalar(x1):
         return AddConstant(-x1)(x0)
     if _is_scalar(x0):
-        return AddConstant(x0)(neg(x1))
+        return RSubConstant(x0)(x1)
     return Sub()(x0, x1)
 
 

@@ -13,7 +13,8 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-_NAMESPACES: dict[type, ModuleType] = {}
+# Namespace per array type; the engine reads it directly on its hot path.
+NAMESPACES: dict[type, ModuleType] = {}
 _ARRAY_TYPES: set[type] = {np.ndarray}
 _LIBRARY_OF_MODULE = {"jaxlib": "jax", "cupy": "cupy", "torch": "torch", "numpy": "numpy"}
 
@@ -64,9 +65,9 @@ def array_namespace(*arrays: Any) -> ModuleType:
         if type(a) is not t:
             return _mixed_namespace(arrays)
     try:
-        return _NAMESPACES[t]
+        return NAMESPACES[t]
     except KeyError:
-        xp = _NAMESPACES[t] = array_api_compat.array_namespace(arrays[0])
+        xp = NAMESPACES[t] = array_api_compat.array_namespace(arrays[0])
         return xp
 
 

@@ -29,7 +29,12 @@ class Linear(Function):
     def forward(self, x, W, b=None):
         # One node instead of matmul + add: the common 2-D layer case, without the intermediate x W.
         y = self.xp.matmul(x, W)
-        return y if b is None else y + b
+        if b is None:
+            return y
+        if b.dtype == y.dtype:
+            y += b  # y is this call's own fresh array (JAX rebinds)
+            return y
+        return y + b
 
     def backward(self, gy):
         x, W = self.inputs[:2]
