@@ -250,10 +250,11 @@ def _inputs(case: Case, xp, dtype=np.float64, seed_=0):
     return np_inputs, [asarray(xp, a) for a in np_inputs]
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+WITH_REFERENCE = [c for c in CASES if c.ref is not None]  # the others have dedicated forward tests
+
+
+@pytest.mark.parametrize("case", WITH_REFERENCE, ids=[str(c) for c in WITH_REFERENCE])
 def test_forward(xp, case):
-    if case.ref is None:
-        pytest.skip("no closed-form reference: see the dedicated test")
     np_inputs, arrays = _inputs(case, xp)
     y = case.f(*[Variable(a) for a in arrays])
     assert isinstance(y, Variable)

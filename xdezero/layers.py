@@ -312,7 +312,16 @@ class Linear(Layer):
 class _ConvBase(Layer):
     """The parameters shared by Conv2d and Deconv2d; W's layout is set by `_w_shape`."""
 
-    def __init__(self, out_channels, kernel_size, stride, pad, nobias, dtype, in_channels):
+    def __init__(
+        self,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        pad: int | tuple[int, int] = 0,
+        nobias: bool = False,
+        dtype: Any = np.float32,
+        in_channels: int | None = None,
+    ):
         super().__init__()
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -344,18 +353,6 @@ class _ConvBase(Layer):
 class Conv2d(_ConvBase):
     """2-D convolution of NCHW inputs; W of shape (out_channels, in_channels, kh, kw)."""
 
-    def __init__(
-        self,
-        out_channels: int,
-        kernel_size: int | tuple[int, int],
-        stride: int | tuple[int, int] = 1,
-        pad: int | tuple[int, int] = 0,
-        nobias: bool = False,
-        dtype: Any = np.float32,
-        in_channels: int | None = None,
-    ):
-        super().__init__(out_channels, kernel_size, stride, pad, nobias, dtype, in_channels)
-
     def _w_shape(self, in_channels):
         return (self.out_channels, in_channels, *self._kernel)
 
@@ -366,18 +363,6 @@ class Conv2d(_ConvBase):
 
 class Deconv2d(_ConvBase):
     """2-D transposed convolution of NCHW inputs; W of shape (in_channels, out_channels, kh, kw)."""
-
-    def __init__(
-        self,
-        out_channels: int,
-        kernel_size: int | tuple[int, int],
-        stride: int | tuple[int, int] = 1,
-        pad: int | tuple[int, int] = 0,
-        nobias: bool = False,
-        dtype: Any = np.float32,
-        in_channels: int | None = None,
-    ):
-        super().__init__(out_channels, kernel_size, stride, pad, nobias, dtype, in_channels)
 
     def _w_shape(self, in_channels):
         return (in_channels, self.out_channels, *self._kernel)
