@@ -171,6 +171,37 @@ def test_pooling_forward(xp, geom, mode):
     _close(fn(asarray(xp, x), k, s, p), ref_pool(x, k, s, p, mode))
 
 
+# windows that tile the image exactly (stride = kernel, pad 0) take a faster path of their own
+TILE_GEOMETRIES = [((2, 3, 4, 6), (2, 2)), ((1, 2, 6, 6), (3, 2)), ((2, 1, 4, 3), (1, 3)), ((1, 2, 3, 4), (3, 1))]
+TILE_IDS = [f"x{g[0]}-k{g[1]}" for g in TILE_GEOMETRIES]
+
+
+@pytest.mark.parametrize(("shape", "k"), TILE_GEOMETRIES, ids=TILE_IDS)
+def test_max_pooling_tiles(xp, shape, k):
+    x = _rng().standard_normal(shape)
+    _close(F.pooling(asarray(xp, x), k, k), ref_pool(x, k, k, (0, 0), "max"))
+    check_gradients(lambda v: F.pooling(v, k, k), asarray(xp, x), order=2)
+
+
+@pytest.mark.parametrize("stride", [(2, 2), (2, 1)], ids=["tiles", "overlapping"])
+def test_max_pooling_ties_go_to_the_first_argmax(xp, stride):
+    # every window of a constant image is one big tie: the gradient goes to its top-left (row-major first)
+    x = Variable(asarray(xp, np.ones((1, 2, 4, 4))))
+    F.sum(F.pooling(x, 2, stride) * 3.0).backward()
+    expected = np.zeros((1, 2, 4, 4))
+    rows = range(0, 3, stride[0])
+    cols = range(0, 3, stride[1])
+    for i in rows:
+        for j in cols:
+            expected[:, :, i, j] += 3.0
+    _close(x.grad, expected)
+    # a tie between the two lower cells (the upper row is smaller) goes to the lower-left one
+    y = np.array([[0.0, 1.0], [2.0, 2.0]])[None, None]
+    v = Variable(asarray(xp, y))
+    F.sum(F.pooling(v, 2, 2)).backward()
+    _close(v.grad, np.array([[0.0, 0.0], [1.0, 0.0]])[None, None])
+
+
 def test_max_pooling_padding_never_wins(xp):
     x = -1.0 - np.arange(16.0).reshape(1, 1, 4, 4)  # all negative: zero padding would win every border window
     _close(F.pooling(asarray(xp, x), 2, 2, 1), ref_pool(x, (2, 2), (2, 2), (1, 1), "max"))

@@ -199,3 +199,158 @@ def col2im(col: Any, shape: tuple, kernel: Pair, stride: Pair, pad: Pair) -> Any
         return tf.fold(xp.reshape(col, (n, c * kh * kw, oh * ow)), (h, w), kernel, padding=pad, stride=stride)
     parts = [col[:, :, i, j, :, :] for i in range(kh) for j in range(kw)]
     return add_windows(parts, shape, kernel, stride, pad)
+
+
+# --- column layouts for the convolution GEMMs -------------------------------------------------------
+
+
+class ColumnPlan:
+    """How a convolution on images of `shape` (N, C, H, W) lays out its columns: im2col gives
+    (C·KH·KW, M), the GEMM output (OC, M) goes back to images, and back again for the gradients.
+    Here M = N·OH·OW, one column per output pixel (any library, any stride)."""
+
+    def __init__(self, shape: tuple, kernel: Pair, stride: Pair, pad: Pair):
+        self.shape, self.kernel, self.stride, self.pad = tuple(shape), kernel, stride, pad
+        h, w = self.shape[2:]
+        self.out_hw = (out_size(h, kernel[0], stride[0], pad[0]), out_size(w, kernel[1], stride[1], pad[1]))
+
+    def im2col(self, x: Any) -> Any:
+        return im2col_matrix(x, self.kernel, self.stride, self.pad)
+
+    def to_images(self, y: Any) -> Any:
+        """(OC, M) -> (N, OC, OH, OW), contiguous."""
+        xp = array_namespace(y)
+        oc, n = y.shape[0], self.shape[0]
+        y = xp.permute_dims(xp.reshape(y, (oc, n, -1)), (1, 0, 2))
+        return xp.reshape(y, (n, oc, *self.out_hw))
+
+    def from_images(self, g: Any) -> Any:
+        """(N, OC, OH, OW) -> (OC, M)."""
+        xp = array_namespace(g)
+        n, oc = g.shape[:2]
+        return xp.reshape(xp.permute_dims(xp.reshape(g, (n, oc, -1)), (1, 0, 2)), (oc, -1))
+
+    def col2im(self, col: Any) -> Any:
+        return col2im_matrix(col, self.shape, self.kernel, self.stride, self.pad)
+
+    def conv(self, Wm: Any, x: Any) -> Any:
+        """Wm (OC, C·KH·KW) @ im2col(x): (OC, M)."""
+        return array_namespace(x).matmul(Wm, self.im2col(x))
+
+    def grad_w(self, x: Any, g: Any) -> Any:
+        """im2col(x) @ gᵀ for g (OC, M): (C·KH·KW, OC)."""
+        xp = array_namespace(x)
+        # OpenBLAS runs this orientation fast; g @ colᵀ (long K, transposed B) up to 100x slower.
+        return xp.matmul(self.im2col(x), xp.permute_dims(g, (1, 0)))
+
+    def deconv(self, Wt: Any, g: Any) -> Any:
+        """col2im(Wt (C·KH·KW, OC) @ g (OC, M)): images (N, C, H, W)."""
+        return self.col2im(array_namespace(g).matmul(Wt, g))
+
+
+class WideColumnPlan(ColumnPlan):
+    """NumPy, stride 1: one column per pixel of the *padded* images, M = N·Hp·Wp. Then every kernel offset
+    (i, j) is the flat shift i·Wp + j of the whole padded batch, so im2col copies KH·KW long contiguous runs
+    and col2im adds them back, where the exact layout needs short strided rows. The columns of positions
+    outside the output (the right and bottom margins) are computed and dropped; the gradients are zero there.
+    """
+
+    def __init__(self, shape: tuple, kernel: Pair, stride: Pair, pad: Pair):
+        super().__init__(shape, kernel, stride, pad)
+        n, _, h, w = self.shape
+        self.hp, self.wp = h + 2 * pad[0], w + 2 * pad[1]
+        self.length = n * self.hp * self.wp
+        self.reach = (kernel[0] - 1) * self.wp + kernel[1] - 1  # the largest shift
+
+    def _padded(self, channels: int, dtype: Any, reach: int = 0) -> tuple:
+        """A zero (channels, M + reach) buffer and its (channels, N, Hp, Wp) view."""
+        import numpy as np
+
+        buf = np.zeros((channels, self.length + reach), dtype=dtype)
+        return buf, buf[:, : self.length].reshape(channels, self.shape[0], self.hp, self.wp)
+
+    def _inner(self, images: Any) -> Any:
+        (ph, pw), (h, w) = self.pad, self.shape[2:]
+        return images[:, :, ph : ph + h, pw : pw + w]
+
+    def im2col(self, x: Any) -> Any:
+        from numpy.lib.stride_tricks import as_strided
+
+        c = self.shape[1]
+        kh, kw = self.kernel
+        buf, images = self._padded(c, x.dtype, self.reach)
+        self._inner(images)[...] = x.transpose(1, 0, 2, 3)
+        s = buf.strides[1]
+        windows_ = as_strided(buf, (c, kh, kw, self.length), (buf.strides[0], self.wp * s, s, s), writeable=False)
+        return windows_.reshape(c * kh * kw, self.length)  # the one copy
+
+    def to_images(self, y: Any) -> Any:
+        import numpy as np
+
+        oh, ow = self.out_hw
+        y = y.reshape(y.shape[0], self.shape[0], self.hp, self.wp)[:, :, :oh, :ow]
+        return np.ascontiguousarray(y.transpose(1, 0, 2, 3))
+
+    def from_images(self, g: Any) -> Any:
+        oh, ow = self.out_hw
+        buf, images = self._padded(g.shape[1], g.dtype)
+        images[:, :, :oh, :ow] = g.transpose(1, 0, 2, 3)
+        return buf
+
+    def col2im(self, col: Any) -> Any:
+        c = self.shape[1]
+        kh, kw = self.kernel
+        buf, images = self._padded(c, col.dtype, self.reach)
+        col = col.reshape(c, kh * kw, self.length)
+        for k in range(kh * kw):
+            shift = (k // kw) * self.wp + k % kw
+            buf[:, shift : shift + self.length] += col[:, k]  # `buf` is ours
+        return self._inner(images).transpose(1, 0, 2, 3)
+
+    # The GEMMs run over blocks of columns: a block of the column matrix stays in cache and its memory is
+    # reused, where the whole (C·KH·KW, M) matrix would be written to fresh pages on every call.
+
+    def _blocks(self, rows: int) -> list:
+        step = max(256, (1 << 18) // rows)  # about 1 MiB of float32 columns
+        return [(s, min(s + step, self.length)) for s in range(0, self.length, step)]
+
+    def conv(self, Wm: Any, x: Any) -> Any:
+        import numpy as np
+
+        win = self._windows_4d(x)
+        k = win.shape[0] * win.shape[1] * win.shape[2]
+        y = np.empty((Wm.shape[0], self.length), dtype=np.result_type(Wm, x))
+        for a, b in self._blocks(k):
+            np.matmul(Wm, win[..., a:b].reshape(k, b - a), out=y[:, a:b])
+        return y
+
+    def grad_w(self, x: Any, g: Any) -> Any:
+        win = self._windows_4d(x)
+        k = win.shape[0] * win.shape[1] * win.shape[2]
+        total = None
+        for a, b in self._blocks(k):
+            part = win[..., a:b].reshape(k, b - a) @ g[:, a:b].T
+            total = part if total is None else total + part
+        return total
+
+    def deconv(self, Wt: Any, g: Any) -> Any:
+        # One GEMM: OpenBLAS runs short blocks with this small inner dimension (OC) several times slower.
+        return self.col2im(Wt @ g)
+
+    def _windows_4d(self, x: Any) -> Any:
+        """The column matrix as a (C, KH, KW, M) strided view of the padded batch (no copy)."""
+        from numpy.lib.stride_tricks import as_strided
+
+        c = self.shape[1]
+        kh, kw = self.kernel
+        buf, images = self._padded(c, x.dtype, self.reach)
+        self._inner(images)[...] = x.transpose(1, 0, 2, 3)
+        s = buf.strides[1]
+        return as_strided(buf, (c, kh, kw, self.length), (buf.strides[0], self.wp * s, s, s), writeable=False)
+
+
+def column_plan(x: Any, shape: tuple, kernel: Pair, stride: Pair, pad: Pair) -> ColumnPlan:
+    """The column layout for convolutions on images of `shape` made of arrays like `x`."""
+    if stride == (1, 1) and array_api_compat.is_numpy_array(x):
+        return WideColumnPlan(shape, kernel, stride, pad)
+    return ColumnPlan(shape, kernel, stride, pad)

@@ -9,7 +9,7 @@ from xdezero.backends import array_namespace, describe, device_of
 from xdezero.core import Function, Variable, as_variable, sum_to
 from xdezero.functions.activation import sigmoid, softmax
 from xdezero.functions.math import log
-from xdezero.functions.reduce import clip, logsumexp
+from xdezero.functions.reduce import clip
 from xdezero.functions.shape import get_item, sum
 
 __all__ = [
@@ -91,20 +91,59 @@ def _one_hot(xp: Any, t: Any, n_classes: int, dtype: Any) -> Any:
     return xp.astype(t[:, None] == classes[None, :], dtype)
 
 
+def _label_positions(xp: Any, t: Any, n_classes: int) -> Any:
+    """Flat positions of (n, tₙ) in a C-ordered (N, n_classes) array."""
+    return xp.arange(t.shape[0], dtype=t.dtype, device=device_of(t)) * n_classes + t
+
+
 class SoftmaxCrossEntropy(Function):
     """y = -Σₙ log softmax(x)[n, tₙ] / N; dy/dx = (softmax(x) - onehot(t)) / N."""
 
     def forward(self, x, t):
         # A primitive: log(softmax(x)) would underflow to log 0 for very negative logits.
-        n = x.shape[0]
-        self.onehot = _one_hot(self.xp, t, x.shape[1], x.dtype)
-        log_p = x - logsumexp(x, axis=1)
-        return -self.xp.sum(log_p * self.onehot) / n
+        xp = self.xp
+        n, c = x.shape
+        m = xp.max(x, axis=1, keepdims=True)
+        # A row of -inf (or an inf) would make x - m NaN: shift by 0 there instead.
+        z = x - xp.where(xp.isfinite(m), m, 0.0)
+        e = xp.exp(z)
+        s = xp.sum(e, axis=1, keepdims=True)
+        # log 0 = -inf is the right answer for a row of -inf, so the log is guarded only against the warning.
+        log_s = xp.where(s > 0, xp.log(xp.where(s > 0, s, 1.0)), -math.inf)
+        picked = xp.take(xp.reshape(z, (-1,)), _label_positions(xp, t, c))
+        # Kept for the backward, which then costs one pass instead of recomputing softmax.
+        self.p = e / s
+        return (xp.sum(log_s) - xp.sum(picked)) / n
 
     def backward(self, gy):
-        x = self.inputs[0]
-        gx = (softmax(x, axis=1) - Variable(self.onehot)) * (gy * (1 / x.shape[0]))
-        return gx, None
+        x, t = self.inputs
+        return SoftmaxCrossEntropyGrad(self.p, t.data)(x, gy), None
+
+
+class SoftmaxCrossEntropyGrad(Function):
+    """gx = (p - onehot(t)) gy / N with p = softmax(x) cached by the forward;
+    dgx/dx = softmax's Jacobian applied to ggx · gy / N, dgx/dgy = Σ ggx (p - onehot(t)) / N."""
+
+    def __init__(self, p: Any, t: Any):
+        self.p, self.t = p, t
+
+    def forward(self, x, gy):
+        xp = self.xp
+        n, c = x.shape
+        # A primitive so that the backward of the loss reuses p: one multiply plus a subtraction at the labels.
+        classes = xp.arange(c, dtype=self.t.dtype, device=device_of(x))
+        return xp.where(classes[None, :] == self.t[:, None], self.p - 1.0, self.p) * (gy * (1.0 / n))
+
+    def backward(self, ggx):
+        x, gy = self.inputs
+        n, c = x.shape
+        p = softmax(x, axis=1)
+        scale = gy * (1.0 / n)
+        pg = p * ggx
+        gx = (pg - p * sum(pg, axis=1, keepdims=True)) * scale
+        onehot = Variable(_one_hot(array_namespace(x.data), self.t, c, x.dtype))
+        ggy = sum(ggx * (p - onehot)) * (1.0 / n)
+        return gx, ggy
 
 
 def softmax_cross_entropy(x: Any, t: Any) -> Variable:
