@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import array_api_compat
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 from xdezero.backends._namespace import array_namespace, device_of
 
@@ -264,8 +266,6 @@ class WideColumnPlan(ColumnPlan):
 
     def _padded(self, channels: int, dtype: Any, reach: int = 0) -> tuple:
         """A zero (channels, M + reach) buffer and its (channels, N, Hp, Wp) view."""
-        import numpy as np
-
         buf = np.zeros((channels, self.length + reach), dtype=dtype)
         return buf, buf[:, : self.length].reshape(channels, self.shape[0], self.hp, self.wp)
 
@@ -274,19 +274,10 @@ class WideColumnPlan(ColumnPlan):
         return images[:, :, ph : ph + h, pw : pw + w]
 
     def im2col(self, x: Any) -> Any:
-        from numpy.lib.stride_tricks import as_strided
-
-        c = self.shape[1]
-        kh, kw = self.kernel
-        buf, images = self._padded(c, x.dtype, self.reach)
-        self._inner(images)[...] = x.transpose(1, 0, 2, 3)
-        s = buf.strides[1]
-        windows_ = as_strided(buf, (c, kh, kw, self.length), (buf.strides[0], self.wp * s, s, s), writeable=False)
-        return windows_.reshape(c * kh * kw, self.length)  # the one copy
+        c, (kh, kw) = self.shape[1], self.kernel
+        return self._windows_4d(x).reshape(c * kh * kw, self.length)  # the one copy
 
     def to_images(self, y: Any) -> Any:
-        import numpy as np
-
         oh, ow = self.out_hw
         y = y.reshape(y.shape[0], self.shape[0], self.hp, self.wp)[:, :, :oh, :ow]
         return np.ascontiguousarray(y.transpose(1, 0, 2, 3))
@@ -315,8 +306,6 @@ class WideColumnPlan(ColumnPlan):
         return [(s, min(s + step, self.length)) for s in range(0, self.length, step)]
 
     def conv(self, Wm: Any, x: Any) -> Any:
-        import numpy as np
-
         win = self._windows_4d(x)
         k = win.shape[0] * win.shape[1] * win.shape[2]
         y = np.empty((Wm.shape[0], self.length), dtype=np.result_type(Wm, x))
@@ -339,8 +328,6 @@ class WideColumnPlan(ColumnPlan):
 
     def _windows_4d(self, x: Any) -> Any:
         """The column matrix as a (C, KH, KW, M) strided view of the padded batch (no copy)."""
-        from numpy.lib.stride_tricks import as_strided
-
         c = self.shape[1]
         kh, kw = self.kernel
         buf, images = self._padded(c, x.dtype, self.reach)
