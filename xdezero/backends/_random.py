@@ -66,10 +66,10 @@ def _jax_uniform(shape: tuple, like: Any, dtype: Any) -> Any:
 def _cupy_uniform(shape: tuple, like: Any, dtype: Any) -> Any:
     cupy = sys.modules["cupy"]
     key = ("cupy", str(like.device.id))
-    gen = _per_device.get(key)
-    if gen is None:
-        gen = _per_device[key] = cupy.random.default_rng(_child_seed(key))
-    with like.device:
+    with like.device:  # the generator's state lives on the device it was created on
+        gen = _per_device.get(key)
+        if gen is None:
+            gen = _per_device[key] = cupy.random.default_rng(_child_seed(key))
         return gen.random(shape, dtype=dtype)
 
 
