@@ -280,7 +280,7 @@ def _run_backward(start: Variable, retain_grad: bool, create_graph: bool) -> Non
         gxs = f.backward(*gys)
         if type(gxs) is not tuple:
             gxs = tuple(gxs) if isinstance(gxs, list) else (gxs,)
-        inputs = f.inputs if f.keeps_inputs else [ref() for ref in f._input_refs]
+        inputs = f._current_inputs()
         if len(gxs) != len(inputs):
             raise ValueError(f"{type(f).__name__}.backward returned {len(gxs)} gradients for {len(inputs)} inputs")
         for i, x in enumerate(inputs):
@@ -290,10 +290,7 @@ def _run_backward(start: Variable, retain_grad: bool, create_graph: bool) -> Non
             if not isinstance(gx, Variable):
                 gx = Variable(gx)
             # The live graph wins (the variable may have been unchained since); a freed one uses the record.
-            if x is not None:
-                creator, index = x.creator, x._index
-            else:
-                creator, index = f._sources[i]
+            creator, index = (x.creator, x._index) if x is not None else f._recorded_source(i)
             if creator is None:
                 if x is not None:
                     x.grad = own(gx) if x.grad is None else accumulate(x.grad, gx)
