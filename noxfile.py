@@ -15,7 +15,7 @@ BACKEND_PACKAGES = {
     "numpy": [],
     "array_api_strict": [],
     "torch": ["torch==2.13.0"],
-    "jax": ["jax[cpu]"],
+    "jax": ["jax[cpu]==0.10.2"],  # the version the suite is tested with
     "cupy": ["cupy-cuda12x"],
 }
 
