@@ -163,3 +163,26 @@ def test_checker_rejects_a_gradient_in_the_wrong_dtype(xp):
 def test_bad_input_errors_name_the_function_and_shapes(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def _shares_memory(a, b) -> bool:
+    if isinstance(a, np.ndarray):
+        return np.shares_memory(a, b)
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()  # torch
+
+
+def test_gradients_are_writable_and_own_their_memory(xp):
+    """A hook that edits one gradient in place must not change another gradient, the output's or an input."""
+    if library(xp) not in ("numpy", "torch"):
+        pytest.skip("in-place edits and memory sharing are checked on NumPy and torch arrays")
+    for case in CASES:
+        _, arrays = _inputs(xp, case)
+        xs = [Variable(a) for a in arrays]
+        y = case.fn(*xs)
+        y.backward(retain_grad=True)
+        grads = [x.grad.data for x in xs]
+        for i, g in enumerate(grads):
+            if library(xp) == "numpy":
+                assert g.flags.writeable, f"{case.name}: the gradient of input {i} is read-only"
+            others = [x.data for x in xs] + grads[:i] + grads[i + 1 :] + [y.grad.data]
+            assert not any(_shares_memory(g, o) for o in others), f"{case.name}: gradient {i} shares memory"

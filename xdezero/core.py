@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from xdezero._config import enable_backprop_flag, using_config
-from xdezero.backends import array_namespace, as_array_data, describe, to_cpu, to_device, to_gpu
+from xdezero.backends import array_namespace, as_array_data, describe, memory_key, to_cpu, to_device, to_gpu
 from xdezero.backends._namespace import NAMESPACES as _NAMESPACES
 
 __all__ = [
@@ -249,13 +249,16 @@ def _run_backward(start: Variable, retain_grad: bool, create_graph: bool) -> Non
     heap: list = []
     heappush, heappop = heapq.heappush, heapq.heappop
     counter = itertools.count()
-    handed_out: set[int] = set()  # ids of gradient Variables already owned by some Variable.grad
+    handed_out: set = set()  # memory keys of the arrays already given to some Variable's .grad
 
     def own(gx: Variable) -> Variable:
-        # A gradient assigned to `.grad` must not be shared with another Variable's `.grad`.
-        if id(gx) in handed_out:
+        # A gradient assigned to `.grad` must not share memory with another `.grad` (reshape and transpose
+        # give views), so that editing one in place cannot change another.
+        key = memory_key(gx._data)
+        if key in handed_out:
             gx = _copy(gx)
-        handed_out.add(id(gx))
+            key = memory_key(gx._data)
+        handed_out.add(key)
         return gx
 
     def accumulate(total: Variable, gx: Variable) -> Variable:
@@ -265,7 +268,7 @@ def _run_backward(start: Variable, retain_grad: bool, create_graph: bool) -> Non
     pending[first] = [None] * len(first.outputs)
     pending[first][start._index] = start.grad
     heap.append((-first.generation, next(counter), first))
-    handed_out.add(id(start.grad))
+    handed_out.add(memory_key(start.grad._data))
 
     while heap:
         f = heappop(heap)[2]

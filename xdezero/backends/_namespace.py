@@ -87,6 +87,16 @@ def device_of(x: Any) -> Any:
     return array_api_compat.device(x)
 
 
+def memory_key(x: Any) -> Any:
+    """A key that two arrays share when they may be views of one buffer (NumPy/CuPy `.base`, torch storage).
+    Immutable arrays (JAX) have nothing to protect: each gets its own key."""
+    if array_api_compat.is_torch_array(x):
+        return ("torch", x.untyped_storage().data_ptr())
+    while getattr(x, "base", None) is not None:
+        x = x.base
+    return id(x)
+
+
 def get_array_module(x: Any) -> ModuleType:
     """DeZero's helper: `cupy` for CuPy arrays, `numpy` for NumPy arrays and everything else that is not an
     array; the array-API namespace for other libraries."""
