@@ -219,10 +219,12 @@ class ColumnPlan:
     def im2col(self, x: Any) -> Any:
         return im2col_matrix(x, self.kernel, self.stride, self.pad)
 
-    def to_images(self, y: Any) -> Any:
-        """(OC, M) -> (N, OC, OH, OW), contiguous."""
+    def to_images(self, y: Any, bias: Any = None) -> Any:
+        """(OC, M) plus bias (OC,) -> (N, OC, OH, OW), contiguous."""
         xp = array_namespace(y)
         oc, n = y.shape[0], self.shape[0]
+        if bias is not None:
+            y = y + xp.reshape(bias, (oc, 1))
         y = xp.permute_dims(xp.reshape(y, (oc, n, -1)), (1, 0, 2))
         return xp.reshape(y, (n, oc, *self.out_hw))
 
@@ -277,10 +279,16 @@ class WideColumnPlan(ColumnPlan):
         c, (kh, kw) = self.shape[1], self.kernel
         return self._windows_4d(x).reshape(c * kh * kw, self.length)  # the one copy
 
-    def to_images(self, y: Any) -> Any:
+    def to_images(self, y: Any, bias: Any = None) -> Any:
+        oc, n = y.shape[0], self.shape[0]
         oh, ow = self.out_hw
-        y = y.reshape(y.shape[0], self.shape[0], self.hp, self.wp)[:, :, :oh, :ow]
-        return np.ascontiguousarray(y.transpose(1, 0, 2, 3))
+        y = y.reshape(oc, n, self.hp, self.wp)[:, :, :oh, :ow].transpose(1, 0, 2, 3)
+        out = np.empty((n, oc, oh, ow), dtype=y.dtype if bias is None else np.result_type(y, bias))
+        if bias is None:
+            out[...] = y
+        else:
+            np.add(y, bias.reshape(1, oc, 1, 1), out=out)  # the bias rides along with the one copy
+        return out
 
     def from_images(self, g: Any) -> Any:
         oh, ow = self.out_hw

@@ -104,19 +104,48 @@ class Conv2d(Function):
         xp = self.xp
         oc = W.shape[0]
         plan = column_plan(x, tuple(x.shape), tuple(W.shape[2:]), self.stride, self.pad)
-        # One GEMM (OC, C·KH·KW) @ (C·KH·KW, M); the bias is added before the one copy back to NCHW.
-        y = plan.conv(xp.reshape(W, (oc, -1)), x)
-        if b is not None:
-            y = y + xp.reshape(b, (oc, 1))
-        return plan.to_images(y)
+        # One GEMM (OC, C·KH·KW) @ (C·KH·KW, M); the bias is added in the one copy back to NCHW.
+        return plan.to_images(plan.conv(xp.reshape(W, (oc, -1)), x), b)
 
     def backward(self, gy):
         x, W = self.inputs[:2]
-        gx = deconv2d(gy, W, stride=self.stride, pad=self.pad, outsize=x.shape[2:])
-        gW = Conv2DGradW(W.shape[2:], self.stride, self.pad)(x, gy)
+        gx, gW = Conv2DGrad(W.shape[2:], self.stride, self.pad)(x, W, gy)
         if len(self.inputs) == 2:
             return gx, gW
         return gx, gW, sum(gy, axis=(0, 2, 3))
+
+
+class Conv2DGrad(Function):
+    """(gx, gW) of y = conv2d(x, W) for the upstream gy: (deconv2d(gy, W), conv2d_grad_w(x, gy)) in one step,
+    so that gy goes to the column layout once. Bilinear in (x, W) and gy, so its backward is again convolutions."""
+
+    def __init__(self, kernel: Pair, stride: Pair, pad: Pair):
+        self.kernel = tuple(kernel)
+        self.stride = stride
+        self.pad = pad
+
+    def forward(self, x, W, gy):
+        xp = self.xp
+        oc, c = W.shape[:2]
+        plan = column_plan(x, tuple(x.shape), self.kernel, self.stride, self.pad)
+        g = plan.from_images(gy)
+        gx = plan.deconv(xp.permute_dims(xp.reshape(W, (oc, -1)), (1, 0)), g)
+        gW = xp.permute_dims(plan.grad_w(x, g), (1, 0))
+        return gx, xp.reshape(gW, (oc, c, *self.kernel))
+
+    def backward(self, ggx, ggW):
+        # An output nobody kept has no gradient (None): its terms vanish.
+        x, W, gy = self.inputs
+        geometry = {"stride": self.stride, "pad": self.pad}
+        d_x = d_W = None
+        d_gy = []
+        if ggx is not None:
+            d_W = Conv2DGradW(self.kernel, self.stride, self.pad)(ggx, gy)
+            d_gy.append(conv2d(ggx, W, **geometry))
+        if ggW is not None:
+            d_x = deconv2d(gy, ggW, outsize=x.shape[2:], **geometry)
+            d_gy.append(conv2d(x, ggW, **geometry))
+        return d_x, d_W, (d_gy[0] + d_gy[1] if len(d_gy) == 2 else d_gy[0])
 
 
 class Deconv2d(Function):
