@@ -7,17 +7,29 @@ Workloads (float32)
   conv2d         x (32, 16, 32, 32), W (32, 16, 3, 3), b (32,), stride 1, pad 1
   max pooling    2x2, stride 2, on the conv2d output (32, 32, 32, 32)
   softmax-ce     softmax_cross_entropy on (1000, 100) logits with int64 labels
-Each cell is the median (and the min) wall time of forward + backward over the repeats; the two frameworks
-alternate in three rounds, so that load from other processes hits both. torch runs with as many intra-op
-threads as NumPy's BLAS uses (threadpoolctl when installed, else OPENBLAS/OMP_NUM_THREADS, else the CPU count).
+Each cell is the median (and the min) wall time of forward + backward. Every round runs each framework in a
+fresh process, alternating: in one process the idle worker threads of one library (OpenMP in torch, OpenBLAS in
+NumPy) keep spinning after their last call and slow the other library's threads several-fold. torch runs with as
+many intra-op threads as NumPy's BLAS uses (threadpoolctl when installed, else OPENBLAS/OMP_NUM_THREADS, else the
+CPU count).
+
+Each table is measured twice, under two glibc malloc settings:
+  default   the process as a user starts it. glibc maps every allocation at or above its mmap threshold afresh
+            and unmaps it on free, so a large temporary costs page faults on every call.
+  pinned    GLIBC_TUNABLES fixes the mmap threshold at 32 MiB (and the trim threshold at 64 MiB), the state glibc
+            reaches by itself once a process has freed one array of 32 MiB or more. Large temporaries are then
+            reused from the heap: each library at its best.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -25,7 +37,8 @@ import numpy as np
 
 def _times(fn, repeats: int) -> tuple[float, float]:
     """(median, min) wall time in ms; the min shows the cost without interference from other processes."""
-    fn()  # warm-up (allocator, lazy imports, BLAS threads)
+    for _ in range(3):  # warm-up (allocator, lazy imports, BLAS threads)
+        fn()
     times = []
     for _ in range(repeats):
         gc.collect()
@@ -116,31 +129,52 @@ def torch_workloads(d):
 TARGETS = {"conv2d": 2.0, "max pooling": 1.5, "softmax-ce": 1.5}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    args = parser.parse_args()
-    repeats = 7 if args.quick else 31
+def _worker(framework: str, workload: str, repeats: int, threads: int) -> None:
+    """Time one workload of one framework; prints (median, min) in ms as JSON."""
+    if framework == "torch":
+        import torch
 
-    import torch
+        torch.set_num_threads(threads)
+        fn = torch_workloads(_data())[workload]
+    else:
+        fn = xdezero_workloads(_data())[workload]
+    print(json.dumps(_times(fn, repeats)))
 
-    threads, source = _blas_threads()
-    torch.set_num_threads(threads)
-    d = _data()
-    ours, theirs = xdezero_workloads(d), torch_workloads(d)
-    print(f"numpy {np.__version__}, torch {torch.__version__}; torch.set_num_threads({threads}) from {source}")
-    print(f"median of {repeats} repeats, forward + backward, float32")
+
+PINNED_MALLOC = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=67108864"
+
+
+def _worker(framework: str, workload: str, repeats: int, threads: int) -> None:
+    """Time one workload of one framework; prints (median, min) in ms as JSON."""
+    if framework == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+        fn = torch_workloads(_data())[workload]
+    else:
+        fn = xdezero_workloads(_data())[workload]
+    print(json.dumps(_times(fn, repeats)))
+
+
+def _in_subprocess(malloc: str | None, *args) -> tuple[float, float]:
+    cmd = [sys.executable, __file__, "--worker", *map(str, args)]
+    env = dict(os.environ)
+    if malloc:
+        env["GLIBC_TUNABLES"] = malloc
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+    return tuple(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def _table(malloc: str | None, rounds: int, repeats: int, threads: int) -> None:
+    print(f"\nmalloc: {'pinned (GLIBC_TUNABLES=' + malloc + ')' if malloc else 'default'}")
     header = ("workload", "xdezero ms", "torch ms", "ratio", "min xdz", "min torch", "min ratio", "target")
     print("{:<14}{:>12}{:>10}{:>8}{:>10}{:>11}{:>11}{:>8}".format(*header))
-    for name, fn in ours.items():
-        if fn is None:
-            print(f"{name:<14}  skipped: xdezero.functions has no softmax_cross_entropy yet")
-            continue
-        # Interleave the two frameworks so that a burst of load elsewhere hits both.
+    for name in TARGETS:
+        # Alternate the frameworks, round by round, so that a burst of load elsewhere hits both.
         a, b = [], []
-        for _ in range(3):
-            a.append(_times(fn, repeats // 3 + 1))
-            b.append(_times(theirs[name], repeats // 3 + 1))
+        for _ in range(rounds):
+            a.append(_in_subprocess(malloc, "xdezero", name, repeats, threads))
+            b.append(_in_subprocess(malloc, "torch", name, repeats, threads))
         med_a, med_b = statistics.median(t[0] for t in a), statistics.median(t[0] for t in b)
         min_a, min_b = min(t[1] for t in a), min(t[1] for t in b)
         ratio = med_a / med_b
@@ -149,6 +183,28 @@ def main() -> None:
             f"{name:<14}{med_a:>12.2f}{med_b:>10.2f}{ratio:>8.2f}{min_a:>10.2f}{min_b:>11.2f}"
             f"{min_a / min_b:>11.2f}{'<= ' + str(TARGETS[name]):>8}  {verdict}"
         )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and repeats")
+    parser.add_argument("--malloc", choices=["both", "default", "pinned"], default="both")
+    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        framework, workload, repeats, threads = args.worker
+        _worker(framework, workload, int(repeats), int(threads))
+        return
+    rounds, repeats = (3, 10) if args.quick else (5, 30)
+
+    import torch
+
+    threads, source = _blas_threads()
+    print(f"numpy {np.__version__}, torch {torch.__version__}; torch.set_num_threads({threads}) from {source}")
+    print(f"{rounds} rounds of {repeats} repeats, each in a fresh process; forward + backward, float32")
+    settings = {"default": [None], "pinned": [PINNED_MALLOC], "both": [None, PINNED_MALLOC]}[args.malloc]
+    for malloc in settings:
+        _table(malloc, rounds, repeats, threads)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,14 @@ Workloads (float32, sigmoid hidden layers, softmax cross-entropy, SGD lr=0.1)
   cuda  mlp-mnist    784 → 1000 → 1000 → 10, batch 100
   cuda  wide-4096    4096 → 4096 (one linear layer, 4096 classes), batch 4096
 
-Each number is the median over repeats of the time of one step, in µs, the two frameworks timed in turn,
-one step each; `ratio` is xdezero / torch.
+Each number is the median over repeats of the time of one step, in µs; `ratio` is xdezero / torch.
 By default both libraries run with one CPU thread (`--threads 1`), so the comparison measures the frameworks
-rather than thread scheduling; set the thread count before NumPy's BLAS starts, i.e. here, on the command line.
+rather than thread scheduling, and the two are timed in one process, one step each in turn. With more CPU
+threads each framework runs in its own processes instead (three rounds, alternating): in one process, the idle
+worker threads of one library (OpenMP in torch, OpenBLAS in NumPy) keep spinning after their last call and slow
+the other's. Those processes run with glibc's mmap threshold pinned at 32 MiB (`--malloc pinned`, the default;
+see bench_functions.py), so that large temporaries are reused from the heap in both; `--malloc default` leaves
+glibc as a user starts it. Set the thread count before NumPy's BLAS starts, i.e. here, on the command line.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import argparse
 import itertools
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -125,13 +130,52 @@ def _require_gpu() -> None:
         sys.exit("bench_training --device cuda needs " + " and ".join(problems) + "; none found here")
 
 
+CPU_WORKLOADS = {"mlp-spiral": ((2, 1000, 3), 300, True)}
+PINNED_MALLOC = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=67108864"
+
+
+def _separate_medians(name: str, args: argparse.Namespace) -> list[float]:
+    """Median µs per step of xdezero and torch, each timed alone in its own processes, alternating rounds."""
+    times = {"xdezero": [], "torch": []}
+    for _ in range(3):
+        for framework in times:
+            cmd = [sys.executable, __file__, "--threads", str(args.threads), "--repeats", str(args.repeats)]
+            env = dict(os.environ)
+            if args.malloc == "pinned":
+                env["GLIBC_TUNABLES"] = PINNED_MALLOC
+            cmd += ["--worker", framework, name]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+            times[framework].append(float(out.stdout.strip().splitlines()[-1]))
+    return [statistics.median(ts) for ts in times.values()]
+
+
+def _worker(framework: str, name: str, repeats: int, threads: int) -> None:
+    sizes, batch, spiral = CPU_WORKLOADS[name]
+    x, t = _data(sizes, batch, spiral)
+    if framework == "torch":
+        import torch
+
+        if threads > 0:
+            torch.set_num_threads(threads)
+        step = torch_step(sizes, x, t, "cpu")
+    else:
+        step = xdezero_step(sizes, x, t, gpu=False)
+    (median,) = _interleaved_medians([step], [lambda: None], repeats, max(5, repeats // 10))
+    print(median)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--repeats", type=int, default=200, help="timed steps per workload (default 200)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for NumPy and torch (0: defaults)")
+    parser.add_argument("--malloc", choices=["pinned", "default"], default="pinned", help="see above")
+    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     _set_threads(args.threads)
+    if args.worker:
+        _worker(*args.worker, args.repeats, args.threads)
+        return
 
     if args.device == "cuda":
         _require_gpu()
@@ -145,7 +189,7 @@ def main() -> None:
 
         sync_torch = torch.cuda.synchronize
     else:
-        workloads = [("mlp-spiral", (2, 1000, 3), 300, True)]
+        workloads = [(name, *spec) for name, spec in CPU_WORKLOADS.items()]
 
         def sync_ours():
             pass
@@ -160,11 +204,15 @@ def main() -> None:
     print(f"device={args.device} threads={args.threads or 'default'} repeats={args.repeats} (median µs per step)")
     print(f"{'workload':28} {'xdezero':>10} {'torch':>10} {'ratio':>7}")
     for name, sizes, batch, spiral in workloads:
-        x, t = _data(sizes, batch, spiral)
-        ours_step = xdezero_step(sizes, x, t, gpu=args.device == "cuda")
-        ref_step = torch_step(sizes, x, t, "cuda" if args.device == "cuda" else "cpu")
-        warmup = max(5, args.repeats // 10)
-        ours, ref = _interleaved_medians([ours_step, ref_step], [sync_ours, sync_torch], args.repeats, warmup)
+        if args.device == "cpu" and args.threads != 1:
+            print(f"(each framework in its own processes, malloc {args.malloc})")
+            ours, ref = _separate_medians(name, args)
+        else:
+            x, t = _data(sizes, batch, spiral)
+            ours_step = xdezero_step(sizes, x, t, gpu=args.device == "cuda")
+            ref_step = torch_step(sizes, x, t, "cuda" if args.device == "cuda" else "cpu")
+            warmup = max(5, args.repeats // 10)
+            ours, ref = _interleaved_medians([ours_step, ref_step], [sync_ours, sync_torch], args.repeats, warmup)
         label = f"{name} {'→'.join(map(str, sizes))} b{batch}"
         print(f"{label:28} {ours:10.1f} {ref:10.1f} {ours / ref:7.2f}")
 
