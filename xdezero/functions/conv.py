@@ -73,6 +73,18 @@ def _check_images(name: str, x: Variable, what: str = "x") -> None:
         raise ValueError(f"{name}: {what} must be a 4-D (N, C, H, W) array, got shape {x.shape}")
 
 
+def _check_operands(name: str, x: Variable, W: Variable, in_axis: int) -> None:
+    """x is (N, C, H, W) and W 4-D with x's C channels on axis `in_axis` (1 for conv2d, 0 for deconv2d)."""
+    roles = "out_channels, in_channels" if in_axis == 1 else "in_channels, out_channels"
+    _check_images(name, x)
+    _check_images(name, W, "W (OC, C, KH, KW)" if in_axis == 1 else "W (C, OC, KH, KW)")
+    if x.shape[1] != W.shape[in_axis]:
+        raise ValueError(
+            f"{name}: x of shape {x.shape} has {x.shape[1]} channels but W of shape {W.shape} expects "
+            f"{W.shape[in_axis]} (W is ({roles}, KH, KW))"
+        )
+
+
 def _out_hw(name: str, hw: tuple, kernel: Pair, stride: Pair, pad: Pair) -> Pair:
     h, w = hw
     oh = get_conv_outsize(h, kernel[0], stride[0], pad[0])
@@ -204,14 +216,8 @@ def conv2d(x: Any, W: Any, b: Any = None, stride: int | Pair = 1, pad: int | Pai
     """2-D convolution (cross-correlation) of x (N, C, H, W) with W (OC, C, KH, KW), plus b (OC,)."""
     x, W = as_variable(x), as_variable(W)
     b = None if b is None else as_variable(b)
-    _check_images("conv2d", x)
-    _check_images("conv2d", W, "W (OC, C, KH, KW)")
+    _check_operands("conv2d", x, W, in_axis=1)
     kernel, stride, pad = _geometry("conv2d", W.shape[2:], stride, pad)
-    if x.shape[1] != W.shape[1]:
-        raise ValueError(
-            f"conv2d: x of shape {x.shape} has {x.shape[1]} channels but W of shape {W.shape} expects "
-            f"{W.shape[1]} (W is (out_channels, in_channels, KH, KW))"
-        )
     _out_hw("conv2d", x.shape[2:], kernel, stride, pad)
     _check_bias("conv2d", b, W.shape[0])
     f = Conv2d(stride, pad)
@@ -224,14 +230,8 @@ def deconv2d(
     """Transposed 2-D convolution of x (N, C, H, W) with W (C, OC, KH, KW), plus b (OC,): the adjoint of conv2d."""
     x, W = as_variable(x), as_variable(W)
     b = None if b is None else as_variable(b)
-    _check_images("deconv2d", x)
-    _check_images("deconv2d", W, "W (C, OC, KH, KW)")
+    _check_operands("deconv2d", x, W, in_axis=0)
     kernel, stride, pad = _geometry("deconv2d", W.shape[2:], stride, pad)
-    if x.shape[1] != W.shape[0]:
-        raise ValueError(
-            f"deconv2d: x of shape {x.shape} has {x.shape[1]} channels but W of shape {W.shape} expects "
-            f"{W.shape[0]} (W is (in_channels, out_channels, KH, KW))"
-        )
     h, w = x.shape[2:]
     if outsize is None:
         outsize = tuple(get_deconv_outsize(s, k, st, p) for s, k, st, p in zip((h, w), kernel, stride, pad))
@@ -253,13 +253,7 @@ def deconv2d(
 def conv2d_simple(x: Any, W: Any, b: Any = None, stride: int | Pair = 1, pad: int | Pair = 0) -> Variable:
     """conv2d written as im2col + matmul (slower; differentiable through those two functions)."""
     x, W = as_variable(x), as_variable(W)
-    _check_images("conv2d_simple", x)
-    _check_images("conv2d_simple", W, "W (OC, C, KH, KW)")
-    if x.shape[1] != W.shape[1]:
-        raise ValueError(
-            f"conv2d_simple: x of shape {x.shape} has {x.shape[1]} channels but W of shape {W.shape} expects "
-            f"{W.shape[1]} (W is (out_channels, in_channels, KH, KW))"
-        )
+    _check_operands("conv2d_simple", x, W, in_axis=1)
     n = x.shape[0]
     oc = W.shape[0]
     kernel, stride, pad = _geometry("conv2d_simple", W.shape[2:], stride, pad)
