@@ -16,23 +16,15 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 
 import numpy as np
+from _harness import run_python, wall_times
 
 
 def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        gc.collect()
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(wall_times(fn, repeats))
 
 
 # --- workloads, one function per framework ------------------------------------------------------
@@ -150,15 +142,8 @@ print(json.dumps({"held_mb": (rss() - before) / 2**20}))
 def memory_held(framework: str, n_ops: int = 200, size: int = 10**6) -> float:
     # A fixed mmap threshold makes every large buffer its own mapping, returned to the OS when freed, so the
     # resident-memory growth is the memory actually held (glibc's adaptive threshold would keep freed buffers).
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-    out = subprocess.run(
-        [sys.executable, "-c", _MEMORY_SCRIPT, framework, str(n_ops), str(size)],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=env,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])["held_mb"]
+    env = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+    return json.loads(run_python("-c", _MEMORY_SCRIPT, framework, str(n_ops), str(size), env=env))["held_mb"]
 
 
 def _worker(framework: str, workload: str) -> float:
@@ -180,8 +165,7 @@ def _worker(framework: str, workload: str) -> float:
 
 
 def _in_subprocess(*args: str) -> float:
-    out = subprocess.run([sys.executable, __file__, "--worker", *args], capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    return float(run_python(__file__, "--worker", *args))
 
 
 def main() -> None:

@@ -24,27 +24,19 @@ Each table is measured twice, under two glibc malloc settings:
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import statistics
-import subprocess
-import sys
-import time
 
 import numpy as np
+from _harness import PINNED_MALLOC, run_python, wall_times
 
 
 def _times(fn, repeats: int) -> tuple[float, float]:
     """(median, min) wall time in ms; the min shows the cost without interference from other processes."""
     for _ in range(3):  # warm-up (allocator, lazy imports, BLAS threads)
         fn()
-    times = []
-    for _ in range(repeats):
-        gc.collect()
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
+    times = wall_times(fn, repeats)
     return statistics.median(times) * 1e3, min(times) * 1e3
 
 
@@ -141,28 +133,9 @@ def _worker(framework: str, workload: str, repeats: int, threads: int) -> None:
     print(json.dumps(_times(fn, repeats)))
 
 
-PINNED_MALLOC = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=67108864"
-
-
-def _worker(framework: str, workload: str, repeats: int, threads: int) -> None:
-    """Time one workload of one framework; prints (median, min) in ms as JSON."""
-    if framework == "torch":
-        import torch
-
-        torch.set_num_threads(threads)
-        fn = torch_workloads(_data())[workload]
-    else:
-        fn = xdezero_workloads(_data())[workload]
-    print(json.dumps(_times(fn, repeats)))
-
-
 def _in_subprocess(malloc: str | None, *args) -> tuple[float, float]:
-    cmd = [sys.executable, __file__, "--worker", *map(str, args)]
-    env = dict(os.environ)
-    if malloc:
-        env["GLIBC_TUNABLES"] = malloc
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
-    return tuple(json.loads(out.stdout.strip().splitlines()[-1]))
+    env = {"GLIBC_TUNABLES": malloc} if malloc else None
+    return tuple(json.loads(run_python(__file__, "--worker", *map(str, args), env=env)))
 
 
 def _table(malloc: str | None, rounds: int, repeats: int, threads: int) -> None:

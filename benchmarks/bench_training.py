@@ -25,9 +25,10 @@ import argparse
 import itertools
 import os
 import statistics
-import subprocess
 import sys
 import time
+
+from _harness import PINNED_MALLOC, run_python
 
 
 def _set_threads(n: int) -> None:
@@ -131,7 +132,6 @@ def _require_gpu() -> None:
 
 
 CPU_WORKLOADS = {"mlp-spiral": ((2, 1000, 3), 300, True)}
-PINNED_MALLOC = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=67108864"
 
 
 def _separate_medians(name: str, args: argparse.Namespace) -> list[float]:
@@ -139,13 +139,9 @@ def _separate_medians(name: str, args: argparse.Namespace) -> list[float]:
     times = {"xdezero": [], "torch": []}
     for _ in range(3):
         for framework in times:
-            cmd = [sys.executable, __file__, "--threads", str(args.threads), "--repeats", str(args.repeats)]
-            env = dict(os.environ)
-            if args.malloc == "pinned":
-                env["GLIBC_TUNABLES"] = PINNED_MALLOC
-            cmd += ["--worker", framework, name]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
-            times[framework].append(float(out.stdout.strip().splitlines()[-1]))
+            env = {"GLIBC_TUNABLES": PINNED_MALLOC} if args.malloc == "pinned" else None
+            cmd = ["--threads", str(args.threads), "--repeats", str(args.repeats), "--worker", framework, name]
+            times[framework].append(float(run_python(__file__, *cmd, env=env)))
     return [statistics.median(ts) for ts in times.values()]
 
 
