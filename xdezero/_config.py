@@ -47,23 +47,48 @@ Config = _Config()
 
 
 class using_config:
-    """Set a config flag inside a `with` block or a decorated function; restored on exit, even on error."""
+    """Set a config flag inside a `with` block or a decorated function; restored on exit, even on error.
+
+    One object may be entered by several threads or asyncio tasks at once, and left in any order: what each
+    entry saved lives in the context that entered it. As a decorator it also covers generator functions and
+    async generators, whose bodies run with the flag set at every resumption, never leaking it to the caller.
+    """
 
     def __init__(self, name: str, value: bool) -> None:
         self._name = name
         self._var = _flag(name)
         self._value = value
-        self._tokens: list = []
 
     def __enter__(self) -> using_config:
-        self._tokens.append(self._var.set(self._value))
+        token = self._var.set(self._value)
+        _entered.set((*_entered.get(), (self, token)))
         return self
 
     def __exit__(self, *exc_info) -> None:
-        self._var.reset(self._tokens.pop())
+        entered = _entered.get()
+        for i in range(len(entered) - 1, -1, -1):
+            if entered[i][0] is self:
+                _entered.set(entered[:i] + entered[i + 1 :])
+                self._var.reset(entered[i][1])
+                return
+        raise RuntimeError(f"using_config({self._name!r}, {self._value!r}) was left without being entered here")
 
     def __call__(self, func):
         name, value = self._name, self._value
+        if inspect.isasyncgenfunction(func):
+
+            @functools.wraps(func)
+            def async_generator_wrapper(*args, **kwargs):
+                return _async_generator_under(name, value, func(*args, **kwargs))
+
+            return async_generator_wrapper
+        if inspect.isgeneratorfunction(func):
+
+            @functools.wraps(func)
+            def generator_wrapper(*args, **kwargs):
+                return _generator_under(name, value, func(*args, **kwargs))
+
+            return generator_wrapper
         if inspect.iscoroutinefunction(func):
 
             @functools.wraps(func)
@@ -79,6 +104,49 @@ class using_config:
                 return func(*args, **kwargs)
 
         return wrapper
+
+
+# (config object, token) for every `with` block open in the current context, innermost last. A tuple, so that
+# each thread and asyncio task sees (and edits) only its own entries.
+_entered: ContextVar[tuple] = ContextVar("xdezero_entered_configs", default=())
+
+
+def _generator_under(name: str, value: bool, gen):
+    """Run the generator `gen` with the flag set while its body runs, not while it is paused."""
+    resume, sent = gen.send, None
+    while True:
+        try:
+            with using_config(name, value):
+                item = resume(sent)
+        except StopIteration as stop:
+            return stop.value
+        try:
+            sent, resume = (yield item), gen.send
+        except GeneratorExit:
+            with using_config(name, value):
+                gen.close()
+            raise
+        except BaseException as error:  # thrown in by the caller: deliver it inside the flag
+            sent, resume = error, gen.throw
+
+
+async def _async_generator_under(name: str, value: bool, gen):
+    """The async-generator counterpart of `_generator_under`."""
+    resume, sent = gen.asend, None
+    while True:
+        try:
+            with using_config(name, value):
+                item = await resume(sent)
+        except StopAsyncIteration:
+            return
+        try:
+            sent, resume = (yield item), gen.asend
+        except GeneratorExit:
+            with using_config(name, value):
+                await gen.aclose()
+            raise
+        except BaseException as error:
+            sent, resume = error, gen.athrow
 
 
 def no_grad() -> using_config:

@@ -44,11 +44,16 @@ def is_array(x: Any) -> bool:
 
 
 def as_array_data(x: Any, *, what: str = "Variable data") -> Any:
-    """Validate `x` as array data: arrays pass, NumPy scalars become 0-d arrays, None passes."""
+    """Validate `x` as array data: numeric arrays pass, NumPy scalars become 0-d arrays, None passes."""
+    if isinstance(x, np.ndarray | np.generic):
+        if x.dtype.kind not in "fiubc":
+            raise TypeError(
+                f"{what} must hold numbers (bool, integer, floating or complex), not NumPy dtype {x.dtype} "
+                f"(e.g. {x.reshape(-1)[:1]!r:.40}); convert it with .astype(np.float64) or similar first"
+            )
+        return np.asarray(x) if isinstance(x, np.generic) else x
     if type(x) in _ARRAY_TYPES or x is None:
         return x
-    if isinstance(x, np.generic):
-        return np.asarray(x)
     if is_array(x):
         return x
     raise TypeError(
@@ -87,14 +92,23 @@ def device_of(x: Any) -> Any:
     return array_api_compat.device(x)
 
 
+# Two arrays that may share memory get the same key; a library whose views cannot be seen gets one key for all
+# its arrays, so that every gradient after the first is copied (sharing cannot be ruled out there).
+_UNSEEN_VIEWS = "views of this library cannot be detected"
+
+
 def memory_key(x: Any) -> Any:
     """A key that two arrays share when they may be views of one buffer (NumPy/CuPy `.base`, torch storage).
-    Immutable arrays (JAX) have nothing to protect: each gets its own key."""
+    Immutable arrays (JAX, Dask) have nothing to protect: each gets its own key."""
+    if isinstance(x, np.ndarray) or array_api_compat.is_cupy_array(x):
+        while x.base is not None:
+            x = x.base
+        return id(x)
     if array_api_compat.is_torch_array(x):
         return ("torch", x.untyped_storage().data_ptr())
-    while getattr(x, "base", None) is not None:
-        x = x.base
-    return id(x)
+    if array_api_compat.is_jax_array(x) or array_api_compat.is_dask_array(x):
+        return id(x)
+    return (_UNSEEN_VIEWS, library_name(x))
 
 
 def get_array_module(x: Any) -> ModuleType:
