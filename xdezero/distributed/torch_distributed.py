@@ -1,0 +1,110 @@
+"""torch.distributed: torch tensors travel as they are (gloo on CPU, nccl on CUDA); other arrays via the host.
+
+The process group is initialised from the environment that `torchrun` sets (RANK, WORLD_SIZE, MASTER_ADDR,
+MASTER_PORT, LOCAL_RANK), unless the program initialised one itself. Collectives time out after `timeout`
+(gloo and nccl honour it), so a rank that never reaches a collective ends in an error rather than a hang.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime
+import os
+from typing import Any
+
+import numpy as np
+
+from xdezero.backends import array_namespace, device_of
+from xdezero.distributed._abort import install_abort_hook
+from xdezero.distributed.communicator import Communicator, host_buffer
+
+__all__ = ["TorchCommunicator"]
+
+
+class TorchCommunicator(Communicator):
+    """Collectives over torch.distributed; `backend` defaults to nccl when CUDA is usable, else gloo."""
+
+    name = "torch"
+
+    def __init__(
+        self,
+        backend: str | None = None,
+        *,
+        timeout: datetime.timedelta = datetime.timedelta(minutes=5),
+        abort_on_exception: bool = True,
+    ) -> None:
+        try:
+            import torch
+            import torch.distributed as td
+        except ImportError as e:
+            raise ImportError("the 'torch' communicator needs PyTorch: pip install torch") from e
+        if not td.is_available():
+            raise RuntimeError("the 'torch' communicator: this PyTorch build has no torch.distributed")
+        self._torch, self._td = torch, td
+        if not td.is_initialized():
+            missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+            if missing:
+                raise RuntimeError(
+                    f"the 'torch' communicator: {', '.join(missing)} not set; launch with "
+                    "torchrun --nproc-per-node N script.py, or call torch.distributed.init_process_group first"
+                )
+            if backend is None:
+                backend = "nccl" if torch.cuda.is_available() and td.is_nccl_available() else "gloo"
+            td.init_process_group(backend, timeout=timeout)
+            # Left to the interpreter's teardown, a live gloo group can end the process in std::terminate.
+            atexit.register(_destroy, td)
+        self.backend = td.get_backend()
+        self.rank, self.size = td.get_rank(), td.get_world_size()
+        self.intra_rank = int(os.environ.get("LOCAL_RANK", 0))
+        self.intra_size = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        self.inter_rank = int(os.environ.get("GROUP_RANK", 0))
+        self.inter_size = max(1, self.size // max(1, self.intra_size))
+        if self.backend == "nccl":
+            self.device = torch.device("cuda", self.intra_rank)
+            torch.cuda.set_device(self.device)
+        else:
+            self.device = torch.device("cpu")
+        self._ops = {"sum": td.ReduceOp.SUM, "max": td.ReduceOp.MAX, "min": td.ReduceOp.MIN}
+        if abort_on_exception:
+            install_abort_hook(self.rank, self.size, self.abort)
+
+    def _to_buffer(self, flat: Any) -> Any:
+        torch = self._torch
+        if isinstance(flat, torch.Tensor):
+            return flat.to(self.device)  # a fresh tensor already on the device is passed through
+        return torch.from_numpy(host_buffer(flat)).to(self.device)
+
+    def _from_buffer(self, buf: Any, like: Any) -> Any:
+        if isinstance(like, self._torch.Tensor):
+            return buf.to(like.device)
+        # A copy: an array whose `.base` is a Tensor confuses code that walks NumPy's `.base` chain.
+        host = np.array(buf.cpu().numpy())
+        if type(like) is type(host):
+            return host
+        return array_namespace(like).asarray(host, device=device_of(like))
+
+    def _allreduce_buffer(self, buf: Any, op: str) -> Any:
+        self._td.all_reduce(buf, op=self._ops[op])
+        return buf
+
+    def _bcast_buffer(self, buf: Any, root: int) -> Any:
+        self._td.broadcast(buf, src=root)
+        return buf
+
+    def bcast_obj(self, obj: Any, root: int = 0) -> Any:
+        box = [obj]
+        self._td.broadcast_object_list(box, src=root)
+        return box[0]
+
+    def barrier(self) -> None:
+        self._td.barrier()
+
+    def abort(self, code: int = 1) -> None:
+        # No collective abort in torch.distributed: leaving at once closes this rank's connections, the peers'
+        # pending collectives fail, and torchrun (or torch.multiprocessing.spawn) ends the other workers.
+        os._exit(code)
+
+
+def _destroy(td: Any) -> None:
+    if td.is_initialized():
+        td.destroy_process_group()
