@@ -2,6 +2,11 @@
 
 xdezero info                      versions, installed and usable backends, GPUs
 xdezero train spiral [options]    train an MLP on the spiral data set (see `xdezero train spiral -h`)
+xdezero train mnist [options]     train an MLP on MNIST (downloaded once into the data folder)
+
+Under a launcher (`mpiexec -n 2 xdezero train spiral`, `torchrun --nproc-per-node 2 -m xdezero train spiral`)
+training is data-parallel: --batch-size is the global batch, each process computes the gradient of its share of
+every batch, and only rank 0 prints and writes files.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import argparse
 import importlib
 import importlib.metadata
 import importlib.util
+import io
 import platform
 import sys
 import time
@@ -103,24 +109,85 @@ def _check_matplotlib() -> None:
         raise UsageError("--plot needs matplotlib, which is not installed (pip install matplotlib)")
 
 
-def train_spiral(args: argparse.Namespace, out: TextIO) -> int:
+def _communicator(args: argparse.Namespace) -> Any:
+    from xdezero import distributed as dist
+
+    try:
+        return dist.create_communicator(args.communicator)
+    except ImportError as e:
+        raise UsageError(f"--communicator {args.communicator}: {e}") from None
+
+
+def _load_task(args: argparse.Namespace) -> tuple[Any, Any, Any, str]:
+    """(training set, test set, model, description) for `args.task`."""
     import xdezero.functions as F
-    from xdezero.dataloaders import DataLoader
-    from xdezero.datasets import Spiral
+    from xdezero.datasets import MNIST, Spiral
     from xdezero.models import MLP
+
+    activation = getattr(F, args.activation)
+    if args.task == "spiral":
+        train_set = Spiral(train=True)
+        model = MLP((args.hidden, 3), activation=activation)
+        return train_set, Spiral(train=False), model, f"spiral ({len(train_set)} points)"
+    try:
+        train_set, test_set = MNIST(train=True), MNIST(train=False)
+    except OSError as e:
+        raise UsageError(f"cannot load MNIST: {e}") from None
+    model = MLP((args.hidden, 10), activation=activation)
+    return train_set, test_set, model, f"MNIST ({len(train_set)} images)"
+
+
+def _my_rows(n: int, comm: Any) -> slice:
+    """This rank's rows of a batch of `n`: contiguous, sizes differing by at most one."""
+    return slice(n * comm.rank // comm.size, n * (comm.rank + 1) // comm.size)
+
+
+def _accuracy(model: Any, dataset: Any, convert: Callable, comm: Any) -> float:
+    """Accuracy over `dataset`, each rank evaluating its contiguous part."""
+    import xdezero.functions as F
+
+    rows = range(len(dataset))[_my_rows(len(dataset), comm)]
+    correct = 0.0
+    if len(rows):
+        examples = [dataset[i] for i in rows]
+        x = np.asarray([e[0] for e in examples])
+        t = np.asarray([e[1] for e in examples])
+        with xdezero.no_grad():
+            correct = float(F.accuracy(model(convert(x)), convert(t)).data) * len(rows)
+    return comm.allreduce(correct) / len(dataset)
+
+
+def train(args: argparse.Namespace, comm: Any, out: TextIO) -> int:
+    """Train the MLP of `args.task` with SGD; data-parallel over `comm`, printing on rank 0 only."""
+    import xdezero.functions as F
+    from xdezero import distributed as dist
+    from xdezero.dataloaders import DataLoader
     from xdezero.optimizers import SGD
 
+    if comm.rank != 0:
+        out = io.StringIO()  # only rank 0 reports
+    if args.batch_size < comm.size:
+        raise UsageError(
+            f"--batch-size {args.batch_size} is the global batch: it must be at least {comm.size}, "
+            "the number of processes"
+        )
     convert = _backend_converter(args.backend)
-    if args.plot:
+    plot = getattr(args, "plot", None)
+    if plot:
         _check_matplotlib()
     np.random.seed(args.seed)  # this program owns the process: make the weight initialisation reproducible
-    train_set = Spiral(train=True)
+    train_set, test_set, model, description = _load_task(args)
+    # Every rank walks the same global order; each computes the gradient of its rows of every batch, so the
+    # steps are those of one process up to floating-point order.
     loader = DataLoader(train_set, args.batch_size, shuffle=True, seed=args.seed)
-    model = MLP((args.hidden, 3), activation=getattr(F, args.activation))
-    optimizer = SGD(lr=args.lr).setup(model)
+    optimizer = SGD(lr=args.lr)
+    if comm.size > 1:
+        optimizer = dist.create_multi_node_optimizer(optimizer, comm)
+    optimizer.setup(model)
+    processes = f", {comm.size} processes ({comm.name})" if comm.size > 1 else ""
     print(
-        f"training MLP(({args.hidden}, 3), {args.activation}) on spiral ({len(train_set)} points) with SGD "
-        f"lr={args.lr}, batch size {args.batch_size}, backend {args.backend}",
+        f"training MLP(({args.hidden}, {3 if args.task == 'spiral' else 10}), {args.activation}) on {description} "
+        f"with SGD lr={args.lr}, batch size {args.batch_size}, backend {args.backend}{processes}",
         file=out,
     )
     progress = Progress(args.epochs, len(loader), out)
@@ -129,31 +196,46 @@ def train_spiral(args: argparse.Namespace, out: TextIO) -> int:
     for epoch in range(1, args.epochs + 1):
         sum_loss = sum_acc = 0.0
         for done, (x, t) in enumerate(loader, 1):
-            x, t = convert(x), convert(t)
+            batch = len(t)
+            rows = _my_rows(batch, comm)
+            x, t = convert(x[rows]), convert(t[rows])
+            mine = rows.stop - rows.start
             y = model(x)
-            loss = F.softmax_cross_entropy(y, t)
+            loss = F.softmax_cross_entropy(y, t) if mine else F.sum(y) * 0.0
+            # The optimizer averages the ranks' gradients: weight each by its share of the batch, so that an
+            # uneven split (a last batch smaller than the rest) still gives the gradient of the whole batch.
+            objective = loss if mine * comm.size == batch else loss * (mine * comm.size / batch)
             model.cleargrads()
-            loss.backward()
+            objective.backward()
             optimizer.update()
-            sum_loss += float(loss.data) * len(t)
-            sum_acc += float(F.accuracy(y, t).data) * len(t)
+            if mine:
+                sum_loss += float(loss.data) * mine
+                sum_acc += float(F.accuracy(y, t).data) * mine
             progress.batch(epoch, done)
+        if comm.size > 1:
+            sums = comm.allreduce({"loss": sum_loss, "acc": sum_acc})
+            sum_loss, sum_acc = sums["loss"], sums["acc"]
         losses.append(sum_loss / len(train_set))
         progress.epoch(epoch, losses[-1], sum_acc / len(train_set))
     elapsed = time.perf_counter() - start
 
-    with xdezero.no_grad():
-        train_acc = float(F.accuracy(model(convert(train_set.data)), convert(train_set.label)).data)
-        test_set = Spiral(train=False)
-        test_acc = float(F.accuracy(model(convert(test_set.data)), convert(test_set.label)).data)
+    train_acc = _accuracy(model, train_set, convert, comm)
+    test_acc = _accuracy(model, test_set, convert, comm)
     print(
         f"done: {args.epochs} epochs in {elapsed:.1f} s; "
         f"training accuracy {train_acc:.4f}, test accuracy {test_acc:.4f}",
         file=out,
     )
-    if args.plot:
-        _plot(args.plot, model, convert, train_set, losses)
-        print(f"wrote {args.plot}", file=out)
+    if comm.rank == 0:  # parameters are the same on every rank: one writer
+        if args.save:
+            try:
+                model.save_weights(args.save)
+            except OSError as e:
+                raise UsageError(f"cannot write {args.save}: {e.strerror or e}") from None
+            print(f"wrote {args.save}", file=out)
+        if plot:
+            _plot(plot, model, convert, train_set, losses)
+            print(f"wrote {plot}", file=out)
     return 0
 
 
@@ -257,6 +339,35 @@ def info(out: TextIO) -> int:
 # --- entry point ---------------------------------------------------------------------------------------
 
 
+def _add_training_options(task: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
+    d = defaults
+    task.add_argument(
+        "--epochs", type=_positive(int), default=d["epochs"], help=f"passes over the data (default {d['epochs']})"
+    )
+    task.add_argument(
+        "--hidden", type=_positive(int), default=d["hidden"], help=f"hidden units (default {d['hidden']})"
+    )
+    task.add_argument(
+        "--batch-size",
+        type=_positive(int),
+        default=d["batch_size"],
+        help=f"examples per step, over all processes together (default {d['batch_size']})",
+    )
+    task.add_argument("--lr", type=_positive(float), default=d["lr"], help=f"SGD learning rate (default {d['lr']})")
+    task.add_argument(
+        "--activation", choices=("relu", "sigmoid", "tanh"), default="relu", help="hidden activation (default relu)"
+    )
+    task.add_argument("--backend", choices=BACKENDS, default="numpy", help="array library (default numpy)")
+    task.add_argument("--seed", type=int, default=0, help="seed for weights and shuffling (default 0)")
+    task.add_argument("--save", metavar="FILE", help="write the trained weights to FILE (.npz; rank 0 only)")
+    task.add_argument(
+        "--communicator",
+        choices=("auto", "mpi", "torch", "nccl", "single"),
+        default="auto",
+        help="how processes exchange gradients (default auto: MPI under mpiexec/srun, torch under torchrun)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xdezero", description="xdezero: DeZero over any array-API array.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -264,28 +375,26 @@ def _parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train an example model")
     tasks = train.add_subparsers(dest="task", required=True, metavar="TASK")
     spiral = tasks.add_parser("spiral", help="an MLP on the 3-class spiral data set")
-    spiral.add_argument("--epochs", type=_positive(int), default=300, help="passes over the data (default 300)")
-    spiral.add_argument("--hidden", type=_positive(int), default=30, help="hidden units (default 30)")
-    spiral.add_argument("--batch-size", type=_positive(int), default=30, help="examples per step (default 30)")
-    spiral.add_argument("--lr", type=_positive(float), default=1.0, help="SGD learning rate (default 1.0)")
-    spiral.add_argument(
-        "--activation", choices=("relu", "sigmoid", "tanh"), default="relu", help="hidden activation (default relu)"
-    )
-    spiral.add_argument("--backend", choices=BACKENDS, default="numpy", help="array library (default numpy)")
+    _add_training_options(spiral, {"epochs": 300, "hidden": 30, "batch_size": 30, "lr": 1.0})
     spiral.add_argument("--plot", metavar="FILE", help="write a PNG with the loss curve and the decision regions")
-    spiral.add_argument("--seed", type=int, default=0, help="seed for weights and shuffling (default 0)")
+    mnist = tasks.add_parser("mnist", help="an MLP on MNIST digits (downloaded on first use)")
+    _add_training_options(mnist, {"epochs": 5, "hidden": 1000, "batch_size": 100, "lr": 0.1})
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `xdezero` command; returns the exit status (0 success, 2 usage errors)."""
     args = _parser().parse_args(argv)
+    rank = 0
     try:
         if args.command == "info":
             return info(sys.stdout)
-        return train_spiral(args, sys.stdout)
+        comm = _communicator(args)
+        rank = comm.rank
+        return train(args, comm, sys.stdout)
     except UsageError as e:
-        print(f"xdezero: error: {e}", file=sys.stderr)
+        if rank == 0:  # the same error on every rank: said once
+            print(f"xdezero: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\nxdezero: interrupted", file=sys.stderr)
