@@ -37,6 +37,20 @@ def tests(session: nox.Session, backend: str) -> None:
 
 
 @nox.session
+def distributed(session: nox.Session) -> None:
+    """Data-parallel training: MPI ranks under mpiexec (mpi4py + MPICH from PyPI), dask.distributed workers."""
+    session.install("-e", ".[test,mpi]", "distributed")
+    session.run(
+        "pytest",
+        "tests/test_distributed.py",
+        "tests/test_distributed_mpi.py",
+        "tests/test_distributed_dask.py",
+        *session.posargs,
+        env={"XDEZERO_BACKENDS": "numpy"},
+    )
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff: lint and formatting."""
     session.install("ruff")
