@@ -108,7 +108,8 @@ class Communicator:
         raise NotImplementedError
 
     def _allreduce_buffer(self, buf: Any, op: str) -> Any:
-        """Reduce `buf` over all ranks with op 'sum', 'max' or 'min' (in place allowed); return the result."""
+        """Reduce `buf` over all ranks with op 'sum', 'max', 'min', or 'mean' (floating buffers only), in place
+        allowed (the buffer is ours); return the result."""
         raise NotImplementedError
 
     def _bcast_buffer(self, buf: Any, root: int) -> Any:
@@ -164,9 +165,7 @@ class Communicator:
         flat = _pack([a])
         if op == "mean" and not _is_floating(flat):
             flat = xp.astype(flat, xp.float64)
-        out = self._from_buffer(self._allreduce_buffer(self._to_buffer(flat), "sum" if op == "mean" else op), flat)
-        if op == "mean":
-            out = out / self.size
+        out = self._from_buffer(self._allreduce_buffer(self._to_buffer(flat), op), flat)
         return xp.reshape(out, shape)
 
     def bcast(self, x: Any, root: int = 0) -> Any:
@@ -231,8 +230,7 @@ class Communicator:
             has_grad = [0.0 if p.grad is None else 1.0 for p in group]
             flags = xp.asarray(has_grad, dtype=arrays[0].dtype, device=device_of(arrays[0]))
             flat = _pack([*arrays, flags])
-            out = self._from_buffer(self._allreduce_buffer(self._to_buffer(flat), "sum"), flat)
-            out = out / self.size
+            out = self._from_buffer(self._allreduce_buffer(self._to_buffer(flat), "mean"), flat)
             views = _unpack(out, [tuple(a.shape) for a in arrays] + [(len(group),)])
             seen = to_numpy(views[-1])
             for p, view, count in zip(group, views, seen):

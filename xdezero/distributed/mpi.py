@@ -63,7 +63,9 @@ class MpiCommunicator(Communicator):
         return array_namespace(like).asarray(buf, device=device_of(like))
 
     def _allreduce_buffer(self, buf: Any, op: str) -> Any:
-        self.mpi_comm.Allreduce(self._MPI.IN_PLACE, buf, op=self._ops[op])
+        self.mpi_comm.Allreduce(self._MPI.IN_PLACE, buf, op=self._ops["sum" if op == "mean" else op])
+        if op == "mean":
+            buf /= self.size  # our buffer: dividing in place saves a pass and an allocation per step
         return buf
 
     def _bcast_buffer(self, buf: Any, root: int) -> Any:

@@ -71,7 +71,10 @@ class NcclCommunicator(Communicator):
 
     def _allreduce_buffer(self, buf: Any, op: str) -> Any:
         stream = self._cupy.cuda.get_current_stream()
-        self.nccl_comm.allReduce(buf.data.ptr, buf.data.ptr, buf.size, self._nccl_dtype(buf), self._ops[op], stream.ptr)
+        nccl_op = self._ops["sum" if op == "mean" else op]
+        self.nccl_comm.allReduce(buf.data.ptr, buf.data.ptr, buf.size, self._nccl_dtype(buf), nccl_op, stream.ptr)
+        if op == "mean":
+            buf /= self.size
         return buf
 
     def _bcast_buffer(self, buf: Any, root: int) -> Any:

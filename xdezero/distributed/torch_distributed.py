@@ -84,7 +84,9 @@ class TorchCommunicator(Communicator):
         return array_namespace(like).asarray(host, device=device_of(like))
 
     def _allreduce_buffer(self, buf: Any, op: str) -> Any:
-        self._td.all_reduce(buf, op=self._ops[op])
+        self._td.all_reduce(buf, op=self._ops["sum" if op == "mean" else op])  # gloo has no AVG
+        if op == "mean":
+            buf.div_(self.size)
         return buf
 
     def _bcast_buffer(self, buf: Any, root: int) -> Any:
