@@ -13,6 +13,7 @@ Reported per p (medians over rounds of the per-job medians):
   comm       time inside `comm.allreduce_grad` within the step (packing, MPI_Allreduce, unpacking, and any
              wait for a slower rank), ms, and its share of the step
   allreduce  a bare MPI_Allreduce of the same number of bytes after a barrier (the transport alone), ms
+  latency    a bare MPI_Allreduce of one float32, µs (the α of the cost model in docs/distributed.md)
   efficiency step(1) / step(p): 100% is perfect weak scaling
   bytes      the gradient buffer (bytes reduced per step) and what each rank sends in a ring all-reduce,
              2(p-1)/p times the buffer
@@ -37,7 +38,7 @@ SIZES = (784, 1000, 1000, 10)
 BATCH = 100
 
 
-def worker(steps: int, warmup: int) -> None:
+def worker(steps: int, warmup: int, reduce: bool) -> None:
     import numpy as np
 
     import xdezero.functions as F
@@ -66,7 +67,8 @@ def worker(steps: int, warmup: int) -> None:
         model.cleargrads()
         loss.backward()
         t1 = time.perf_counter()
-        comm.allreduce_grad(model)  # what the multi-node optimizer does before each update
+        if reduce:
+            comm.allreduce_grad(model)  # what the multi-node optimizer does before each update
         t2 = time.perf_counter()
         optimizer.update()
         return time.perf_counter() - t0, t2 - t1
@@ -78,24 +80,30 @@ def worker(steps: int, warmup: int) -> None:
 
     n_params = sum(p.data.size for p in model.params())
     buffer = np.ones(n_params + len(list(model.params())), dtype=np.float32)  # the packed gradients + flags
-    bare = []
-    for _ in range(steps):
+    one = np.ones(1, dtype=np.float32)
+
+    def bare_allreduce(buf: np.ndarray) -> float:
         comm.barrier()
         t0 = time.perf_counter()
-        comm.mpi_comm.Allreduce(comm._MPI.IN_PLACE, buffer, op=comm._MPI.SUM)
-        bare.append(time.perf_counter() - t0)
+        comm.mpi_comm.Allreduce(comm._MPI.IN_PLACE, buf, op=comm._MPI.SUM)
+        return time.perf_counter() - t0
+
+    bare = [bare_allreduce(buffer) for _ in range(steps)]
+    latency = [bare_allreduce(one) for _ in range(10 * steps)]
     if comm.rank == 0:
         result = {
             "ranks": comm.size,
+            "reduce": reduce,
             "step_ms": 1e3 * statistics.median(s for s, _ in timings),
             "comm_ms": 1e3 * statistics.median(c for _, c in timings),
             "allreduce_ms": 1e3 * statistics.median(bare),
+            "latency_us": 1e6 * statistics.median(latency),
             "buffer_bytes": buffer.nbytes,
         }
         print(json.dumps(result), flush=True)
 
 
-def launch(ranks: int, steps: int, warmup: int) -> dict:
+def launch(ranks: int, steps: int, warmup: int, reduce: bool = True) -> dict:
     mpiexec = shutil.which("mpiexec", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
     if mpiexec is None:
         sys.exit("bench_distributed: no mpiexec found; pip install mpi4py mpich")
@@ -109,7 +117,8 @@ def launch(ranks: int, steps: int, warmup: int) -> dict:
         PYTHONPATH=os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")])),
     )
     command = [mpiexec, "-n", str(ranks), sys.executable, __file__, "--worker", "--steps", str(steps)]
-    out = subprocess.run(command + ["--warmup", str(warmup)], capture_output=True, text=True, env=env, check=True)
+    command += ["--warmup", str(warmup)] + ([] if reduce else ["--no-reduce"])
+    out = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -120,35 +129,45 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--no-reduce", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.steps, args.warmup)
+        worker(args.steps, args.warmup, reduce=not args.no_reduce)
         return
 
-    runs: dict[int, list[dict]] = {p: [] for p in args.ranks}
+    # Control: the largest p running the same steps without the all-reduce shows what sharing the machine's
+    # cores, caches and memory bandwidth costs by itself (on a 2-core machine with other work, a lot).
+    jobs = [(p, True) for p in args.ranks] + [(max(args.ranks), False)]
+    runs: dict[tuple[int, bool], list[dict]] = {job: [] for job in jobs}
     for _ in range(args.rounds):
-        for p in args.ranks:
-            runs[p].append(launch(p, args.steps, args.warmup))
+        for p, reduce in jobs:
+            runs[p, reduce].append(launch(p, args.steps, args.warmup, reduce))
     print(f"MLP {' -> '.join(map(str, SIZES))}, float32, batch {BATCH} per rank, one thread per rank, MPI")
     print(f"medians over {args.rounds} rounds of {args.steps} steps; cores here: {os.cpu_count()}")
     print(
-        f"{'ranks':>5} {'step ms':>8} {'comm ms':>8} {'comm %':>7} {'allreduce ms':>13} {'efficiency':>10} "
-        f"{'buffer MB':>9} {'sent/rank MB':>12}"
+        f"{'ranks':>12} {'step ms':>8} {'comm ms':>8} {'comm %':>7} {'allreduce ms':>13} {'efficiency':>10} "
+        f"{'buffer MB':>9} {'sent/rank MB':>12} {'latency us':>10}"
     )
-    base = statistics.median(r["step_ms"] for r in runs[args.ranks[0]])
-    for p in args.ranks:
-        step = statistics.median(r["step_ms"] for r in runs[p])
-        comm = statistics.median(r["comm_ms"] for r in runs[p])
-        bare = statistics.median(r["allreduce_ms"] for r in runs[p])
-        buffer = runs[p][0]["buffer_bytes"]
-        sent = 2 * (p - 1) / p * buffer
+    base = statistics.median(r["step_ms"] for r in runs[args.ranks[0], True])
+    for p, reduce in jobs:
+        rows = runs[p, reduce]
+        step = statistics.median(r["step_ms"] for r in rows)
+        comm = statistics.median(r["comm_ms"] for r in rows) if reduce else 0.0
+        bare = statistics.median(r["allreduce_ms"] for r in rows)
+        latency = statistics.median(r["latency_us"] for r in rows)
+        buffer = rows[0]["buffer_bytes"]
+        sent = 2 * (p - 1) / p * buffer if reduce else 0.0
+        label = str(p) if reduce else f"{p} no-reduce"
         print(
-            f"{p:>5} {step:>8.2f} {comm:>8.2f} {100 * comm / step:>6.1f}% {bare:>13.2f} {100 * base / step:>9.1f}% "
-            f"{buffer / 1e6:>9.2f} {sent / 1e6:>12.2f}"
+            f"{label:>12} {step:>8.2f} {comm:>8.2f} {100 * comm / step:>6.1f}% {bare:>13.2f} "
+            f"{100 * base / step:>9.1f}% {buffer / 1e6:>9.2f} {sent / 1e6:>12.2f} {latency:>10.1f}"
         )
     print(
         "per-round step ms: "
-        + "; ".join(f"{p}: " + ", ".join(f"{r['step_ms']:.1f}" for r in runs[p]) for p in args.ranks)
+        + "; ".join(
+            f"{p}{'' if reduce else ' no-reduce'}: " + ", ".join(f"{r['step_ms']:.1f}" for r in runs[p, reduce])
+            for p, reduce in jobs
+        )
     )
 
 
