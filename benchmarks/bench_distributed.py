@@ -10,8 +10,9 @@ rank 0. Every rank runs with one thread (OMP/OpenBLAS/MKL_NUM_THREADS=1) and gli
 
 Reported per p (medians over rounds of the per-job medians):
   step       time of one whole step (forward, backward, gradient all-reduce, update), ms
-  comm       time inside `comm.allreduce_grad` within the step (packing, MPI_Allreduce, unpacking, and any
-             wait for a slower rank), ms, and its share of the step
+  wait       time in a barrier before the all-reduce: waiting for the slower rank (load imbalance, contention)
+  comm       time inside `comm.allreduce_grad` (packing, MPI_Allreduce, dividing, unpacking), ms, and its
+             share of the step
   allreduce  a bare MPI_Allreduce of the same number of bytes after a barrier (the transport alone), ms
   latency    a bare MPI_Allreduce of one float32, µs (the α of the cost model in docs/distributed.md)
   efficiency step(1) / step(p): 100% is perfect weak scaling
@@ -61,17 +62,19 @@ def worker(steps: int, warmup: int, reduce: bool) -> None:
     x = rng.standard_normal((BATCH, SIZES[0])).astype(np.float32)
     t = rng.integers(0, SIZES[-1], BATCH)
 
-    def step() -> tuple[float, float]:
+    def step() -> tuple[float, float, float]:
         t0 = time.perf_counter()
         loss = F.softmax_cross_entropy(model(x), t)
         model.cleargrads()
         loss.backward()
         t1 = time.perf_counter()
+        comm.barrier()  # waiting for the slower rank, counted apart from the all-reduce itself
+        t2 = time.perf_counter()
         if reduce:
             comm.allreduce_grad(model)  # what the multi-node optimizer does before each update
-        t2 = time.perf_counter()
+        t3 = time.perf_counter()
         optimizer.update()
-        return time.perf_counter() - t0, t2 - t1
+        return time.perf_counter() - t0, t2 - t1, t3 - t2
 
     for _ in range(warmup):
         step()
@@ -94,8 +97,9 @@ def worker(steps: int, warmup: int, reduce: bool) -> None:
         result = {
             "ranks": comm.size,
             "reduce": reduce,
-            "step_ms": 1e3 * statistics.median(s for s, _ in timings),
-            "comm_ms": 1e3 * statistics.median(c for _, c in timings),
+            "step_ms": 1e3 * statistics.median(s for s, _, _ in timings),
+            "wait_ms": 1e3 * statistics.median(w for _, w, _ in timings),
+            "comm_ms": 1e3 * statistics.median(c for _, _, c in timings),
             "allreduce_ms": 1e3 * statistics.median(bare),
             "latency_us": 1e6 * statistics.median(latency),
             "buffer_bytes": buffer.nbytes,
@@ -145,21 +149,22 @@ def main() -> None:
     print(f"MLP {' -> '.join(map(str, SIZES))}, float32, batch {BATCH} per rank, one thread per rank, MPI")
     print(f"medians over {args.rounds} rounds of {args.steps} steps; cores here: {os.cpu_count()}")
     print(
-        f"{'ranks':>12} {'step ms':>8} {'comm ms':>8} {'comm %':>7} {'allreduce ms':>13} {'efficiency':>10} "
-        f"{'buffer MB':>9} {'sent/rank MB':>12} {'latency us':>10}"
+        f"{'ranks':>12} {'step ms':>8} {'wait ms':>8} {'comm ms':>8} {'comm %':>7} {'allreduce ms':>13} "
+        f"{'efficiency':>10} {'buffer MB':>9} {'sent/rank MB':>12} {'latency us':>10}"
     )
     base = statistics.median(r["step_ms"] for r in runs[args.ranks[0], True])
     for p, reduce in jobs:
         rows = runs[p, reduce]
         step = statistics.median(r["step_ms"] for r in rows)
         comm = statistics.median(r["comm_ms"] for r in rows) if reduce else 0.0
+        wait = statistics.median(r["wait_ms"] for r in rows)
         bare = statistics.median(r["allreduce_ms"] for r in rows)
         latency = statistics.median(r["latency_us"] for r in rows)
         buffer = rows[0]["buffer_bytes"]
         sent = 2 * (p - 1) / p * buffer if reduce else 0.0
         label = str(p) if reduce else f"{p} no-reduce"
         print(
-            f"{label:>12} {step:>8.2f} {comm:>8.2f} {100 * comm / step:>6.1f}% {bare:>13.2f} "
+            f"{label:>12} {step:>8.2f} {wait:>8.2f} {comm:>8.2f} {100 * comm / step:>6.1f}% {bare:>13.2f} "
             f"{100 * base / step:>9.1f}% {buffer / 1e6:>9.2f} {sent / 1e6:>12.2f} {latency:>10.1f}"
         )
     print(
