@@ -1,5 +1,6 @@
 """The only code that knows array libraries: namespace lookup, device moves, and what the standard lacks."""
 
+from xdezero.backends._checks import check_ids, check_index_arrays
 from xdezero.backends._im2col import (
     add_windows,
     col2im,
@@ -31,6 +32,8 @@ __all__ = [
     "add_windows",
     "array_namespace",
     "as_array_data",
+    "check_ids",
+    "check_index_arrays",
     "col2im",
     "col2im_matrix",
     "describe",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from xdezero.backends import array_namespace
+from xdezero.backends import array_namespace, check_ids
 from xdezero.core import Function, Variable, as_variable, sum_to
-from xdezero.functions.shape import get_item, matmul
+from xdezero.functions.shape import GetItem, matmul
 
 __all__ = ["linear", "linear_simple", "embed_id"]
 
@@ -67,11 +67,13 @@ def linear_simple(x: Any, W: Any, b: Any = None) -> Variable:
 
 
 def embed_id(x: Any, W: Any) -> Variable:
-    """W[x]: the rows of W picked by integer ids x (any shape, any integer dtype); repeated ids accumulate."""
+    """W[x]: the rows of W picked by integer ids x (any shape, any integer dtype); repeated ids accumulate.
+    As in DeZero (W[x]), an id in [-V, 0) counts from the end of the vocabulary V; any other raises ValueError."""
     ids = x.data if isinstance(x, Variable) else x
     if not hasattr(ids, "dtype") or not array_namespace(ids).isdtype(ids.dtype, "integral"):
         raise TypeError(f"embed_id: x must be an integer array of ids, got {getattr(ids, 'dtype', type(ids))}")
     W = as_variable(W)
     if W.ndim != 2:
         raise ValueError(f"embed_id: W must be a 2-D (vocabulary, dim) array, got shape {W.shape}")
-    return get_item(W, ids)
+    vocabulary = W.shape[0]
+    return GetItem(check_ids(ids, -vocabulary, vocabulary, "embed_id"), where="embed_id", checked=True)(W)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from xdezero.backends import array_namespace, describe, device_of
+from xdezero.backends import array_namespace, check_ids, describe, device_of
 from xdezero.core import Function, Variable, as_variable, sum_to
 from xdezero.functions.activation import sigmoid, softmax
 from xdezero.functions.math import log
 from xdezero.functions.reduce import clip
-from xdezero.functions.shape import get_item, sum
+from xdezero.functions.shape import GetItem, sum
 
 __all__ = [
     "mean_squared_error",
@@ -67,7 +67,8 @@ def mean_squared_error_simple(x0: Any, x1: Any) -> Variable:
 
 
 def _labels(x: Variable, t: Any, where: str) -> Any:
-    """t as a 1-D array of class ids in the default index dtype of x's library, checked against x's batch."""
+    """t as a 1-D array of class ids in [0, C) in the default index dtype of x's library, checked against x's
+    batch and its C classes (a negative label is an error, not the last class)."""
     t = t.data if isinstance(t, Variable) else t
     if not hasattr(t, "dtype"):
         raise TypeError(f"{where}: labels t must be an integer array, got {describe(t)}")
@@ -83,7 +84,7 @@ def _labels(x: Variable, t: Any, where: str) -> Any:
             f"expected {n} labels, shape ({n},)"
         )
     index_dtype = xp.arange(0, device=device_of(x.data)).dtype
-    return xp.astype(xp.reshape(t, (n,)), index_dtype)
+    return check_ids(xp.astype(xp.reshape(t, (n,)), index_dtype), 0, x.shape[1], where, "label")
 
 
 def _one_hot(xp: Any, t: Any, n_classes: int, dtype: Any) -> Any:
@@ -159,7 +160,8 @@ def softmax_cross_entropy_simple(x: Any, t: Any) -> Variable:
     xp = array_namespace(t)
     n = x.shape[0]
     log_p = log(clip(softmax(x, axis=1), 1e-15, 1.0))
-    picked = get_item(log_p, (xp.arange(n, dtype=t.dtype, device=device_of(t)), t))
+    rows = xp.arange(n, dtype=t.dtype, device=device_of(t))
+    picked = GetItem((rows, t), where="softmax_cross_entropy_simple", checked=True)(log_p)  # t checked above
     return -sum(picked) / n
 
 

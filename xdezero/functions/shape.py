@@ -6,7 +6,7 @@ import builtins
 import math
 from typing import Any
 
-from xdezero.backends import device_of, scatter_add
+from xdezero.backends import check_ids, check_index_arrays, device_of, scatter_add
 from xdezero.core import Function, Variable, as_variable, broadcast_to, sum_to
 
 __all__ = [
@@ -155,18 +155,49 @@ def _complete_index(index, ndim):
     return index + (Ellipsis,)
 
 
-def _take_rows(xp, x, index):
-    n = x.shape[0]
+def _row_ids(xp, x, index, where, checked):
+    """An integer index array checked against axis 0 of x, as non-negative ids of the default index dtype."""
     if x.ndim == 0:
-        raise IndexError("get_item: a 0-d array cannot be indexed with an integer array")
+        raise IndexError(f"{where}: a 0-d array cannot be indexed with an integer array")
     if not xp.isdtype(index.dtype, "integral"):
-        raise IndexError(f"get_item: index arrays must have an integer dtype, got {index.dtype}")
-    # Small or unsigned index dtypes: torch's `take` wants int32/int64, and `flat + n` could overflow them.
-    flat = xp.astype(xp.reshape(index, (-1,)), xp.arange(0, device=device_of(x)).dtype)
-    if not xp.all((flat >= -n) & (flat < n)):
-        raise IndexError(f"get_item: an index is out of range for axis 0 of size {n}")
-    rows = xp.take(x, xp.where(flat < 0, flat + n, flat), axis=0)
-    return xp.reshape(rows, tuple(index.shape) + tuple(x.shape[1:]))
+        raise IndexError(f"{where}: index arrays must have an integer dtype, got {index.dtype}")
+    n = x.shape[0]
+    # Small or unsigned index dtypes: torch's `take` wants int32/int64, and `index + n` could overflow them.
+    ids = xp.astype(index, xp.arange(0, device=device_of(x)).dtype)
+    if not checked:
+        ids = check_ids(ids, -n, n, where, "index", IndexError)
+    return xp.where(ids < 0, ids + n, ids)
+
+
+def _checked_tuple(xp, x, index, where):
+    """A tuple index with its integers and integer arrays checked against their axes (all arrays in one host
+    transfer): JAX clamps an out-of-range index silently, even a Python int."""
+    consumed = [i is not None and i is not Ellipsis and not isinstance(i, bool) for i in index]
+    if builtins.sum(consumed) > x.ndim or builtins.any(
+        hasattr(i, "shape") and not xp.isdtype(i.dtype, "integral") for i in index
+    ):
+        return index  # too many indices, a mask inside a tuple (not in the standard), a float index: left to x
+    ellipsis = next((k for k, i in enumerate(index) if i is Ellipsis), len(index))
+    arrays, ranges = [], []
+    for k, i in enumerate(index):
+        if not consumed[k] or isinstance(i, slice):
+            continue
+        axis = builtins.sum(consumed[:k]) if k < ellipsis else x.ndim - builtins.sum(consumed[k:])
+        n = x.shape[axis]
+        if not isinstance(n, int):
+            continue  # an axis of unknown length (a lazy array): nothing to check against
+        if hasattr(i, "shape"):
+            arrays.append(k)
+            ranges.append((-n, n, f"axis-{axis} index"))
+        elif isinstance(i, int) and not -n <= i < n:
+            raise IndexError(f"{where}: axis-{axis} index {i} is out of range; accepted: integers in [{-n}, {n - 1}]")
+    if not arrays:
+        return index
+    checked = check_index_arrays([index[k] for k in arrays], ranges, where, IndexError)
+    index = list(index)
+    for k, i in zip(arrays, checked, strict=True):
+        index[k] = i
+    return tuple(index)
 
 
 class GetItem(Function):
@@ -174,22 +205,29 @@ class GetItem(Function):
 
     keeps_inputs = False
 
-    def __init__(self, slices: Any):
+    def __init__(self, slices: Any, where: str = "get_item", checked: bool = False):
         self.slices = slices
+        self.where = where
+        self.checked = checked  # integer ids already range-checked (by the caller, or by the first-order node)
 
     def forward(self, x):
+        xp = self.xp
         self.x_shape = tuple(x.shape)
-        self.slices = _index_for(self.xp, x, self.slices)
-        if hasattr(self.slices, "shape"):  # x[int_array]: `take` is the portable spelling
-            return _take_rows(self.xp, x, self.slices)
-        self.slices = _complete_index(self.slices, x.ndim)
+        index = _index_for(xp, x, self.slices)
+        if hasattr(index, "shape"):  # x[int_array]: `take` is the portable spelling
+            self.index = _row_ids(xp, x, index, self.where, self.checked)
+            rows = xp.take(x, xp.reshape(self.index, (-1,)), axis=0)
+            return xp.reshape(rows, tuple(index.shape) + tuple(x.shape[1:]))
+        self.index = _complete_index(index, x.ndim)
+        if not self.checked:
+            self.index = _checked_tuple(xp, x, self.index, self.where)
         try:
-            return x[self.slices]
+            return x[self.index]
         except IndexError as e:
-            raise IndexError(f"get_item: index {self.slices!r} is invalid for shape {self.x_shape}: {e}") from e
+            raise IndexError(f"{self.where}: index {self.index!r} is invalid for shape {self.x_shape}: {e}") from e
 
     def backward(self, gy):
-        return GetItemGrad(self.slices, self.x_shape)(gy)
+        return GetItemGrad(self.index, self.x_shape)(gy)
 
 
 class GetItemGrad(Function):
@@ -205,7 +243,7 @@ class GetItemGrad(Function):
         return scatter_add(self.in_shape, self.slices, gy)
 
     def backward(self, ggx):
-        return get_item(ggx, self.slices)
+        return GetItem(self.slices, checked=True)(ggx)
 
 
 def get_item(x: Any, slices: Any) -> Variable:

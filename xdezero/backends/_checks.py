@@ -1,0 +1,62 @@
+"""Range checks on integer ids (class labels, embedding rows, gather indices) at the cost of one host transfer.
+
+An id out of range is never an error downstream: a flat offset reads a neighbouring row (NumPy, torch), JAX's
+gathers clamp or fill in NaN, a GPU gather reads whatever lies there. So the ids are checked before they are
+used. On an eager library the minima and maxima are reduced on the device and cross to the host together: one
+transfer, one stream synchronisation per call. A Dask array stays lazy: it gets a `map_blocks` step that raises
+when the graph is computed. Under `jax.jit` the ids are tracers with no value to check, and JAX's fill stays.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import array_api_compat
+
+from xdezero.backends._namespace import array_namespace, device_of, to_numpy
+
+
+def _raise_if_outside(bounds: Any, low: int, high: int, where: str, what: str, error: type) -> None:
+    lo, hi = int(bounds[0]), int(bounds[1])
+    for value in (lo, hi):
+        if not low <= value < high:
+            raise error(f"{where}: {what} {value} is out of range; accepted: integers in [{low}, {high - 1}]")
+
+
+def _check_block(block: Any, low: int, high: int, where: str, what: str, error: type) -> Any:
+    """The Dask step: check one computed block of ids and pass it on unchanged."""
+    if block.size:
+        _raise_if_outside((block.min(), block.max()), low, high, where, what, error)
+    return block
+
+
+def _is_tracer(ids: Any) -> bool:
+    return array_api_compat.is_jax_array(ids) and isinstance(ids, sys.modules["jax"].core.Tracer)
+
+
+def check_index_arrays(arrays: list, ranges: list, where: str, error: type = ValueError) -> list:
+    """`arrays` (integer arrays of one library) after checking low <= a < high for each (low, high, what) in
+    `ranges`, with one host transfer for all of them; raises `error` naming `where`, `what`, the offending value
+    and the accepted range. Use the returned arrays: on Dask they carry the check into the graph."""
+    out, eager = [], []
+    for a, (low, high, what) in zip(arrays, ranges, strict=True):
+        if array_api_compat.is_dask_array(a):
+            kwargs = {"low": low, "high": high, "where": where, "what": what, "error": error}
+            a = a.map_blocks(_check_block, **kwargs, dtype=a.dtype, meta=a._meta)
+        elif array_api_compat.size(a) and not _is_tracer(a):
+            eager.append((a, low, high, what))
+        out.append(a)
+    if eager:
+        xp = array_namespace(*(e[0] for e in eager))
+        dtype = xp.arange(0, device=device_of(eager[0][0])).dtype
+        # All bounds in one array, so that a GPU stream is synchronised once, not twice per array.
+        bounds = to_numpy(xp.stack([xp.astype(r(a), dtype) for a, *_ in eager for r in (xp.min, xp.max)]))
+        for k, (_, low, high, what) in enumerate(eager):
+            _raise_if_outside(bounds[2 * k : 2 * k + 2], low, high, where, what, error)
+    return out
+
+
+def check_ids(ids: Any, low: int, high: int, where: str, what: str = "id", error: type = ValueError) -> Any:
+    """`ids` after checking low <= ids < high (see `check_index_arrays`)."""
+    return check_index_arrays([ids], [(low, high, what)], where, error)[0]
