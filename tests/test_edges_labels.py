@@ -174,3 +174,44 @@ def test_dask_embed_id_is_checked_lazily_at_compute_time():
         y = F.embed_id(da.from_array(np.array([0, 6]), chunks=1), W)
     with pytest.raises(ValueError, match=r"embed_id: id 6 is out of range"):
         y.data.compute()
+
+
+# --- binary cross-entropy and log floors in low precision ---------------------------------------------
+
+
+def _low_precision(xp, dtype):
+    if dtype == "bfloat16":
+        if library(xp) != "torch":
+            pytest.skip("bfloat16 arrays are tested with torch")
+        import torch
+
+        return torch.bfloat16
+    if not hasattr(xp, dtype):
+        pytest.skip(f"{library(xp)} has no {dtype}")
+    return getattr(xp, dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_binary_cross_entropy_at_0_and_1_is_finite_in_low_precision(xp, dtype):
+    dtype = _low_precision(xp, dtype)
+    p_np, t_np = np.array([[0.0], [1.0], [0.25], [0.5]]), np.array([[1], [0], [1], [0]])
+    p = Variable(xp.astype(asarray(xp, p_np), dtype))
+    y = F.binary_cross_entropy(p, asarray(xp, t_np))
+    y.backward()
+    assert y.dtype == dtype and p.grad.dtype == dtype
+    value, grad = to_numpy(xp.astype(y.data, xp.float32)), to_numpy(xp.astype(p.grad.data, xp.float32))
+    assert np.isfinite(value) and np.isfinite(grad).all(), (value, grad)
+    # Rows 0 and 1 are clipped into (0, 1): their loss is large but finite; rows 2 and 3 are exact.
+    assert value > (-np.log(0.25) - np.log(0.5)) / 4
+    np.testing.assert_allclose(grad[2:, 0], [-1 / 0.25 / 4, 1 / 0.5 / 4], rtol=1e-2)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_softmax_cross_entropy_simple_with_an_underflowing_class_is_finite(xp, dtype):
+    dtype = _low_precision(xp, dtype)
+    x_np = np.array([[0.0, -200.0], [0.0, 0.0]])  # softmax gives exactly 0 for class 1 of row 0
+    x = Variable(xp.astype(asarray(xp, x_np), dtype))
+    y = F.softmax_cross_entropy_simple(x, asarray(xp, np.array([1, 0])))
+    y.backward()
+    assert np.isfinite(to_numpy(xp.astype(y.data, xp.float32)))
+    assert np.isfinite(to_numpy(xp.astype(x.grad.data, xp.float32))).all()

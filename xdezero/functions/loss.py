@@ -87,6 +87,12 @@ def _labels(x: Variable, t: Any, where: str) -> Any:
     return check_ids(xp.astype(xp.reshape(t, (n,)), index_dtype), 0, x.shape[1], where, "label")
 
 
+def _log_floor(xp: Any, dtype: Any) -> float:
+    """The smallest probability fed to log: 1e-15, or the smallest normal number where that underflows (float16),
+    so that log p and its gradient 1/p stay finite."""
+    return max(1e-15, float(xp.finfo(dtype).smallest_normal))
+
+
 def _one_hot(xp: Any, t: Any, n_classes: int, dtype: Any) -> Any:
     classes = xp.arange(n_classes, dtype=t.dtype, device=device_of(t))
     return xp.astype(t[:, None] == classes[None, :], dtype)
@@ -159,7 +165,7 @@ def softmax_cross_entropy_simple(x: Any, t: Any) -> Variable:
     t = _labels(x, t, "softmax_cross_entropy_simple")
     xp = array_namespace(t)
     n = x.shape[0]
-    log_p = log(clip(softmax(x, axis=1), 1e-15, 1.0))
+    log_p = log(clip(softmax(x, axis=1), _log_floor(xp, x.dtype), 1.0))
     rows = xp.arange(n, dtype=t.dtype, device=device_of(t))
     picked = GetItem((rows, t), where="softmax_cross_entropy_simple", checked=True)(log_p)  # t checked above
     return -sum(picked) / n
@@ -198,12 +204,13 @@ def sigmoid_cross_entropy(x: Any, t: Any) -> Variable:
 
 
 def binary_cross_entropy(p: Any, t: Any) -> Variable:
-    """-Σ [t log p + (1-t) log(1-p)] / N for probabilities p; p is clipped so that log never sees 0."""
+    """-Σ [t log p + (1-t) log(1-p)] / N for probabilities p; p is clipped to [floor, 1 - eps of its dtype] so
+    that neither log sees 0 (floor: 1e-15, or the smallest normal number where 1e-15 underflows, as in float16)."""
     p = as_variable(p)
     n = _batch_size(p, "binary_cross_entropy")
     t = _targets(p, t, "binary_cross_entropy")
-    eps = array_namespace(p.data).finfo(p.dtype).eps
-    p = clip(p, 1e-15, 1.0 - float(eps))
+    xp = array_namespace(p.data)
+    p = clip(p, _log_floor(xp, p.dtype), 1.0 - float(xp.finfo(p.dtype).eps))
     return -sum(t * log(p) + (1 - t) * log(1 - p)) / n
 
 
