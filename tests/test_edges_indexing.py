@@ -11,6 +11,7 @@ import pytest
 import xdezero.functions as F
 from tests.helpers import asarray, to_numpy
 from xdezero import Variable
+from xdezero.testing import check_gradients
 
 X = np.array([[0.5, 2.0, -1.0], [3.0, 1.5, 0.0], [-2.0, 4.0, 1.0]])
 
@@ -45,3 +46,48 @@ def test_tuple_of_index_arrays_out_of_range_raises(xp):
         F.get_item(x, (Ellipsis, cols))
     y = F.get_item(Variable(asarray(xp, X)), (rows, asarray(xp, np.array([2, -3]))))
     np.testing.assert_array_equal(to_numpy(y), X[[0, 2], [2, -3]])
+
+
+# --- boolean masks ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "mask_of",
+    [
+        pytest.param(lambda x: x > 1, id="elementwise"),
+        pytest.param(lambda x: x[:, 0] > 0, id="rows"),
+        pytest.param(lambda x: x > 100, id="selects-nothing"),
+        pytest.param(lambda x: x > -100, id="selects-all"),
+    ],
+)
+def test_boolean_mask_forward_and_backward_match_numpy(xp, mask_of):
+    gy_seed = np.random.default_rng(0)
+    x = Variable(asarray(xp, X))
+    y = x[mask_of(x.data)]
+    expected = X[mask_of(X)]
+    np.testing.assert_array_equal(to_numpy(y), expected)
+    gy = gy_seed.standard_normal(expected.shape)
+    y.grad = Variable(asarray(xp, gy))
+    y.backward()
+    gx = np.zeros_like(X)
+    gx[mask_of(X)] = gy
+    np.testing.assert_array_equal(to_numpy(x.grad), gx)
+    assert x.grad.dtype == x.dtype
+
+
+def test_boolean_mask_second_derivatives(xp):
+    mask = asarray(xp, X > 1)
+    check_gradients(lambda x: F.get_item(x, mask) ** 3, asarray(xp, X), order=2, name="get_item[mask]")
+
+
+def test_boolean_mask_of_the_wrong_shape_is_an_index_error(xp):
+    x = Variable(asarray(xp, X))
+    with pytest.raises(IndexError, match=r"get_item: a boolean mask of shape \(2,\) does not match x of shape"):
+        x[asarray(xp, np.array([True, False]))]
+
+
+def test_boolean_mask_on_dask_is_a_clear_error():
+    da = pytest.importorskip("dask.array")
+    x = Variable(da.from_array(X, chunks=(1, -1)))
+    with pytest.raises(ValueError, match=r"get_item: a boolean mask on this lazy array gives a result of unknown"):
+        x[x.data > 1]

@@ -2,6 +2,7 @@
 
 `array_api_extra.at(x)[idx].add(v)` does not accumulate duplicates, so each library gets its own
 accumulating primitive, with a portable one-hot matmul fallback.
+A boolean mask selects every element at most once, so its scatter is a gather on every library.
 """
 
 from __future__ import annotations
@@ -35,9 +36,28 @@ def flat_positions(shape: tuple, index: Any) -> np.ndarray:
     return np.arange(math.prod(shape)).reshape(shape)[_host_index(index)]
 
 
+def _index_dtype(xp: Any, device: Any) -> Any:
+    return xp.arange(0, device=device).dtype
+
+
+def _unmask(xp: Any, shape: tuple, mask: Any, values: Any) -> Any:
+    """zeros(shape) with x[mask] = values: the k-th selected element takes values[k], found by a cumulative sum."""
+    lead, rest = math.prod(shape[: mask.ndim]), tuple(shape[mask.ndim :])
+    device = device_of(values)
+    m = xp.reshape(mask, (lead,))
+    rank = xp.cumulative_sum(xp.astype(m, _index_dtype(xp, device))) - 1
+    rows = xp.reshape(values, (-1, math.prod(rest)))
+    if rows.shape[0] == 0:
+        return xp.zeros(shape, dtype=values.dtype, device=device)
+    picked = xp.take(rows, xp.clip(rank, min=0), axis=0)
+    return xp.reshape(xp.where(xp.reshape(m, (-1, 1)), picked, 0), shape)
+
+
 def scatter_add(shape: tuple, index: Any, values: Any) -> Any:
     """A fresh array of `shape`, zero except `values` added at `index`; repeated indices accumulate."""
     xp = array_namespace(values)
+    if type(index) is type(values) and xp.isdtype(index.dtype, "bool"):
+        return _unmask(xp, shape, index, values)
     if isinstance(values, np.ndarray):
         out = np.zeros(shape, dtype=values.dtype)
         np.add.at(out, _host_index(index), values)

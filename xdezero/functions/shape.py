@@ -160,13 +160,21 @@ def _row_ids(xp, x, index, where, checked):
     if x.ndim == 0:
         raise IndexError(f"{where}: a 0-d array cannot be indexed with an integer array")
     if not xp.isdtype(index.dtype, "integral"):
-        raise IndexError(f"{where}: index arrays must have an integer dtype, got {index.dtype}")
+        raise IndexError(f"{where}: index arrays must have an integer dtype (or bool, for a mask), got {index.dtype}")
     n = x.shape[0]
     # Small or unsigned index dtypes: torch's `take` wants int32/int64, and `index + n` could overflow them.
     ids = xp.astype(index, xp.arange(0, device=device_of(x)).dtype)
     if not checked:
         ids = check_ids(ids, -n, n, where, "index", IndexError)
     return xp.where(ids < 0, ids + n, ids)
+
+
+def _check_mask(x, mask, where):
+    if tuple(mask.shape) != tuple(x.shape[: mask.ndim]):
+        raise IndexError(
+            f"{where}: a boolean mask of shape {tuple(mask.shape)} does not match x of shape {tuple(x.shape)} "
+            f"(accepted: a mask with the shape of x's leading axes, e.g. {tuple(x.shape)})"
+        )
 
 
 def _checked_tuple(xp, x, index, where):
@@ -214,6 +222,17 @@ class GetItem(Function):
         xp = self.xp
         self.x_shape = tuple(x.shape)
         index = _index_for(xp, x, self.slices)
+        if hasattr(index, "shape") and xp.isdtype(index.dtype, "bool"):
+            _check_mask(x, index, self.where)
+            self.index = index
+            y = x[index]
+            if not builtins.all(isinstance(d, int) for d in y.shape):
+                raise ValueError(
+                    f"{self.where}: a boolean mask on this lazy array gives a result of unknown shape "
+                    f"{tuple(y.shape)}, which a graph of Variables cannot hold; keep the shape with "
+                    "where(mask, x, 0), or compute the mask before indexing"
+                )
+            return y
         if hasattr(index, "shape"):  # x[int_array]: `take` is the portable spelling
             self.index = _row_ids(xp, x, index, self.where, self.checked)
             rows = xp.take(x, xp.reshape(self.index, (-1,)), axis=0)
@@ -247,7 +266,8 @@ class GetItemGrad(Function):
 
 
 def get_item(x: Any, slices: Any) -> Variable:
-    """x[slices]: basic slices, negative indices and integer arrays (repeated indices accumulate in backward)."""
+    """x[slices]: basic slices, negative indices, integer arrays (repeated indices accumulate in backward) and
+    boolean masks over the leading axes."""
     if isinstance(slices, Variable):
         slices = slices.data
     elif isinstance(slices, tuple):
