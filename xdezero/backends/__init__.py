@@ -26,7 +26,7 @@ from xdezero.backends._namespace import (
     to_numpy,
 )
 from xdezero.backends._random import seed, uniform
-from xdezero.backends._scatter import flat_positions, scatter_add
+from xdezero.backends._scatter import flat_positions, scatter_add, segment_sum
 
 __all__ = [
     "add_windows",
@@ -48,6 +48,7 @@ __all__ = [
     "memory_key",
     "pad_images",
     "scatter_add",
+    "segment_sum",
     "seed",
     "to_cpu",
     "to_device",

@@ -1,7 +1,9 @@
 """Scatter-add with accumulation of repeated indices: absent from the array API standard.
 
 `array_api_extra.at(x)[idx].add(v)` does not accumulate duplicates, so each library gets its own
-accumulating primitive, with a portable one-hot matmul fallback.
+accumulating primitive (`np.add.at`, `cupyx.scatter_add`, torch `index_add_`, JAX `.at[].add`). The portable
+fallback (array-api-strict, Dask, any other library) sorts the ids and sums each run of equal ids with a
+segmented scan: O(n log n) time, O(n·d) memory, only gathers (no in-place writes), and lazy on Dask.
 A boolean mask selects every element at most once, so its scatter is a gather on every library.
 """
 
@@ -40,6 +42,28 @@ def _index_dtype(xp: Any, device: Any) -> Any:
     return xp.arange(0, device=device).dtype
 
 
+def segment_sum(ids: Any, rows: Any, n_segments: int) -> Any:
+    """out[r] = Σ rows[i] over ids[i] == r, for 1-D ids in [0, n_segments) and 2-D rows (n, d)."""
+    xp = array_namespace(rows)
+    device = device_of(rows)
+    n = ids.shape[0]
+    if n == 0:
+        return xp.zeros((n_segments, rows.shape[1]), dtype=rows.dtype, device=device)
+    order = xp.argsort(ids, stable=True)
+    s, v = xp.take(ids, order), xp.take(rows, order, axis=0)
+    step = 1
+    while step < n:
+        # Hillis-Steele scan: a row adds the partial sum `step` rows back when that row has the same id. Unlike
+        # differences of one cumulative sum, no large running total is subtracted, so nothing cancels.
+        same = xp.reshape(s[step:] == s[:-step], (-1, 1))
+        v = xp.concat([v[:step, :], v[step:, :] + xp.where(same, v[:-step, :], 0)], axis=0)
+        step *= 2
+    segments = xp.arange(n_segments, dtype=s.dtype, device=device)
+    last = xp.clip(xp.searchsorted(s, segments, side="right") - 1, min=0)  # the last row of each run
+    hit = xp.reshape(xp.take(s, last) == segments, (-1, 1))
+    return xp.where(hit, xp.take(v, last, axis=0), 0)
+
+
 def _unmask(xp: Any, shape: tuple, mask: Any, values: Any) -> Any:
     """zeros(shape) with x[mask] = values: the k-th selected element takes values[k], found by a cumulative sum."""
     lead, rest = math.prod(shape[: mask.ndim]), tuple(shape[mask.ndim :])
@@ -53,11 +77,26 @@ def _unmask(xp: Any, shape: tuple, mask: Any, values: Any) -> Any:
     return xp.reshape(xp.where(xp.reshape(m, (-1, 1)), picked, 0), shape)
 
 
+def _add_rows(xp: Any, shape: tuple, ids: Any, values: Any) -> Any:
+    """zeros(shape) with values[i] added to row ids[i] (negative ids count from the end), on the device."""
+    n_rows, rest = shape[0], tuple(shape[1:])
+    values = xp.broadcast_to(values, tuple(ids.shape) + rest)
+    ids = xp.reshape(xp.astype(ids, _index_dtype(xp, device_of(values))), (-1,))
+    ids = xp.where(ids < 0, ids + n_rows, ids)
+    rows = xp.reshape(values, (ids.shape[0],) + rest)
+    if array_api_compat.is_torch_array(values):
+        return values.new_zeros(shape).index_add_(0, ids, rows)
+    return xp.reshape(segment_sum(ids, xp.reshape(rows, (ids.shape[0], math.prod(rest))), n_rows), shape)
+
+
 def scatter_add(shape: tuple, index: Any, values: Any) -> Any:
-    """A fresh array of `shape`, zero except `values` added at `index`; repeated indices accumulate."""
-    xp = array_namespace(values)
-    if type(index) is type(values) and xp.isdtype(index.dtype, "bool"):
-        return _unmask(xp, shape, index, values)
+    """A fresh array of `shape`, zero except `values` added at `index`; repeated indices accumulate.
+
+    A single integer array indexes rows (axis 0) and stays on the device (and lazy on Dask); a boolean array
+    is a mask over the leading axes; any other index (slices, tuples) has its flat positions computed on the host.
+    """
+    if type(index) is type(values) and array_namespace(index).isdtype(index.dtype, "bool"):
+        return _unmask(array_namespace(values), shape, index, values)
     if isinstance(values, np.ndarray):
         out = np.zeros(shape, dtype=values.dtype)
         np.add.at(out, _host_index(index), values)
@@ -72,6 +111,9 @@ def scatter_add(shape: tuple, index: Any, values: Any) -> Any:
 
         return jnp.zeros(shape, dtype=values.dtype).at[index].add(values)
 
+    xp = array_namespace(values)
+    if type(index) is type(values):
+        return _add_rows(xp, shape, index, values)
     positions = flat_positions(shape, index)
     size = math.prod(shape)
     flat_values = xp.reshape(xp.broadcast_to(values, positions.shape), (-1,))
@@ -82,8 +124,5 @@ def scatter_add(shape: tuple, index: Any, values: Any) -> Any:
         pos = torch.as_tensor(flat_positions_, device=values.device)
         out = torch.zeros(size, dtype=values.dtype, device=values.device)
         return out.index_add_(0, pos, flat_values).reshape(shape)
-    # Portable fallback: one-hot (size x n) matrix times the values; O(size * n) memory.
-    device = device_of(values)
-    pos = xp.asarray(flat_positions_, device=device)
-    one_hot = xp.astype(xp.arange(size, device=device)[:, None] == pos[None, :], values.dtype)
-    return xp.reshape(one_hot @ flat_values, shape)
+    pos = xp.asarray(flat_positions_, device=device_of(values))
+    return xp.reshape(segment_sum(pos, xp.reshape(flat_values, (-1, 1)), size), shape)
