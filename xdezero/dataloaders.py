@@ -31,7 +31,8 @@ class DataLoader:
     """Iterate over `dataset` in batches `(x, t)` of `batch_size` examples (the last one may be smaller).
 
     One pass over the data set is one `for` loop; the loader then resets (reshuffling when `shuffle`) for
-    the next epoch. Batches are NumPy arrays, or CuPy arrays when `gpu=True` (which needs CuPy and a GPU).
+    the next epoch. A loop left early (`break`) does not carry over: the next `for` starts a complete epoch.
+    Batches are NumPy arrays, or CuPy arrays when `gpu=True` (which needs CuPy and a GPU).
     `t` is None when the data set has no labels.
     """
 
@@ -62,6 +63,10 @@ class DataLoader:
             self.index = np.arange(self.data_size)
 
     def __iter__(self) -> DataLoader:
+        # A new loop over a partly consumed epoch starts afresh; a finished epoch has already been reset, so
+        # a loop after a complete one draws no extra permutation (the order for a seed stays as it was).
+        if self.iteration:
+            self.reset()
         return self
 
     def _batch_indices(self) -> Any:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import os
 import secrets
 import weakref
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -46,12 +48,23 @@ def _numpy_dtype(a: Any) -> np.dtype:
     return to_numpy(array_namespace(a).empty((0,), dtype=a.dtype, device=device_of(a))).dtype
 
 
+def _size(owner: str, name: str, value: Any) -> int:
+    """`value` as an int >= 1, or an error naming the layer, the argument and the value."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{owner}: {name} must be a positive integer, got {value!r} of type {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{owner}: {name} must be a positive integer (>= 1), got {value}")
+    return int(value)
+
+
 def _pair(x: int | tuple[int, int], what: str) -> tuple[int, int]:
-    if isinstance(x, int):
-        return (x, x)
-    if isinstance(x, tuple | list) and len(x) == 2 and all(isinstance(v, int) for v in x):
-        return (x[0], x[1])
-    raise ValueError(f"{what} must be an int or a pair of ints, got {x!r}")
+    """(x, x) for an int, x for a pair of ints; each must be >= 1."""
+    pair = (x, x) if isinstance(x, int) else x
+    if not (isinstance(pair, tuple | list) and len(pair) == 2 and all(type(v) is int for v in pair)):
+        raise ValueError(f"{what} must be an int or a pair of ints, got {x!r}")
+    if min(pair) < 1:
+        raise ValueError(f"{what} must be positive, got {x!r}")
+    return (pair[0], pair[1])
 
 
 def _weak(x: Any) -> weakref.ref | Callable[[], None]:
@@ -207,6 +220,8 @@ class Layer:
         if not path.endswith(".npz"):
             path += ".npz"
         directory, base = os.path.split(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise FileNotFoundError(f"save_weights({path!r}): the directory {directory!r} does not exist")
         tmp = os.path.join(directory, f".{base}.{secrets.token_hex(6)}.tmp")
         try:
             with open(tmp, "xb") as f:
@@ -214,9 +229,11 @@ class Layer:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as e:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+            if isinstance(e, OSError) and e.filename == tmp:  # name the user's file, not the temporary one
+                raise type(e)(e.errno, f"save_weights: {e.strerror}", path) from e
             raise
 
     def load_weights(self, path: str | os.PathLike) -> None:
@@ -227,29 +244,50 @@ class Layer:
         and device.
         """
         params = dict(self.named_params())
-        where = f"load_weights({os.fspath(path)!r})"
-        try:
-            archive = np.load(path, allow_pickle=False)
-        except ValueError as e:  # NumPy would have to unpickle it: never done here
-            raise ValueError(
-                f"{where}: not an .npz weights file (NumPy reads it only as pickled data, which is never loaded)"
-            ) from e
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise ValueError(f"{where}: expected an .npz archive of named arrays, found a single .npy array")
-        with archive:
-            stored = set(archive.files)
-            missing = [k for k in params if k not in stored]
-            extra = [k for k in archive.files if k not in params]
-            if missing or extra:
-                parts = []
-                if missing:
-                    parts.append("missing parameter(s) " + ", ".join(map(repr, missing)))
-                if extra:
-                    parts.append("unknown key(s) " + ", ".join(map(repr, extra)))
-                raise ValueError(f"{where}: the file does not match {type(self).__name__}: " + "; ".join(parts))
-            staged = [(p, _staged_array(archive, key, p, where)) for key, p in params.items()]
+        path = os.fspath(path)
+        where = f"load_weights({path!r})"
+        if os.path.isdir(path):
+            raise IsADirectoryError(f"{where}: this is a directory; pass the .npz file that save_weights wrote")
+        # Our own handle, closed here whatever happens (np.load leaks its own when the zip is damaged).
+        with open(path, "rb") as f:
+            _check_npz_magic(f, where)
+            try:
+                staged = _read_weights(f, params, type(self).__name__, where)
+            except (zipfile.BadZipFile, EOFError, zlib.error) as e:
+                raise ValueError(f"{where}: the .npz archive is damaged or truncated ({type(e).__name__}: {e})") from e
         for p, data in staged:
             p.data = data
+
+
+def _check_npz_magic(f: Any, where: str) -> None:
+    """Reject what np.load would not open as a zip archive (an empty file, a .npy, anything it would unpickle)."""
+    head = f.read(len(np.lib.format.MAGIC_PREFIX))
+    f.seek(0)
+    if not head:
+        raise ValueError(f"{where}: the file is empty, not an .npz weights file")
+    if head.startswith(np.lib.format.MAGIC_PREFIX):
+        raise ValueError(f"{where}: expected an .npz archive of named arrays, found a single .npy array")
+    if not head.startswith((b"PK\x03\x04", b"PK\x05\x06")):  # a zip's first local header, or an empty zip
+        raise ValueError(
+            f"{where}: not an .npz weights file (not a zip archive; NumPy would read it as pickled data, "
+            "which is never loaded)"
+        )
+
+
+def _read_weights(f: Any, params: dict[str, Parameter], owner: str, where: str) -> list[tuple[Parameter, Any]]:
+    """(parameter, new array) for every parameter, all validated before any is assigned."""
+    with np.load(f, allow_pickle=False) as archive:
+        stored = set(archive.files)
+        missing = [k for k in params if k not in stored]
+        extra = [k for k in archive.files if k not in params]
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append("missing parameter(s) " + ", ".join(map(repr, missing)))
+            if extra:
+                parts.append("unknown key(s) " + ", ".join(map(repr, extra)))
+            raise ValueError(f"{where}: the file does not match {owner}: " + "; ".join(parts))
+        return [(p, _staged_array(archive, key, p, where)) for key, p in params.items()]
 
 
 def _write_npz(f: Any, arrays: dict[str, np.ndarray]) -> None:
@@ -264,8 +302,11 @@ def _staged_array(archive: Any, key: str, p: Parameter, where: str) -> Any:
     """The archive's array for parameter `key`, validated and placed on the parameter's library and device."""
     try:
         a = archive[key]
-    except ValueError as e:
-        raise ValueError(f"{where}: parameter {key!r} is stored as pickled objects, which are never loaded") from e
+    except ValueError as e:  # an object array (pickled), or a damaged .npy header
+        raise ValueError(
+            f"{where}: parameter {key!r} cannot be read: it is stored as pickled objects (never loaded) "
+            f"or its header is damaged ({e})"
+        ) from e
     if p.data is not None:
         shape, dtype = tuple(p.data.shape), _numpy_dtype(p.data)
     else:
@@ -289,6 +330,8 @@ class Linear(Layer):
 
     def __init__(self, out_size: int, nobias: bool = False, dtype: Any = np.float32, in_size: int | None = None):
         super().__init__()
+        out_size = _size("Linear", "out_size", out_size)
+        in_size = None if in_size is None else _size("Linear", "in_size", in_size)
         self.in_size = in_size
         self.out_size = out_size
         self.dtype = dtype
@@ -323,13 +366,16 @@ class _ConvBase(Layer):
         in_channels: int | None = None,
     ):
         super().__init__()
+        owner = type(self).__name__
+        out_channels = _size(owner, "out_channels", out_channels)
+        in_channels = None if in_channels is None else _size(owner, "in_channels", in_channels)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = kernel_size
         self.stride = stride
         self.pad = pad
         self.dtype = dtype
-        self._kernel = _pair(kernel_size, f"{type(self).__name__} kernel_size")
+        self._kernel = _pair(kernel_size, f"{owner}: kernel_size")
         self.W = _lazy_parameter("W", self._w_shape(in_channels), dtype)
         if in_channels is not None:
             self._init_W()
@@ -377,6 +423,7 @@ class RNN(Layer):
 
     def __init__(self, hidden_size: int, in_size: int | None = None, dtype: Any = np.float32):
         super().__init__()
+        hidden_size = _size("RNN", "hidden_size", hidden_size)
         self.x2h = Linear(hidden_size, in_size=in_size, dtype=dtype)
         self.h2h = Linear(hidden_size, in_size=hidden_size, nobias=True, dtype=dtype)
         self.h = None
@@ -397,7 +444,7 @@ class LSTM(Layer):
 
     def __init__(self, hidden_size: int, in_size: int | None = None, dtype: Any = np.float32):
         super().__init__()
-        H = hidden_size
+        H = _size("LSTM", "hidden_size", hidden_size)
         for gate in "fiou":
             setattr(self, f"x2{gate}", Linear(H, in_size=in_size, dtype=dtype))
         for gate in "fiou":
@@ -427,6 +474,7 @@ class EmbedID(Layer):
 
     def __init__(self, in_size: int, out_size: int, dtype: Any = np.float32):
         super().__init__()
+        in_size, out_size = _size("EmbedID", "in_size", in_size), _size("EmbedID", "out_size", out_size)
         self.W = Parameter(np.random.randn(in_size, out_size).astype(dtype), name="W")
 
     def forward(self, x: Any) -> Variable:
@@ -438,6 +486,11 @@ class BatchNorm(Layer):
 
     def __init__(self, decay: float = 0.9, eps: float = 2e-5):
         super().__init__()
+        # `not a <= x <= b` is also true for NaN.
+        if not isinstance(decay, numbers.Real) or not 0.0 <= decay <= 1.0:
+            raise ValueError(f"BatchNorm: decay must be a number in [0, 1], got {decay!r}")
+        if not isinstance(eps, numbers.Real) or not 0.0 <= eps < math.inf:
+            raise ValueError(f"BatchNorm: eps must be a finite number >= 0, got {eps!r}")
         self.decay = decay
         self.eps = eps
         # Running statistics are Parameters (as in DeZero) so they are saved, loaded and moved with the rest;

@@ -9,6 +9,7 @@ rather than changing the gradient array (which may be shared).
 from __future__ import annotations
 
 import math
+import numbers
 import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -27,6 +28,22 @@ __all__ = [
     "ClipGrad",
     "FreezeParam",
 ]
+
+
+def _hyper(owner: str, name: str, value: Any, low: float, high: float, *, low_open=False, high_open=False) -> Any:
+    """`value` when it is a real number in the interval, else a ValueError naming it and the interval."""
+    fits = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    # Written so that NaN, which fails every comparison, never fits.
+    fits = fits and (low < value if low_open else low <= value) and (value < high if high_open else value <= high)
+    if not fits:
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ValueError(f"{owner}: {name} must be a number in {interval}, got {value!r}")
+    return value
+
+
+def _rate(owner: str, name: str, value: Any) -> Any:
+    """A finite non-negative hyper-parameter (a learning rate, an eps, a decay rate)."""
+    return _hyper(owner, name, value, 0.0, math.inf, high_open=True)
 
 
 def _state_store() -> weakref.WeakKeyDictionary:
@@ -77,7 +94,7 @@ class SGD(Optimizer):
 
     def __init__(self, lr: float = 0.01) -> None:
         super().__init__()
-        self.lr = lr
+        self.lr = _rate("SGD", "lr", lr)
 
     def update_one(self, param: Parameter) -> None:
         param.data = param.data - self.lr * param.grad.data
@@ -88,8 +105,8 @@ class MomentumSGD(Optimizer):
 
     def __init__(self, lr: float = 0.01, momentum: float = 0.9) -> None:
         super().__init__()
-        self.lr = lr
-        self.momentum = momentum
+        self.lr = _rate("MomentumSGD", "lr", lr)
+        self.momentum = _hyper("MomentumSGD", "momentum", momentum, 0.0, 1.0, high_open=True)
         self.vs = _state_store()
 
     def update_one(self, param: Parameter) -> None:
@@ -103,8 +120,8 @@ class AdaGrad(Optimizer):
 
     def __init__(self, lr: float = 0.001, eps: float = 1e-8) -> None:
         super().__init__()
-        self.lr = lr
-        self.eps = eps
+        self.lr = _rate("AdaGrad", "lr", lr)
+        self.eps = _rate("AdaGrad", "eps", eps)
         self.hs = _state_store()
 
     def update_one(self, param: Parameter) -> None:
@@ -119,8 +136,8 @@ class AdaDelta(Optimizer):
 
     def __init__(self, rho: float = 0.95, eps: float = 1e-6) -> None:
         super().__init__()
-        self.rho = rho
-        self.eps = eps
+        self.rho = _hyper("AdaDelta", "rho", rho, 0.0, 1.0)
+        self.eps = _rate("AdaDelta", "eps", eps)
         self.msg = _state_store()
         self.msdx = _state_store()
 
@@ -141,10 +158,10 @@ class Adam(Optimizer):
     def __init__(self, alpha: float = 0.001, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> None:
         super().__init__()
         self.t = 0
-        self.alpha = alpha
-        self.beta1 = beta1
-        self.beta2 = beta2
-        self.eps = eps
+        self.alpha = _rate("Adam", "alpha", alpha)
+        self.beta1 = _hyper("Adam", "beta1", beta1, 0.0, 1.0, high_open=True)
+        self.beta2 = _hyper("Adam", "beta2", beta2, 0.0, 1.0, high_open=True)
+        self.eps = _rate("Adam", "eps", eps)
         self.ms = _state_store()
         self.vs = _state_store()
 
@@ -175,7 +192,7 @@ class WeightDecay:
     """g ← g + rate·p for each parameter (L2 regularisation), exactly once per parameter."""
 
     def __init__(self, rate: float) -> None:
-        self.rate = rate
+        self.rate = _rate("WeightDecay", "rate", rate)
 
     def __call__(self, params: list[Parameter]) -> None:
         for p in params:
@@ -186,7 +203,7 @@ class ClipGrad:
     """Scale all gradients by min(1, max_norm / (‖g‖ + 1e-6)), ‖g‖ the norm of all gradients together."""
 
     def __init__(self, max_norm: float) -> None:
-        self.max_norm = max_norm
+        self.max_norm = _hyper("ClipGrad", "max_norm", max_norm, 0.0, math.inf, low_open=True)
 
     def __call__(self, params: list[Parameter]) -> None:
         if not params:

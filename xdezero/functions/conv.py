@@ -343,6 +343,15 @@ def col2im(
 # --- pooling -------------------------------------------------------------------------------------------
 
 
+def _check_pool_pad(name: str, kernel: Pair, pad: Pair) -> None:
+    # PyTorch's rule (max_pool2d, avg_pool2d). From pad >= kernel on, some window is all padding (-inf for max).
+    if pad[0] > kernel[0] // 2 or pad[1] > kernel[1] // 2:
+        raise ValueError(
+            f"{name}: pad {pad} must be at most half the kernel {kernel}, i.e. pad <= kernel // 2 = "
+            f"{(kernel[0] // 2, kernel[1] // 2)} (as in PyTorch's pooling)"
+        )
+
+
 def _tiles(shape: tuple, kernel: Pair, stride: Pair, pad: Pair) -> bool:
     """Whether the windows tile the image exactly (stride = kernel, no padding, sizes divisible)."""
     return stride == kernel and pad == (0, 0) and shape[2] % kernel[0] == 0 and shape[3] % kernel[1] == 0
@@ -465,6 +474,7 @@ def pooling(x: Any, kernel_size: int | Pair, stride: int | Pair = 1, pad: int | 
     x = as_variable(x)
     _check_images("pooling", x)
     kernel, stride, pad = _geometry("pooling", kernel_size, stride, pad)
+    _check_pool_pad("pooling", kernel, pad)
     _out_hw("pooling", x.shape[2:], kernel, stride, pad)
     return Pooling(kernel, stride, pad)(x)
 
@@ -474,6 +484,7 @@ def pooling_simple(x: Any, kernel_size: int | Pair, stride: int | Pair = 1, pad:
     x = as_variable(x)
     _check_images("pooling_simple", x)
     kernel, stride, pad = _geometry("pooling_simple", kernel_size, stride, pad)
+    _check_pool_pad("pooling_simple", kernel, pad)
     n, c = x.shape[:2]
     oh, ow = _out_hw("pooling_simple", x.shape[2:], kernel, stride, pad)
     col = reshape(im2col(x, kernel, stride, pad, to_matrix=True), (-1, kernel[0] * kernel[1]))
@@ -528,5 +539,6 @@ def average_pooling(x: Any, kernel_size: int | Pair, stride: int | Pair = 1, pad
     x = as_variable(x)
     _check_images("average_pooling", x)
     kernel, stride, pad = _geometry("average_pooling", kernel_size, stride, pad)
+    _check_pool_pad("average_pooling", kernel, pad)
     _out_hw("average_pooling", x.shape[2:], kernel, stride, pad)
     return AveragePooling(kernel, stride, pad)(x)

@@ -32,7 +32,11 @@ def logsumexp(x: Any, axis: int | tuple | None = 1) -> Any:
 
 
 class _Extremum(Function):
-    """y = max/min x over `axis`; dy/dx = 1 at the positions equal to y (every tied one), 0 elsewhere."""
+    """y = max/min x over `axis`; dy/dx = 1/k at each of the k positions equal to y, 0 elsewhere.
+
+    Ties share the gradient equally, as torch.amax/amin do: the average of the tied positions' one-hot gradients,
+    a subgradient that sums to 1. A NaN in a reduced slice makes that slice's gradient NaN, as in torch.
+    """
 
     keeps_inputs = False
     name = "max"
@@ -51,7 +55,12 @@ class _Extremum(Function):
             raise ValueError(f"{self.name}: cannot reduce over an empty axis of an array of shape {self.x_shape}")
         y = self.reduce(x, axes, True)
         # The mask is a constant of the graph: the second derivative of max is zero almost everywhere.
-        self.mask = self.xp.astype(x == y, x.dtype)
+        # The tie count, summed as int32 (array-api-strict sums no booleans).
+        xp, hits = self.xp, x == y
+        count = xp.sum(xp.astype(hits, xp.int32), axis=axes, keepdims=True)
+        counted = count > 0  # no position equals y only where y is NaN: that slice's gradient is NaN
+        share = xp.astype(hits, x.dtype) / xp.astype(xp.where(counted, count, 1), x.dtype)
+        self.mask = xp.where(counted, share, math.nan)
         self.kept_shape = tuple(y.shape)
         return y if self.keepdims else self.xp.reshape(y, tuple(s for i, s in enumerate(y.shape) if i not in axes))
 
