@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.distributed_scripts.launch import SCRIPTS, python, result_of, run
+from tests.distributed_scripts.launch import SCRIPTS, python, result_of, run, without_timing
 
 pytest.importorskip("torch.distributed")
 
@@ -45,3 +45,14 @@ def test_a_rank_raising_ends_the_job_within_seconds(tmp_path):
     assert "RuntimeError: deliberate failure on rank 1 at step 5" in result.stderr
     assert elapsed < 60, f"the job took {elapsed:.1f} s to end"
     assert not (tmp_path / "p.npz").exists()
+
+
+def test_cli_trains_torch_tensors_under_torchrun():
+    args = ["train", "spiral", "--epochs", "3", "--backend", "torch"]
+    single = python("-m", "xdezero", *args)
+    assert single.returncode == 0, single.stderr
+    parallel = torchrun(2, "-m", "xdezero", *args)
+    assert parallel.returncode == 0, parallel.stderr
+    header, _, rest = parallel.stdout.partition("\n")
+    assert header.endswith(", 2 processes (torch)")
+    assert without_timing(rest) == without_timing(single.stdout.partition("\n")[2])
