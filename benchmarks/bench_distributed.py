@@ -41,6 +41,7 @@ BATCH = 100
 
 def worker(steps: int, warmup: int, reduce: bool) -> None:
     import numpy as np
+    from mpi4py import MPI
 
     import xdezero.functions as F
     import xdezero.layers as L
@@ -88,7 +89,7 @@ def worker(steps: int, warmup: int, reduce: bool) -> None:
     def bare_allreduce(buf: np.ndarray) -> float:
         comm.barrier()
         t0 = time.perf_counter()
-        comm.mpi_comm.Allreduce(comm._MPI.IN_PLACE, buf, op=comm._MPI.SUM)
+        comm.mpi_comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
         return time.perf_counter() - t0
 
     bare = [bare_allreduce(buffer) for _ in range(steps)]

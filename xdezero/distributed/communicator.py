@@ -22,7 +22,7 @@ import numpy as np
 from xdezero.backends import array_namespace, device_of, is_array, to_numpy
 from xdezero.core import Function, Parameter, Variable
 
-__all__ = ["Communicator", "ReduceOp", "host_buffer"]
+__all__ = ["Communicator", "ReduceOp", "host_buffer", "named_params"]
 
 ReduceOp = Literal["sum", "mean", "max", "min"]
 _OPS = ("sum", "mean", "max", "min")
@@ -184,9 +184,12 @@ class Communicator:
         Parameters without data yet (shapes taken from the first input) are skipped; the multi-node optimizer
         broadcasts them once the first forward pass has created them.
         """
-        self._bcast_params([(k, p) for k, p in _named_params(model, "bcast_data") if p.data is not None], root)
+        self.bcast_params([(k, p) for k, p in named_params(model, "bcast_data") if p.data is not None], root)
 
-    def _bcast_params(self, named: list[tuple[str, Parameter]], root: int = 0) -> None:
+    def bcast_params(self, named: Sequence[tuple[str, Parameter]], root: int = 0) -> None:
+        """Give the `(name, Parameter)` pairs (all with data) rank `root`'s values; the names only serve the
+        check that every rank passes the same parameters."""
+        named = list(named)
         if self.size == 1:
             return
         self._check_same_layout("bcast_data", named, root)
@@ -220,7 +223,7 @@ class Communicator:
         """
         if self.size == 1:
             return
-        params = [p for _, p in _named_params(model, "allreduce_grad") if p.data is not None]
+        params = [p for _, p in named_params(model, "allreduce_grad") if p.data is not None]
         if not params:
             return
         for indices in _grouped(p.data for p in params).values():
@@ -240,7 +243,8 @@ class Communicator:
         return f"<{type(self).__name__} rank {self.rank} of {self.size}>"
 
 
-def _named_params(model: Any, where: str) -> list[tuple[str, Parameter]]:
+def named_params(model: Any, where: str) -> list[tuple[str, Parameter]]:
+    """`model.named_params()` as a list; a TypeError naming `where` for anything that is not a Layer."""
     if callable(getattr(model, "named_params", None)):
         return list(model.named_params())
     if callable(getattr(model, "params", None)):

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from xdezero.backends import to_numpy
-from xdezero.distributed.communicator import Communicator
+from xdezero.distributed.communicator import Communicator, named_params
 from xdezero.optimizers import Optimizer
 
 __all__ = ["MultiNodeOptimizer", "create_multi_node_optimizer"]
@@ -52,9 +52,9 @@ class MultiNodeOptimizer:
 
     def setup(self, target: Any) -> MultiNodeOptimizer:
         self.actual_optimizer.setup(target)
-        named = list(target.named_params()) if hasattr(target, "named_params") else list(enumerate(target.params()))
-        self.communicator._bcast_params([(str(k), p) for k, p in named if p.data is not None])
-        self.__dict__["_pending"] = [(str(k), p) for k, p in named if p.data is None]
+        named = named_params(target, "MultiNodeOptimizer.setup")
+        self.communicator.bcast_params([(k, p) for k, p in named if p.data is not None])
+        self.__dict__["_pending"] = [(k, p) for k, p in named if p.data is None]
         return self
 
     def update(self) -> None:
@@ -74,7 +74,7 @@ class MultiNodeOptimizer:
             return True
         self.__dict__["_pending"] = [(k, p) for k, p in self._pending if p.data is None]
         before = [p.data for _, p in created]
-        self.communicator._bcast_params(created)
+        self.communicator.bcast_params(created)
         differed = any(not np.array_equal(to_numpy(a), to_numpy(p.data)) for a, (_, p) in zip(before, created))
         return not self.communicator.allreduce(int(differed), "max")
 
