@@ -142,6 +142,19 @@ def _my_rows(n: int, comm: Any) -> slice:
     return slice(n * comm.rank // comm.size, n * (comm.rank + 1) // comm.size)
 
 
+def _use_gpu_of_rank(backend: str, intra_rank: int) -> None:
+    """Several processes on one node: each takes GPU `intra_rank` (modulo the count) rather than all GPU 0."""
+    if backend == "cupy":
+        import cupy
+
+        cupy.cuda.Device(intra_rank % cupy.cuda.runtime.getDeviceCount()).use()
+    elif backend == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.set_device(intra_rank % torch.cuda.device_count())
+
+
 def _accuracy(model: Any, dataset: Any, convert: Callable, comm: Any) -> float:
     """Accuracy over `dataset`, each rank evaluating its contiguous part."""
     import xdezero.functions as F
@@ -172,6 +185,8 @@ def train(args: argparse.Namespace, comm: Any, out: TextIO) -> int:
             "the number of processes"
         )
     convert = _backend_converter(args.backend)
+    if comm.intra_size > 1:
+        _use_gpu_of_rank(args.backend, comm.intra_rank)
     plot = getattr(args, "plot", None)
     if plot:
         _check_matplotlib()
