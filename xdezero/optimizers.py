@@ -4,6 +4,12 @@ Updates rebind arrays (`p.data = p.data - lr * g`) and never write into an exist
 immutable (JAX) and read-only arrays alike. Per-parameter state is keyed by the Parameter object. Hooks run
 on the list of parameters that have a gradient, before the update, and replace `p.grad` with a new Variable
 rather than changing the gradient array (which may be shared).
+
+Low precision: for float16 and bfloat16 parameters the stateful optimizers keep their state and do their
+arithmetic in float32 and round only the step to the parameter's dtype. In float16 the default eps (1e-8)
+rounds to 0 and g² underflows below |g| ≈ 2.4e-4, so Adam/AdaGrad would divide by zero (inf, or NaN for a
+zero gradient); in bfloat16 Adam's v ← v + 0.001(g² − v) is lost to rounding. The eps values stay DeZero's.
+ClipGrad sums squares in float32 (at least) after scaling by the largest |g|, so no norm overflows.
 """
 
 from __future__ import annotations
@@ -46,6 +52,21 @@ def _rate(owner: str, name: str, value: Any) -> Any:
     return _hyper(owner, name, value, 0.0, math.inf, high_open=True)
 
 
+# (array type, dtype) -> whether it is a float narrower than float32. Keyed by type too: dtypes of two
+# libraries may hash alike, and array-api-strict warns when its dtypes are compared with NumPy's.
+_NARROW: dict[tuple[type, Any], bool] = {}
+
+
+def _widened(g: Any) -> tuple[Any, Any]:
+    """(namespace, g as float32 when it is float16/bfloat16, else g itself)."""
+    xp = array_namespace(g)
+    key = (type(g), g.dtype)
+    narrow = _NARROW.get(key)
+    if narrow is None:
+        narrow = _NARROW[key] = xp.finfo(g.dtype).bits < 32
+    return xp, (xp.astype(g, xp.float32) if narrow else g)
+
+
 def _state_store() -> weakref.WeakKeyDictionary:
     # Keyed by the Parameter itself (never id(), which a new object may reuse); weak, so a dropped model's
     # state goes with it.
@@ -81,12 +102,18 @@ class Optimizer:
     def add_hook(self, f: Callable[[list[Parameter]], None]) -> None:
         self.hooks.append(f)
 
-    def _state(self, store: weakref.WeakKeyDictionary, param: Parameter) -> Any:
-        """Zeros shaped like `param`, created on first use (state lives in the parameter's library/device)."""
+    def _state(self, store: weakref.WeakKeyDictionary, param: Parameter, like: Any) -> Any:
+        """The state of `param`, first zeros like `like` (the widened gradient: its dtype, library and device)."""
         state = store.get(param)
         if state is None:
-            state = store[param] = array_namespace(param.data).zeros_like(param.data)
+            state = store[param] = array_namespace(like).zeros_like(like)
         return state
+
+    @staticmethod
+    def _step(xp: Any, param: Parameter, delta: Any) -> None:
+        """p ← p + delta, delta rounded to p's dtype (float32 state of a float16/bfloat16 parameter)."""
+        p = param.data
+        param.data = p + (delta if delta.dtype == p.dtype else xp.astype(delta, p.dtype))
 
 
 class SGD(Optimizer):
@@ -110,9 +137,10 @@ class MomentumSGD(Optimizer):
         self.vs = _state_store()
 
     def update_one(self, param: Parameter) -> None:
-        v = self.momentum * self._state(self.vs, param) - self.lr * param.grad.data
+        xp, g = _widened(param.grad.data)
+        v = self.momentum * self._state(self.vs, param, g) - self.lr * g
         self.vs[param] = v
-        param.data = param.data + v
+        self._step(xp, param, v)
 
 
 class AdaGrad(Optimizer):
@@ -125,10 +153,10 @@ class AdaGrad(Optimizer):
         self.hs = _state_store()
 
     def update_one(self, param: Parameter) -> None:
-        g = param.grad.data
-        h = self._state(self.hs, param) + g * g
+        xp, g = _widened(param.grad.data)
+        h = self._state(self.hs, param, g) + g * g
         self.hs[param] = h
-        param.data = param.data - self.lr * g / (array_namespace(h).sqrt(h) + self.eps)
+        self._step(xp, param, -self.lr * g / (xp.sqrt(h) + self.eps))
 
 
 class AdaDelta(Optimizer):
@@ -142,14 +170,14 @@ class AdaDelta(Optimizer):
         self.msdx = _state_store()
 
     def update_one(self, param: Parameter) -> None:
-        rho, eps, g = self.rho, self.eps, param.grad.data
-        xp = array_namespace(g)
-        msg = rho * self._state(self.msg, param) + (1 - rho) * g * g
-        msdx = self._state(self.msdx, param)
+        rho, eps = self.rho, self.eps
+        xp, g = _widened(param.grad.data)
+        msg = rho * self._state(self.msg, param, g) + (1 - rho) * g * g
+        msdx = self._state(self.msdx, param, g)
         dx = xp.sqrt((msdx + eps) / (msg + eps)) * g
         self.msg[param] = msg
         self.msdx[param] = rho * msdx + (1 - rho) * dx * dx
-        param.data = param.data - dx
+        self._step(xp, param, -dx)
 
 
 class Adam(Optimizer):
@@ -175,14 +203,14 @@ class Adam(Optimizer):
         return self.alpha * math.sqrt(1.0 - self.beta2**self.t) / (1.0 - self.beta1**self.t)
 
     def update_one(self, param: Parameter) -> None:
-        g = param.grad.data
-        m = self._state(self.ms, param)
-        v = self._state(self.vs, param)
+        xp, g = _widened(param.grad.data)
+        m = self._state(self.ms, param, g)
+        v = self._state(self.vs, param, g)
         m = m + (1 - self.beta1) * (g - m)
         v = v + (1 - self.beta2) * (g * g - v)
         self.ms[param] = m
         self.vs[param] = v
-        param.data = param.data - self.lr * m / (array_namespace(v).sqrt(v) + self.eps)
+        self._step(xp, param, -self.lr * m / (xp.sqrt(v) + self.eps))
 
 
 # --- hooks -----------------------------------------------------------------------------------------
@@ -206,16 +234,28 @@ class ClipGrad:
         self.max_norm = _hyper("ClipGrad", "max_norm", max_norm, 0.0, math.inf, low_open=True)
 
     def __call__(self, params: list[Parameter]) -> None:
-        if not params:
+        grads = [_widened(p.grad.data)[1] for p in params]
+        grads = [g for g in grads if math.prod(g.shape) > 0]
+        if not grads:
             return
+        # ‖g‖ = a·√Σ(g/a)² with a = max |g|, summed in float32 at least: no square overflows (float16's do from
+        # |g| ≈ 256, float32's from 1.8e19) and no float16 sum of many elements does.
+        xp = array_namespace(grads[0])
+        a = None
+        for g in grads:
+            m = xp.maximum(xp.max(g), -xp.min(g))  # max |g| without an |g| array
+            a = m if a is None else xp.maximum(a, m)
+        # a = 0 (all-zero gradients) or inf/NaN: divide by 1 instead (no 0/0 or inf/inf), the norm comes out right.
+        safe_a = xp.where((a > 0) & xp.isfinite(a), a, 1.0)
         total = None
-        for p in params:
-            g = p.grad.data
-            s = array_namespace(g).sum(g * g)
+        for g in grads:
+            r = g / safe_a
+            s = xp.sum(xp.vecdot(r, r)) if r.ndim else r * r  # vecdot: Σr² without an r² array
             total = s if total is None else total + s
-        xp = array_namespace(total)
+        # An infinite gradient gives the norm inf (so the factor 0), as it would unscaled and in torch.
+        norm = xp.where(xp.isinf(a), a, safe_a * xp.sqrt(total))
         # No branch on the value (lazy and traced arrays): the factor is clipped at 1 instead.
-        scale = xp.clip(self.max_norm / (xp.sqrt(total) + 1e-6), max=1.0)
+        scale = xp.clip(self.max_norm / (norm + 1e-6), max=1.0)
         for p in params:
             g = p.grad.data
             p.grad = Variable(g * xp.astype(scale, g.dtype))

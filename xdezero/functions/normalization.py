@@ -6,7 +6,7 @@ from typing import Any
 
 from xdezero._config import Config
 from xdezero.backends import array_namespace, describe, uniform
-from xdezero.core import Variable, as_variable
+from xdezero.core import Cast, Variable, as_variable
 from xdezero.functions.shape import reshape, sum
 
 __all__ = ["dropout", "batch_norm", "batch_nrom"]
@@ -65,6 +65,8 @@ def batch_norm(
     every library, JAX included) or raw arrays of a mutable library (updated in place, as DeZero does).
     In test mode the running statistics normalize x and nothing is updated.
     y = gamma · (x - μ) / √(σ² + eps) + beta is built from differentiable functions, so second derivatives work.
+    float16/bfloat16 inputs are normalized in float32 and y is cast back (as cuDNN and PyTorch do): a float16
+    sum over N·H·W values overflows from 65504 on, which made every output NaN.
     """
     x, gamma, beta = as_variable(x), as_variable(gamma), as_variable(beta)
     if x.ndim not in (2, 4):
@@ -79,6 +81,10 @@ def batch_norm(
     axes = (0,) if x.ndim == 2 else (0, 2, 3)
     per_channel = (1, c) if x.ndim == 2 else (1, c, 1, 1)
     xp = array_namespace(x.data)
+    x_dtype = x.dtype
+    narrow = xp.isdtype(x_dtype, "real floating") and xp.finfo(x_dtype).bits < 32
+    if narrow:
+        x = Cast(xp.float32)(x)
 
     if Config.train:
         m = x.size // c
@@ -98,7 +104,8 @@ def batch_norm(
         xhat = (x - Variable(xp.reshape(xp.astype(mean_data, x.dtype), per_channel))) * Variable(
             xp.reshape(inv_std, per_channel)
         )
-    return reshape(gamma, per_channel) * xhat + reshape(beta, per_channel)
+    y = reshape(gamma, per_channel) * xhat + reshape(beta, per_channel)
+    return Cast(x_dtype)(y) if narrow else y
 
 
 batch_nrom = batch_norm  # DeZero's spelling, kept for compatibility
