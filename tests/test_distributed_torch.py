@@ -59,9 +59,9 @@ def test_cli_trains_torch_tensors_under_torchrun():
 
 
 def test_an_unmatched_collective_times_out_with_an_error():
-    # Rank 1 sleeps for a minute instead of joining rank 0's all-reduce; a 2 s time-out ends the job.
+    # Rank 1 sleeps for a minute instead of joining rank 0's second all-reduce; a 10 s time-out ends the job.
     start = time.monotonic()
-    result = torchrun(2, str(SCRIPTS / "unmatched.py"), "torch", "2", timeout=120)
+    result = torchrun(2, str(SCRIPTS / "unmatched.py"), "torch", "10", timeout=120)
     elapsed = time.monotonic() - start
     assert result.returncode != 0
     assert "uncaught exception on rank 0 of 2" in result.stderr

@@ -8,7 +8,9 @@ import time
 
 from xdezero import distributed as dist
 
+# The time-out also bounds the start-up rendezvous: keep it well above how late a loaded machine starts a rank.
 comm = dist.create_communicator(sys.argv[1], timeout=datetime.timedelta(seconds=float(sys.argv[2])))
+comm.allreduce(1.0)  # both ranks are up
 if comm.rank == 0:
     comm.allreduce(1.0)
 else:
