@@ -1,7 +1,8 @@
-"""The define-by-run engine: Variable, Function, and the heap-ordered backward pass.
+"""The define-by-run engine: Variable, Parameter, Function, and the heap-ordered backward pass.
 
-The arithmetic behind Variable's operators (and the broadcast/sum-to pair that undoes broadcasting)
-lives here too, as in DeZero, so that the engine needs nothing above it at import time.
+Nothing else lives here. The ops behind Variable's operators are in `xdezero.functions` (above this module):
+`xdezero.functions.arithmetic` hands them to `operators` below when it is imported, which `import xdezero`
+always does first. The engine keeps only the two ops its own backward pass needs: Copy and Cast.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-import numbers
 import threading
 import weakref
 from typing import Any
@@ -17,38 +17,40 @@ from typing import Any
 import numpy as np
 
 from xdezero._config import enable_backprop_flag, using_config
-from xdezero.backends import array_namespace, as_array_data, describe, memory_key, to_cpu, to_device, to_gpu
+from xdezero.backends import array_namespace, as_array_data, memory_key, to_cpu, to_device, to_gpu
 from xdezero.backends._namespace import NAMESPACES as _NAMESPACES
 
-__all__ = [
-    "Variable",
-    "Parameter",
-    "Function",
-    "as_variable",
-    "as_array",
-    "add",
-    "sub",
-    "rsub",
-    "mul",
-    "div",
-    "rdiv",
-    "neg",
-    "pow",
-    "sum_to",
-    "broadcast_to",
-]
+__all__ = ["Variable", "Parameter", "Function", "as_variable", "as_array"]
 
 
-def _is_scalar(x: Any) -> bool:
-    """A Python or NumPy number used as an operand: it takes the array's dtype instead of forcing float64."""
-    t = type(x)
-    return t is float or t is int or isinstance(x, numbers.Number)
+class _Operators:
+    """The functions behind Variable's operators and shape methods, supplied by `xdezero.functions`."""
+
+    __slots__ = (
+        "add", "sub", "mul", "div", "neg", "pow", "rpow",
+        "matmul", "get_item", "reshape", "transpose", "sum",
+    )  # fmt: skip
+
+    def install(self, **functions: Any) -> None:
+        for name, function in functions.items():
+            setattr(self, name, function)
 
 
-def _number(c: Any) -> Any:
-    """A scalar operand as a Python number (NumPy scalars too, so that every library accepts it)."""
-    return c.item() if isinstance(c, np.generic) else c
+operators = _Operators()
 
+
+def __getattr__(name: str) -> Any:
+    # DeZero's `dezero.core` exports its arithmetic (add, mul, ...); here they live in xdezero.functions.
+    if name in ("add", "sub", "rsub", "mul", "div", "rdiv", "neg", "pow", "sum_to", "broadcast_to"):
+        import xdezero.functions.arithmetic as arithmetic  # once per lookup of a DeZero name, never per op
+
+        return getattr(arithmetic, name)
+    raise AttributeError(f"module 'xdezero.core' has no attribute {name!r}")
+
+
+_NEEDED = (True,)
+_NOT_NEEDED = (False,)
+_NOT_NEEDED_2 = (False, False)
 
 # Serialises accumulation into `.grad` of Variables that outlive a backward pass (leaves, retained gradients),
 # so that two threads running backward into one leaf lose no update. Uncontended, it costs well under 1% of a
@@ -57,19 +59,25 @@ _grad_lock = threading.Lock()
 
 
 class Variable:
-    """A node of the graph holding an array of any array-API library, its gradient and its creator."""
+    """A node of the graph holding an array of any array-API library, its gradient and its creator.
 
-    __slots__ = ("_data", "name", "grad", "creator", "generation", "_index", "__weakref__", "__dict__")
+    A Variable you create gets a gradient from `backward` (as in DeZero) unless `requires_grad=False`; an
+    array or number passed straight to an op is a constant, and so is every result computed from constants
+    only or under `no_grad()`.
+    """
+
+    __slots__ = ("_data", "name", "grad", "creator", "generation", "_index", "requires_grad", "__weakref__", "__dict__")
     __array_priority__ = 200
     __array_ufunc__ = None  # makes `ndarray op Variable` defer to Variable's reflected operator
 
-    def __init__(self, data: Any, name: str | None = None) -> None:
+    def __init__(self, data: Any, name: str | None = None, requires_grad: bool = True) -> None:
         self._data = data if type(data) is np.ndarray and data.dtype.kind in "fiubc" else as_array_data(data)
         self.name = name
         self.grad: Variable | None = None
         self.creator: Function | None = None
         self.generation = 0
         self._index = 0  # position among its creator's outputs
+        self.requires_grad = requires_grad
 
     # --- data and its description -------------------------------------------------------------
     @property
@@ -132,7 +140,7 @@ class Variable:
                 if creator is not None and creator not in seen:
                     seen.add(creator)
                     stack.append(creator)
-            if not f.keeps_inputs:
+            if f._weak_inputs:
                 f._sources = [(None, 0)] * len(f._sources)
 
     def backward(self, retain_grad: bool = False, create_graph: bool = False) -> None:
@@ -145,7 +153,7 @@ class Variable:
         if self._data is None:
             raise ValueError("backward() called on a Variable with no data")
         if self.grad is None:
-            self.grad = Variable(array_namespace(self._data).ones_like(self._data))
+            self.grad = Variable(array_namespace(self._data).ones_like(self._data), requires_grad=False)
         if self.creator is None:
             return
         with using_config("enable_backprop", create_graph):
@@ -164,83 +172,70 @@ class Variable:
         self._data = to_device(self._data, device)
         return self
 
-    # --- shape methods (their Functions live in xdezero.functions, above this module) ----------
+    # --- operators and shape methods (their Functions live in xdezero.functions) ------------------
     def reshape(self, *shape: int) -> Variable:
-        from xdezero.functions import reshape
-
         if len(shape) == 1 and isinstance(shape[0], tuple | list):
             shape = tuple(shape[0])
-        return reshape(self, shape)
+        return operators.reshape(self, shape)
 
     def transpose(self, *axes: int) -> Variable:
-        from xdezero.functions import transpose
-
         if len(axes) == 0:
             axes = None
         elif len(axes) == 1 and isinstance(axes[0], tuple | list | type(None)):
             axes = axes[0]
-        return transpose(self, axes)
+        return operators.transpose(self, axes)
 
     @property
     def T(self) -> Variable:
-        return self.transpose()
+        return operators.transpose(self, None)
 
     def sum(self, axis: int | tuple | None = None, keepdims: bool = False) -> Variable:
-        from xdezero.functions import sum
-
-        return sum(self, axis, keepdims)
+        return operators.sum(self, axis, keepdims)
 
     def __getitem__(self, slices: Any) -> Variable:
-        from xdezero.functions import get_item
-
-        return get_item(self, slices)
+        return operators.get_item(self, slices)
 
     def __matmul__(self, other: Any) -> Variable:
-        from xdezero.functions import matmul
-
-        return matmul(self, other)
+        return operators.matmul(self, other)
 
     def __rmatmul__(self, other: Any) -> Variable:
-        from xdezero.functions import matmul
+        return operators.matmul(other, self)
 
-        return matmul(other, self)
-
-    # --- arithmetic ---------------------------------------------------------------------------
     def __add__(self, other: Any) -> Variable:
-        return add(self, other)
+        return operators.add(self, other)
 
     def __radd__(self, other: Any) -> Variable:
-        return add(other, self)
+        return operators.add(other, self)
 
     def __sub__(self, other: Any) -> Variable:
-        return sub(self, other)
+        return operators.sub(self, other)
 
     def __rsub__(self, other: Any) -> Variable:
-        return sub(other, self)
+        return operators.sub(other, self)
 
     def __mul__(self, other: Any) -> Variable:
-        return mul(self, other)
+        return operators.mul(self, other)
 
     def __rmul__(self, other: Any) -> Variable:
-        return mul(other, self)
+        return operators.mul(other, self)
 
     def __truediv__(self, other: Any) -> Variable:
-        return div(self, other)
+        return operators.div(self, other)
 
     def __rtruediv__(self, other: Any) -> Variable:
-        return div(other, self)
+        return operators.div(other, self)
 
     def __neg__(self) -> Variable:
-        return neg(self)
+        return operators.neg(self)
 
     def __pos__(self) -> Variable:
         return self
 
     def __pow__(self, other: Any) -> Variable:
-        return pow(self, other)
+        return operators.pow(self, other)
 
     def __rpow__(self, other: Any) -> Variable:
-        return _rpow(other, self)
+        return operators.rpow(self, other)
 
 
 class Parameter(Variable):
@@ -248,10 +243,10 @@ class Parameter(Variable):
 
 
 def as_variable(obj: Any) -> Variable:
-    """`obj` if it is a Variable, else a new Variable wrapping the array `obj`."""
+    """`obj` if it is a Variable, else a constant Variable (one that gets no gradient) wrapping the array `obj`."""
     if isinstance(obj, Variable):
         return obj
-    return Variable(obj)
+    return Variable(obj, requires_grad=False)
 
 
 def as_array(x: Any, array_module: Any = np) -> Any:
@@ -282,7 +277,7 @@ def _run_backward(start: Variable, retain_grad: bool, create_graph: bool) -> Non
         return gx
 
     def accumulate(total: Variable, gx: Variable) -> Variable:
-        return total + gx if create_graph else Variable(total._data + gx._data)
+        return operators.add(total, gx) if create_graph else Variable(total._data + gx._data)
 
     first = start.creator
     pending[first] = [None] * len(first.outputs)
@@ -304,23 +299,24 @@ def _run_backward(start: Variable, retain_grad: bool, create_graph: bool) -> Non
         gxs = f.backward(*gys)
         if type(gxs) is not tuple:
             gxs = tuple(gxs) if isinstance(gxs, list) else (gxs,)
-        inputs = f._current_inputs()
+        inputs = [ref() for ref in f._input_refs] if f._weak_inputs else f.inputs
         if len(gxs) != len(inputs):
             raise ValueError(f"{type(f).__name__}.backward returned {len(gxs)} gradients for {len(inputs)} inputs")
+        needs = f.needs_grad
         for i, x in enumerate(inputs):
             gx = gxs[i]
-            if gx is None:
+            if gx is None or not needs[i]:
                 continue
             if not isinstance(gx, Variable):
                 gx = Variable(gx)
             # The live graph wins (the variable may have been unchained since); a freed one uses the record.
             if x is not None:
                 creator, index = x.creator, x._index
-                dtype = x._data.dtype
-                if gx._data.dtype != dtype and _is_inexact(x._data):  # inputs of different dtypes met
+                dtype, gx_dtype = x._data.dtype, gx._data.dtype
+                if gx_dtype is not dtype and gx_dtype != dtype and _is_inexact(x._data):  # dtypes met
                     gx = _cast(gx, dtype)
             else:
-                creator, index = f._recorded_source(i)
+                creator, index = f._sources[i]
                 if creator is None or index in creator._severed:
                     continue
             if creator is None:
@@ -337,8 +333,26 @@ def _run_backward(start: Variable, retain_grad: bool, create_graph: bool) -> Non
         start.grad = None
 
 
+_new_variable = object.__new__
+
+
+def _result(data: Any, requires_grad: bool) -> Variable:
+    """A Function's output: a Variable made without re-validating data that an op just computed."""
+    y = _new_variable(Variable)
+    if type(data) is not np.ndarray:  # NumPy returns scalars for 0-d results: normalise them to 0-d arrays
+        data = np.asarray(data) if isinstance(data, np.generic) else as_array_data(data, what="a Function's output")
+    y._data = data
+    y.name = y.grad = y.creator = None
+    y.generation = y._index = 0
+    y.requires_grad = requires_grad
+    return y
+
+
 def _zeros_like(y: Variable) -> Variable:
-    return Variable(array_namespace(y._data).zeros_like(y._data))
+    return Variable(array_namespace(y._data).zeros_like(y._data), requires_grad=False)
+
+
+_constant = as_variable  # an operand that is not a Variable takes part in the computation, without a gradient
 
 
 class Function:
@@ -347,51 +361,89 @@ class Function:
 
     # Ops whose backward reads no input *data* set this False, so intermediate inputs can be freed early.
     keeps_inputs = True
+    # Ops may also say, per input i, which inputs' data the gradient of input i reads: then only those are kept,
+    # for the inputs that need a gradient in this call (Mul(h, c) with a constant c keeps c, not h).
+    # Such an op's backward finds None in `self.inputs` for an input it was not meant to read.
+    inputs_read: tuple | None = None
     # Indices of outputs that were unchained: backward must not come back here through them.
     _severed: frozenset | set = frozenset()
+    # True when the inputs are held by weak reference plus a record of where each came from.
+    _weak_inputs = False
 
     def __call__(self, *inputs: Any) -> Any:
-        # The engine's hot path: kept flat on purpose (it runs once per op, forward and backward).
+        # The engine's hot path: kept flat on purpose (it runs once per op, forward and backward), with the
+        # one- and two-input cases spelled out.
         if len(inputs) == 1:
             x = inputs[0]
             if not isinstance(x, Variable):
-                x = Variable(x)
-            inputs = [x]
+                x = _constant(x)
+            record = x.requires_grad and enable_backprop_flag.get()
+            self.needs_grad = _NEEDED if record else _NOT_NEEDED
             data = x._data
             self.xp = _NAMESPACES.get(type(data)) or array_namespace(data)
             ys = self.forward(data)
+            inputs = [x]
+            generation = x.generation
+        elif len(inputs) == 2:
+            x0, x1 = inputs
+            if not isinstance(x0, Variable):
+                x0 = _constant(x0)
+            if not isinstance(x1, Variable):
+                x1 = _constant(x1)
+            needs = (x0.requires_grad, x1.requires_grad)
+            record = (needs[0] or needs[1]) and enable_backprop_flag.get()
+            self.needs_grad = needs if record else _NOT_NEEDED_2
+            d0, d1 = x0._data, x1._data
+            self.xp = (type(d0) is type(d1) and _NAMESPACES.get(type(d0))) or array_namespace(d0, d1)
+            ys = self.forward(d0, d1)
+            inputs = [x0, x1]
+            generation = x0.generation if x0.generation > x1.generation else x1.generation
         else:
-            inputs = [x if isinstance(x, Variable) else Variable(x) for x in inputs]
+            inputs = [x if isinstance(x, Variable) else _constant(x) for x in inputs]
+            needs = tuple([x.requires_grad for x in inputs])
+            record = True in needs and enable_backprop_flag.get()
+            self.needs_grad = needs if record else (False,) * len(needs)
             xs = [x._data for x in inputs]
             self.xp = array_namespace(*xs)
             ys = self.forward(*xs)
+            generation = max([x.generation for x in inputs])
         if type(ys) is not tuple:
-            y = Variable(ys)
-            if enable_backprop_flag.get():
-                self._record(inputs, [y])
+            y = _result(ys, record)
+            if record:
+                self.generation = generation
+                y.creator = self
+                y.generation = generation + 1
+                self.outputs = [weakref.ref(y)]
+                self._keep(inputs)
             return y
-        outputs = [Variable(y) for y in ys]
-        if enable_backprop_flag.get():
-            self._record(inputs, outputs)
+        outputs = [_result(y, record) for y in ys]
+        if record:
+            self.generation = generation
+            for i, y in enumerate(outputs):
+                y.creator = self
+                y.generation = generation + 1
+                y._index = i
+            self.outputs = [weakref.ref(y) for y in outputs]
+            self._keep(inputs)
         return outputs
 
-    def _record(self, inputs: list, outputs: list) -> None:
-        """Link this call into the graph: outputs point here, inputs are kept (or weakly referenced)."""
-        self.generation = generation = max([x.generation for x in inputs]) if len(inputs) > 1 else inputs[0].generation
-        for i, y in enumerate(outputs):
-            y.creator = self
-            y.generation = generation + 1
-            y._index = i
+    def _keep(self, inputs: list) -> None:
+        """Keep the inputs whose data backward reads; hold the others weakly, with a record of their source."""
         if self.keeps_inputs:
-            self.inputs = inputs
-        else:
-            self._input_refs = [weakref.ref(x) for x in inputs]
-            self._sources = [(x.creator, x._index) for x in inputs]
-        self.outputs = [weakref.ref(y) for y in outputs]
+            needs = self.needs_grad
+            reads = self.inputs_read
+            if reads is None or False not in needs:
+                self.inputs = inputs
+                return
+            kept = {j for i, needed in enumerate(needs) if needed for j in reads[i]}
+            self.inputs = [x if i in kept else None for i, x in enumerate(inputs)]
+        self._weak_inputs = True
+        self._input_refs = [weakref.ref(x) for x in inputs]
+        self._sources = [(x.creator, x._index) for x in inputs]
 
     def _current_inputs(self) -> list:
-        """The input Variables, None for one that was freed (only possible when `keeps_inputs` is False)."""
-        return self.inputs if self.keeps_inputs else [ref() for ref in self._input_refs]
+        """The input Variables, None for one that was freed (only possible for weakly held inputs)."""
+        return [ref() for ref in self._input_refs] if self._weak_inputs else self.inputs
 
     def _recorded_source(self, i: int) -> tuple:
         """(creator, output index) of input i as recorded at call time (used once that input is freed)."""
@@ -408,231 +460,6 @@ class Function:
 
     def backward(self, *gys: Variable) -> Any:
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
-
-
-# --- arithmetic (the operators of Variable) --------------------------------------------------------
-
-
-def _check_broadcastable(name: str, a: Any, b: Any) -> None:
-    for m, n in zip(reversed(a.shape), reversed(b.shape)):
-        if m != n and m != 1 and n != 1:
-            raise ValueError(
-                f"{name}: shapes {tuple(a.shape)} and {tuple(b.shape)} cannot be broadcast together "
-                "(trailing dimensions must be equal or 1)"
-            )
-
-
-def _unbroadcast(gx: Variable, shape: tuple) -> Variable:
-    return gx if gx.shape == shape else sum_to(gx, shape)
-
-
-class Add(Function):
-    """y = x0 + x1; dy/dx0 = dy/dx1 = 1 (summed over broadcast axes)."""
-
-    keeps_inputs = False
-
-    def forward(self, x0, x1):
-        self.shapes = (tuple(x0.shape), tuple(x1.shape))
-        if self.shapes[0] != self.shapes[1]:
-            _check_broadcastable("add", x0, x1)
-        return x0 + x1
-
-    def backward(self, gy):
-        return _unbroadcast(gy, self.shapes[0]), _unbroadcast(gy, self.shapes[1])
-
-
-class Sub(Function):
-    """y = x0 - x1; dy/dx0 = 1, dy/dx1 = -1."""
-
-    keeps_inputs = False
-
-    def forward(self, x0, x1):
-        self.shapes = (tuple(x0.shape), tuple(x1.shape))
-        if self.shapes[0] != self.shapes[1]:
-            _check_broadcastable("sub", x0, x1)
-        return x0 - x1
-
-    def backward(self, gy):
-        return _unbroadcast(gy, self.shapes[0]), _unbroadcast(-gy, self.shapes[1])
-
-
-class Mul(Function):
-    """y = x0 * x1; dy/dx0 = x1, dy/dx1 = x0."""
-
-    def forward(self, x0, x1):
-        if x0.shape != x1.shape:
-            _check_broadcastable("mul", x0, x1)
-        return x0 * x1
-
-    def backward(self, gy):
-        x0, x1 = self.inputs
-        return _unbroadcast(gy * x1, x0.shape), _unbroadcast(gy * x0, x1.shape)
-
-
-class Div(Function):
-    """y = x0 / x1; dy/dx0 = 1/x1, dy/dx1 = -x0/x1²."""
-
-    def forward(self, x0, x1):
-        if x0.shape != x1.shape:
-            _check_broadcastable("div", x0, x1)
-        return x0 / x1
-
-    def backward(self, gy):
-        x0, x1 = self.inputs
-        gx0 = gy / x1
-        return _unbroadcast(gx0, x0.shape), _unbroadcast(-gx0 * x0 / x1, x1.shape)
-
-
-class Neg(Function):
-    """y = -x; dy/dx = -1."""
-
-    keeps_inputs = False
-
-    def forward(self, x):
-        return -x
-
-    def backward(self, gy):
-        return -gy
-
-
-class AddConstant(Function):
-    """y = x + c for a Python number c; dy/dx = 1."""
-
-    keeps_inputs = False
-
-    def __init__(self, c):
-        self.c = c
-
-    def forward(self, x):
-        return x + self.c
-
-    def backward(self, gy):
-        return gy
-
-
-class RSubConstant(Function):
-    """y = c - x for a Python number c; dy/dx = -1."""
-
-    keeps_inputs = False
-
-    def __init__(self, c):
-        self.c = c
-
-    def forward(self, x):
-        return self.c - x
-
-    def backward(self, gy):
-        return -gy
-
-
-class MulConstant(Function):
-    """y = c * x for a Python number c; dy/dx = c."""
-
-    keeps_inputs = False
-
-    def __init__(self, c):
-        self.c = c
-
-    def forward(self, x):
-        return x * self.c
-
-    def backward(self, gy):
-        return gy * self.c
-
-
-class DivConstant(Function):
-    """y = x / c for a Python number c; dy/dx = 1/c."""
-
-    keeps_inputs = False
-
-    def __init__(self, c):
-        self.c = c
-
-    def forward(self, x):
-        return x / self.c
-
-    def backward(self, gy):
-        return gy / self.c
-
-
-class RDivConstant(Function):
-    """y = c / x for a Python number c; dy/dx = -c/x²."""
-
-    def __init__(self, c):
-        self.c = c
-
-    def forward(self, x):
-        return self.c / x
-
-    def backward(self, gy):
-        (x,) = self.inputs
-        return gy * (-self.c) / (x * x)
-
-
-class Pow(Function):
-    """y = x ** c for a Python number c; dy/dx = c x^(c-1)."""
-
-    def __init__(self, c):
-        self.c = c
-
-    def forward(self, x):
-        return x**self.c
-
-    def backward(self, gy):
-        (x,) = self.inputs
-        if self.c == 0:  # x**0 is constant; c x^(c-1) would be 0 * inf = nan at x = 0
-            return _zeros_like(x)
-        return gy * (self.c * x ** (self.c - 1))
-
-
-class RPow(Function):
-    """y = c ** x for a positive Python number c; dy/dx = log(c) c^x."""
-
-    def __init__(self, c):
-        self.c = c
-
-    def forward(self, x):
-        return self.c**x
-
-    def backward(self, gy):
-        (x,) = self.inputs
-        return gy * _rpow(self.c, x) * math.log(self.c)
-
-
-class SumTo(Function):
-    """y = x summed down to `shape` (the inverse of broadcasting); dy/dx = broadcast back."""
-
-    keeps_inputs = False
-
-    def __init__(self, shape):
-        self.shape = tuple(shape)
-
-    def forward(self, x):
-        self.x_shape = tuple(x.shape)
-        return sum_to_array(self.xp, x, self.shape)
-
-    def backward(self, gy):
-        return broadcast_to(gy, self.x_shape)
-
-
-class BroadcastTo(Function):
-    """y = x broadcast to `shape` (a fresh, writable array); dy/dx = sum back to x's shape."""
-
-    keeps_inputs = False
-
-    def __init__(self, shape):
-        self.shape = tuple(shape)
-
-    def forward(self, x):
-        self.x_shape = tuple(x.shape)
-        try:
-            y = self.xp.broadcast_to(x, self.shape)
-        except (ValueError, RuntimeError) as e:
-            raise ValueError(f"broadcast_to: cannot broadcast shape {self.x_shape} to {self.shape}") from e
-        return self.xp.asarray(y, copy=True)
-
-    def backward(self, gy):
-        return sum_to(gy, self.x_shape)
 
 
 class Copy(Function):
@@ -663,19 +490,6 @@ class Cast(Function):
         return _cast(gy, self.x_dtype)
 
 
-def sum_to_array(xp: Any, x: Any, shape: tuple) -> Any:
-    """Sum the raw array `x` down to `shape` (undoing a broadcast)."""
-    shape = tuple(shape)
-    if tuple(x.shape) == shape:
-        return x
-    lead = x.ndim - len(shape)
-    if lead < 0 or any(s != 1 and s != n for s, n in zip(shape, tuple(x.shape)[lead:])):
-        raise ValueError(f"sum_to: shape {tuple(x.shape)} cannot be summed to {shape}")
-    axes = tuple(range(lead)) + tuple(lead + i for i, s in enumerate(shape) if s == 1 and x.shape[lead + i] != 1)
-    y = xp.sum(x, axis=axes, keepdims=True)
-    return xp.reshape(y, shape) if lead else y
-
-
 def _is_inexact(a: Any) -> bool:
     return array_namespace(a).isdtype(a.dtype, ("real floating", "complex floating"))
 
@@ -690,83 +504,3 @@ def _copy(x: Variable) -> Variable:
     if enable_backprop_flag.get():
         return Copy()(x)
     return Variable(array_namespace(x._data).asarray(x._data, copy=True))
-
-
-def add(x0: Any, x1: Any) -> Variable:
-    """x0 + x1, broadcasting; a Python number operand takes the other operand's dtype."""
-    if _is_scalar(x1):
-        return AddConstant(_number(x1))(x0)
-    if _is_scalar(x0):
-        return AddConstant(_number(x0))(x1)
-    return Add()(x0, x1)
-
-
-def sub(x0: Any, x1: Any) -> Variable:
-    """x0 - x1, broadcasting."""
-    if _is_scalar(x1):
-        return AddConstant(-_number(x1))(x0)
-    if _is_scalar(x0):
-        return RSubConstant(_number(x0))(x1)
-    return Sub()(x0, x1)
-
-
-def rsub(x0: Any, x1: Any) -> Variable:
-    """x1 - x0 (DeZero's reflected subtraction)."""
-    return sub(x1, x0)
-
-
-def mul(x0: Any, x1: Any) -> Variable:
-    """x0 * x1, broadcasting."""
-    if _is_scalar(x1):
-        return MulConstant(_number(x1))(x0)
-    if _is_scalar(x0):
-        return MulConstant(_number(x0))(x1)
-    return Mul()(x0, x1)
-
-
-def div(x0: Any, x1: Any) -> Variable:
-    """x0 / x1, broadcasting."""
-    if _is_scalar(x1):
-        return DivConstant(_number(x1))(x0)
-    if _is_scalar(x0):
-        return RDivConstant(_number(x0))(x1)
-    return Div()(x0, x1)
-
-
-def rdiv(x0: Any, x1: Any) -> Variable:
-    """x1 / x0 (DeZero's reflected division)."""
-    return div(x1, x0)
-
-
-def neg(x: Any) -> Variable:
-    """-x."""
-    return Neg()(x)
-
-
-def pow(x: Any, c: Any) -> Variable:
-    """x ** c for a Python number c."""
-    if not _is_scalar(c):
-        raise TypeError(f"pow: the exponent must be a Python number, not {describe(c)}")
-    return Pow(_number(c))(x)
-
-
-def _rpow(c: Any, x: Any) -> Variable:
-    if not _is_scalar(c):
-        raise TypeError(f"pow: the base of `base ** Variable` must be a Python number, not {describe(c)}")
-    return RPow(_number(c))(x)
-
-
-def sum_to(x: Any, shape: tuple) -> Variable:
-    """Sum x down to `shape`; the backward of broadcasting."""
-    x = as_variable(x)
-    if x.shape == tuple(shape):
-        return x
-    return SumTo(shape)(x)
-
-
-def broadcast_to(x: Any, shape: tuple) -> Variable:
-    """Broadcast x to `shape`."""
-    x = as_variable(x)
-    if x.shape == tuple(shape):
-        return x
-    return BroadcastTo(shape)(x)

@@ -1,6 +1,6 @@
 """Differentiable functions, DeZero's `dezero.functions` (import as `F`)."""
 
-from xdezero.core import add, div, mul, neg, pow, rdiv, rsub, sub
+from xdezero.core import operators
 from xdezero.functions.activation import (
     leaky_relu,
     log_softmax,
@@ -10,6 +10,7 @@ from xdezero.functions.activation import (
     softmax,
     softmax_simple,
 )
+from xdezero.functions.arithmetic import add, div, mul, neg, pow, rdiv, rpow, rsub, sub
 from xdezero.functions.conv import (
     average_pooling,
     col2im,
@@ -107,3 +108,19 @@ __all__ = [
     "softmax_cross_entropy_simple",
     "softmax_simple",
 ]
+
+# Variable's operators and shape methods call these (core sits below this package and cannot import it).
+operators.install(
+    add=add,
+    sub=sub,
+    mul=mul,
+    div=div,
+    neg=neg,
+    pow=pow,
+    rpow=rpow,
+    matmul=matmul,
+    get_item=get_item,
+    reshape=reshape,
+    transpose=transpose,
+    sum=sum,
+)
