@@ -56,7 +56,7 @@ def test_sequential_rejects_non_callables():
 def test_model_plot_draws_the_graph_of_forward(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr(
-        xdezero.utils, "plot_dot_graph", lambda y, verbose, to_file: calls.append((y, verbose, to_file))
+        xdezero.models, "plot_dot_graph", lambda y, verbose, to_file: calls.append((y, verbose, to_file))
     )
     model = M.MLP((3, 2))
     target = str(tmp_path / "g.png")

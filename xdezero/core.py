@@ -1,8 +1,8 @@
 """The define-by-run engine: Variable, Parameter, Function, and the heap-ordered backward pass.
 
-Nothing else lives here. The ops behind Variable's operators are in `xdezero.functions` (above this module):
-`xdezero.functions.arithmetic` hands them to `operators` below when it is imported, which `import xdezero`
-always does first. The engine keeps only the two ops its own backward pass needs: Copy and Cast.
+Nothing else lives here. The ops behind Variable's operators live in `xdezero.functions`, above this module:
+that package hands them to `operators` below when it is imported, which `import xdezero` always does first.
+The engine keeps only the two ops its own backward pass needs: Copy and Cast.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from xdezero._config import enable_backprop_flag, using_config
+from xdezero.backends import NAMESPACES as _NAMESPACES
 from xdezero.backends import array_namespace, as_array_data, memory_key, to_cpu, to_device, to_gpu
-from xdezero.backends._namespace import NAMESPACES as _NAMESPACES
 
 __all__ = ["Variable", "Parameter", "Function", "as_variable", "as_array"]
 
@@ -27,7 +27,7 @@ class _Operators:
     """The functions behind Variable's operators and shape methods, supplied by `xdezero.functions`."""
 
     __slots__ = (
-        "add", "sub", "mul", "div", "neg", "pow", "rpow",
+        "add", "sub", "mul", "div", "neg", "pow", "rpow", "rsub", "rdiv", "sum_to", "broadcast_to",
         "matmul", "get_item", "reshape", "transpose", "sum",
     )  # fmt: skip
 
@@ -40,11 +40,9 @@ operators = _Operators()
 
 
 def __getattr__(name: str) -> Any:
-    # DeZero's `dezero.core` exports its arithmetic (add, mul, ...); here they live in xdezero.functions.
+    # DeZero's `dezero.core` exports its arithmetic (add, mul, ...); here it lives in xdezero.functions.
     if name in ("add", "sub", "rsub", "mul", "div", "rdiv", "neg", "pow", "sum_to", "broadcast_to"):
-        import xdezero.functions.arithmetic as arithmetic  # once per lookup of a DeZero name, never per op
-
-        return getattr(arithmetic, name)
+        return getattr(operators, name)
     raise AttributeError(f"module 'xdezero.core' has no attribute {name!r}")
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from xdezero import backends
+from xdezero.core import Variable
 
 # gpu_enable is a lazy module attribute (see __getattr__), invisible to static analysis.
 __all__ = ["gpu_enable", "get_array_module", "as_numpy", "as_cupy"]  # noqa: F822
@@ -34,8 +35,6 @@ def __getattr__(name: str) -> Any:
 
 
 def _data(x: Any) -> Any:
-    from xdezero.core import Variable  # local: keeps this module importable from anywhere below core
-
     return x.data if isinstance(x, Variable) else x
 
 

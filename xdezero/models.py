@@ -11,6 +11,7 @@ import numpy as np
 import xdezero.functions as F
 from xdezero.core import Variable
 from xdezero.layers import BatchNorm, Conv2d, Layer, Linear
+from xdezero.visualize import plot_dot_graph
 
 __all__ = ["Model", "Sequential", "MLP", "VGG16", "ResNet", "ResNet50", "ResNet101", "ResNet152"]
 
@@ -20,8 +21,6 @@ class Model(Layer):
 
     def plot(self, *inputs: Any, to_file: str = "model.png") -> Any:
         """Run forward on `inputs` and draw the graph of the result with Graphviz (`dot` must be installed)."""
-        from xdezero.utils import plot_dot_graph  # plotting is optional: import it only when asked
-
         y = self.forward(*inputs)
         return plot_dot_graph(y, verbose=True, to_file=to_file)
 

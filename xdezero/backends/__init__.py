@@ -11,6 +11,7 @@ from xdezero.backends._im2col import (
     windows,
 )
 from xdezero.backends._namespace import (
+    NAMESPACES,
     array_namespace,
     as_array_data,
     describe,
@@ -29,6 +30,7 @@ from xdezero.backends._random import seed, uniform
 from xdezero.backends._scatter import flat_positions, scatter_add, segment_sum
 
 __all__ = [
+    "NAMESPACES",
     "add_windows",
     "array_namespace",
     "as_array_data",

@@ -114,9 +114,7 @@ def memory_key(x: Any) -> Any:
 def get_array_module(x: Any) -> ModuleType:
     """DeZero's helper: `cupy` for CuPy arrays, `numpy` for NumPy arrays and everything else that is not an
     array; the array-API namespace for other libraries."""
-    from xdezero.core import Variable  # local: backends sit below core
-
-    if isinstance(x, Variable):
+    if not is_array(x) and hasattr(x, "data"):  # a Variable (backends sit below core and do not import it)
         x = x.data
     if x is None or isinstance(x, np.ndarray | np.generic) or not is_array(x):
         return np

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from xdezero.backends import array_namespace, check_ids
-from xdezero.core import Function, Variable, as_variable, sum_to
+from xdezero.core import Function, Variable, as_variable
+from xdezero.functions.arithmetic import sum_to
 from xdezero.functions.shape import GetItem, matmul
 
 __all__ = ["linear", "linear_simple", "embed_id"]

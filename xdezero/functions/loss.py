@@ -6,8 +6,9 @@ import math
 from typing import Any
 
 from xdezero.backends import array_namespace, check_ids, describe, device_of
-from xdezero.core import Function, Variable, as_variable, sum_to
+from xdezero.core import Function, Variable, as_variable
 from xdezero.functions.activation import sigmoid, softmax
+from xdezero.functions.arithmetic import sum_to
 from xdezero.functions.math import log
 from xdezero.functions.reduce import clip
 from xdezero.functions.shape import GetItem, sum

@@ -6,7 +6,8 @@ import math
 from typing import Any
 
 from xdezero.backends import array_namespace
-from xdezero.core import Function, Variable, as_variable, broadcast_to
+from xdezero.core import Function, Variable, as_variable
+from xdezero.functions.arithmetic import broadcast_to
 from xdezero.functions.shape import normalize_axis, reshape
 
 __all__ = ["max", "min", "clip", "logsumexp", "max_backward_shape"]

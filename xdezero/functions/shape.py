@@ -7,7 +7,8 @@ import math
 from typing import Any
 
 from xdezero.backends import check_ids, check_index_arrays, device_of, scatter_add
-from xdezero.core import Function, Variable, as_variable, broadcast_to, sum_to
+from xdezero.core import Function, Variable, as_variable
+from xdezero.functions.arithmetic import broadcast_to, sum_to
 
 __all__ = [
     "reshape",
