@@ -215,3 +215,13 @@ def test_softmax_cross_entropy_simple_with_an_underflowing_class_is_finite(xp, d
     y.backward()
     assert np.isfinite(to_numpy(xp.astype(y.data, xp.float32)))
     assert np.isfinite(to_numpy(xp.astype(x.grad.data, xp.float32))).all()
+
+
+def test_log_softmax_keeps_float32_precision_at_large_logits(xp):
+    # x - logsumexp(x) rounded at the scale of the max: 3e-5 off at x = 1000 in float32.
+    x_np = np.array([[1000.0, 1000.0], [1000.0, 999.0], [-1000.0, -1001.0]])
+    y = F.log_softmax(Variable(asarray(xp, x_np, dtype="float32")))
+    m = x_np.max(axis=1, keepdims=True)
+    expected = x_np - m - np.log(np.exp(x_np - m).sum(axis=1, keepdims=True))
+    assert y.dtype == xp.float32
+    np.testing.assert_allclose(to_numpy(y), expected, rtol=1e-6)
