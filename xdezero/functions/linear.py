@@ -68,13 +68,12 @@ def linear_simple(x: Any, W: Any, b: Any = None) -> Variable:
 
 
 def embed_id(x: Any, W: Any) -> Variable:
-    """W[x]: the rows of W picked by integer ids x (any shape, any integer dtype); repeated ids accumulate.
-    As in DeZero (W[x]), an id in [-V, 0) counts from the end of the vocabulary V; any other raises ValueError."""
+    """W[x]: the rows of W picked by integer ids x in [0, V) (any shape, any integer dtype); repeated ids accumulate.
+    Unlike DeZero's W[x], a negative id is a ValueError, not a row counted from the end (-1 is a common padding id)."""
     ids = x.data if isinstance(x, Variable) else x
     if not hasattr(ids, "dtype") or not array_namespace(ids).isdtype(ids.dtype, "integral"):
         raise TypeError(f"embed_id: x must be an integer array of ids, got {getattr(ids, 'dtype', type(ids))}")
     W = as_variable(W)
     if W.ndim != 2:
         raise ValueError(f"embed_id: W must be a 2-D (vocabulary, dim) array, got shape {W.shape}")
-    vocabulary = W.shape[0]
-    return GetItem(check_ids(ids, -vocabulary, vocabulary, "embed_id"), where="embed_id", checked=True)(W)
+    return GetItem(check_ids(ids, 0, W.shape[0], "embed_id"), where="embed_id", checked=True)(W)
