@@ -7,8 +7,9 @@ Workloads
   chain-0d    y = sin(y) * 1.01, 10,000 times, on a 0-d float64 array; forward + backward, µs per iteration
   chain-1k    the same on a 1,000-element float64 array
   fanout-N    x fanned into N branches sin(x * c_i), summed by a balanced tree; backward µs per graph node
-  memory      y = sin(y) * 1.01 for 200 ops on a 10⁶-element float32 array: MiB held at the end of forward,
-              each framework measured in a fresh subprocess (resident memory growth)
+  memory      y = sin(y) * c for 200 ops on a 10⁶-element float32 array, c = 1.01 and c = np.float32(1.01):
+              MiB held at the end of forward, each framework measured in a fresh subprocess (resident memory
+              growth); a NumPy scalar is a constant like a Python number, so it keeps no extra array alive
 """
 
 from __future__ import annotations
@@ -118,32 +119,35 @@ import gc, json, os, sys
 def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-framework, n_ops, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+framework, n_ops, size, constant = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+import numpy as np
+c = np.float32(1.01) if constant == "numpy" else 1.01
 if framework == "torch":
     import torch
     x = torch.full((size,), 0.5, dtype=torch.float32, requires_grad=True)
     sin = torch.sin
 else:
-    import numpy as np, xdezero, xdezero.functions as F
+    import xdezero, xdezero.functions as F
     x = xdezero.Variable(np.full(size, 0.5, dtype=np.float32))
     sin = F.sin
-warm = sin(x) * 1.01  # warm up (loads kernels, starts pools) before measuring
+warm = sin(x) * c  # warm up (loads kernels, starts pools) before measuring
 del warm
 gc.collect()
 before = rss()
 y = x
 for _ in range(n_ops // 2):
-    y = sin(y) * 1.01
+    y = sin(y) * c
 gc.collect()
 print(json.dumps({"held_mb": (rss() - before) / 2**20}))
 """
 
 
-def memory_held(framework: str, n_ops: int = 200, size: int = 10**6) -> float:
+def memory_held(framework: str, constant: str = "python", n_ops: int = 200, size: int = 10**6) -> float:
     # A fixed mmap threshold makes every large buffer its own mapping, returned to the OS when freed, so the
     # resident-memory growth is the memory actually held (glibc's adaptive threshold would keep freed buffers).
     env = {"MALLOC_MMAP_THRESHOLD_": "65536"}
-    return json.loads(run_python("-c", _MEMORY_SCRIPT, framework, str(n_ops), str(size), env=env))["held_mb"]
+    args = (framework, str(n_ops), str(size), constant)
+    return json.loads(run_python("-c", _MEMORY_SCRIPT, *args, env=env))["held_mb"]
 
 
 def _worker(framework: str, workload: str) -> float:
@@ -192,9 +196,10 @@ def main() -> None:
             ours.append(_in_subprocess("xdezero", workload))
             ref.append(_in_subprocess("torch", workload))
         rows.append((label, statistics.median(ours), statistics.median(ref)))
-    mem_ours = statistics.median(memory_held("xdezero") for _ in range(rounds))
-    mem_ref = statistics.median(memory_held("torch") for _ in range(rounds))
-    rows.append(("memory 200 ops x 1e6 f32 (MiB held)", mem_ours, mem_ref))
+    for constant, label in (("python", "1.01"), ("numpy", "np.float32(1.01)")):
+        mem_ours = statistics.median(memory_held("xdezero", constant) for _ in range(rounds))
+        mem_ref = statistics.median(memory_held("torch", constant) for _ in range(rounds))
+        rows.append((f"memory, c = {label} (MiB held)", mem_ours, mem_ref))
 
     print(f"{'workload':36} {'xdezero':>10} {'torch':>10} {'ratio':>7}")
     for label, ours, ref in rows:

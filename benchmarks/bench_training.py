@@ -3,9 +3,11 @@
     python benchmarks/bench_training.py                  # CPU: xdezero on NumPy vs torch CPU
     python benchmarks/bench_training.py --device cuda    # GPU: xdezero on CuPy vs torch CUDA
     python benchmarks/bench_training.py --threads 0      # leave both libraries' thread counts alone
+    python benchmarks/bench_training.py --only cnn-28    # one CPU workload
 
 Workloads (float32, sigmoid hidden layers, softmax cross-entropy, SGD lr=0.1)
   cpu   mlp-spiral   2 → 1000 → 3, batch 300 (the spiral data set)
+  cpu   cnn-28       conv 3×3 1→16, relu, conv 3×3 16→32, relu, max pooling 2×2, linear → 10; batch 64 of 28×28
   cuda  mlp-mnist    784 → 1000 → 1000 → 10, batch 100
   cuda  wide-4096    4096 → 4096 (one linear layer, 4096 classes), batch 4096
 
@@ -57,6 +59,9 @@ def _interleaved_medians(steps, syncs, repeats: int, warmup: int) -> list[float]
 def _data(sizes: tuple[int, ...], batch: int, spiral: bool):
     import numpy as np
 
+    if sizes == CNN:
+        rng = np.random.default_rng(0)
+        return rng.standard_normal((batch, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, size=batch)
     if spiral:
         from xdezero.datasets import get_spiral
 
@@ -75,7 +80,7 @@ def xdezero_step(sizes: tuple[int, ...], x_np, t_np, gpu: bool):
     from xdezero.backends import to_gpu
 
     np.random.seed(0)
-    model = models.MLP(sizes[1:], activation=F.sigmoid)
+    model = _xdezero_cnn() if sizes == CNN else models.MLP(sizes[1:], activation=F.sigmoid)
     optimizer = optimizers.SGD(lr=0.1).setup(model)
     x, t = (to_gpu(x_np), to_gpu(t_np)) if gpu else (x_np, t_np)
     if gpu:
@@ -90,12 +95,50 @@ def xdezero_step(sizes: tuple[int, ...], x_np, t_np, gpu: bool):
     return step
 
 
+CNN = ("cnn",)  # the `sizes` of the CNN workload
+
+
+def _xdezero_cnn():
+    import xdezero.functions as F
+    import xdezero.layers as L
+    from xdezero import models
+
+    class SmallCNN(models.Model):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = L.Conv2d(16, kernel_size=3, pad=1, in_channels=1)
+            self.conv2 = L.Conv2d(32, kernel_size=3, pad=1, in_channels=16)
+            self.fc = L.Linear(10, in_size=32 * 14 * 14)
+
+        def forward(self, x):
+            h = F.relu(self.conv2(F.relu(self.conv1(x))))
+            h = F.pooling(h, 2, 2)
+            return self.fc(F.reshape(h, (h.shape[0], -1)))
+
+    return SmallCNN()
+
+
+def _torch_cnn(torch):
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2, 2),
+        nn.Flatten(),
+        nn.Linear(32 * 14 * 14, 10),
+    )
+
+
 def torch_step(sizes: tuple[int, ...], x_np, t_np, device: str):
     import torch
 
     torch.manual_seed(0)
     layers = []
-    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
+    if sizes == CNN:
+        layers.append(_torch_cnn(torch))
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes) if sizes != CNN else ()):
         if i:
             layers.append(torch.nn.Sigmoid())
         layers.append(torch.nn.Linear(n_in, n_out))
@@ -131,7 +174,7 @@ def _require_gpu() -> None:
         sys.exit("bench_training --device cuda needs " + " and ".join(problems) + "; none found here")
 
 
-CPU_WORKLOADS = {"mlp-spiral": ((2, 1000, 3), 300, True)}
+CPU_WORKLOADS = {"mlp-spiral": ((2, 1000, 3), 300, True), "cnn-28": (CNN, 64, False)}
 
 
 def _separate_medians(name: str, args: argparse.Namespace) -> list[float]:
@@ -166,6 +209,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=200, help="timed steps per workload (default 200)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for NumPy and torch (0: defaults)")
     parser.add_argument("--malloc", choices=["pinned", "default"], default="pinned", help="see above")
+    parser.add_argument("--only", choices=list(CPU_WORKLOADS), help="run one CPU workload")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     _set_threads(args.threads)
@@ -185,7 +229,7 @@ def main() -> None:
 
         sync_torch = torch.cuda.synchronize
     else:
-        workloads = [(name, *spec) for name, spec in CPU_WORKLOADS.items()]
+        workloads = [(name, *spec) for name, spec in CPU_WORKLOADS.items() if args.only in (None, name)]
 
         def sync_ours():
             pass
@@ -209,7 +253,7 @@ def main() -> None:
             ref_step = torch_step(sizes, x, t, "cuda" if args.device == "cuda" else "cpu")
             warmup = max(5, args.repeats // 10)
             ours, ref = _interleaved_medians([ours_step, ref_step], [sync_ours, sync_torch], args.repeats, warmup)
-        label = f"{name} {'→'.join(map(str, sizes))} b{batch}"
+        label = f"{name} {'→'.join(map(str, sizes)) if sizes != CNN else '28×28'} b{batch}"
         print(f"{label:28} {ours:10.1f} {ref:10.1f} {ours / ref:7.2f}")
 
 

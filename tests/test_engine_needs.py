@@ -121,3 +121,49 @@ def test_the_seed_gradient_is_a_constant(xp):
     x.cleargrad()
     gx.backward()
     assert float(to_numpy(x.grad)) == 12.0
+
+
+def _op_cases(xp):
+    rng = np.random.default_rng(0)
+    a = lambda *shape: asarray(xp, rng.standard_normal(shape))  # noqa: E731
+    return {
+        "linear": (lambda x, W, b: F.linear(x, W, b), [a(4, 3), a(3, 2), a(2)]),
+        "matmul": (lambda x, W: F.matmul(x, W), [a(2, 4, 3), a(3, 5)]),
+        "conv2d": (lambda x, W, b: F.conv2d(x, W, b, pad=1), [a(2, 3, 5, 5), a(4, 3, 3, 3), a(4)]),
+        "deconv2d": (lambda x, W, b: F.deconv2d(x, W, b, stride=2), [a(2, 3, 4, 4), a(3, 2, 3, 3), a(2)]),
+    }
+
+
+@pytest.mark.parametrize("op", ["linear", "matmul", "conv2d", "deconv2d"])
+def test_parametric_ops_are_asked_only_for_needed_gradients(xp, op):
+    fn, arrays = _op_cases(xp)[op]
+    for wanted in range(len(arrays)):
+        inputs = [Variable(a) if i == wanted else a for i, a in enumerate(arrays)]
+        y = fn(*inputs)
+        f = y.creator
+        assert f.needs_grad == tuple(i == wanted for i in range(len(arrays)))
+        gxs = f.backward(Variable(xp.ones_like(y.data)))
+        assert [g is not None for g in gxs] == [i == wanted for i in range(len(arrays))], (op, wanted)
+        # ... and the one computed is the gradient the full computation gives
+        full = [Variable(a) for a in arrays]
+        y_full = fn(*full)
+        y_full.backward()
+        np.testing.assert_allclose(to_numpy(gxs[wanted]), to_numpy(full[wanted].grad), rtol=1e-10, atol=1e-12)
+
+
+def test_a_cnn_does_not_compute_the_gradient_of_its_input_images(monkeypatch):
+    import xdezero.functions.conv as conv
+    import xdezero.layers as L
+
+    calls = []
+    for name in ("deconv2d", "Conv2DGrad"):
+        original = getattr(conv, name)
+        monkeypatch.setattr(conv, name, lambda *a, _o=original, _n=name, **k: calls.append(_n) or _o(*a, **k))
+    layer = L.Conv2d(4, kernel_size=3, pad=1, in_channels=2)
+    images = np.random.default_rng(0).standard_normal((3, 2, 6, 6))
+    F.sum(layer(images)).backward()
+    assert calls == [] and layer.W.grad is not None and layer.b.grad is not None
+    layer.cleargrads()
+    x = Variable(images)
+    F.sum(layer(x)).backward()
+    assert calls == ["Conv2DGrad"] and x.grad is not None

@@ -108,6 +108,8 @@ def _check_bias(name: str, b: Variable | None, channels: int) -> None:
 class Conv2d(Function):
     """y = W ⋆ x + b (cross-correlation); dy/dx = deconv2d(gy, W), dy/dW = conv2d_grad_w(x, gy), dy/db = Σ gy."""
 
+    inputs_read = ((1,), (0,), ())  # gx reads W, gW reads x, gb reads neither
+
     def __init__(self, stride: Pair, pad: Pair):
         self.stride = stride
         self.pad = pad
@@ -115,16 +117,25 @@ class Conv2d(Function):
     def forward(self, x, W, b=None):
         xp = self.xp
         oc = W.shape[0]
-        plan = column_plan(x, tuple(x.shape), tuple(W.shape[2:]), self.stride, self.pad)
+        self.x_hw, self.kernel = tuple(x.shape[2:]), tuple(W.shape[2:])
+        plan = column_plan(x, tuple(x.shape), self.kernel, self.stride, self.pad)
         # One GEMM (OC, C·KH·KW) @ (C·KH·KW, M); the bias is added in the one copy back to NCHW.
         return plan.to_images(plan.conv(xp.reshape(W, (oc, -1)), x), b)
 
     def backward(self, gy):
+        # Only what is needed: images given as data (a CNN's input) need no deconvolution.
         x, W = self.inputs[:2]
-        gx, gW = Conv2DGrad(W.shape[2:], self.stride, self.pad)(x, W, gy)
-        if len(self.inputs) == 2:
+        needs = self.needs_grad
+        geometry = {"stride": self.stride, "pad": self.pad}
+        if needs[0] and needs[1]:
+            gx, gW = Conv2DGrad(self.kernel, self.stride, self.pad)(x, W, gy)
+        elif needs[0]:
+            gx, gW = deconv2d(gy, W, outsize=self.x_hw, **geometry), None
+        else:
+            gx, gW = None, (Conv2DGradW(self.kernel, self.stride, self.pad)(x, gy) if needs[1] else None)
+        if len(needs) == 2:
             return gx, gW
-        return gx, gW, sum(gy, axis=(0, 2, 3))
+        return gx, gW, sum(gy, axis=(0, 2, 3)) if needs[2] else None
 
 
 class Conv2DGrad(Function):
@@ -146,18 +157,23 @@ class Conv2DGrad(Function):
         return gx, xp.reshape(gW, (oc, c, *self.kernel))
 
     def backward(self, ggx, ggW):
-        # An output nobody kept has no gradient (None): its terms vanish.
+        # An output nobody kept has no gradient (None): its terms vanish; so do those of inputs needing none.
         x, W, gy = self.inputs
+        need_x, need_W, need_gy = self.needs_grad
         geometry = {"stride": self.stride, "pad": self.pad}
         d_x = d_W = None
         d_gy = []
         if ggx is not None:
-            d_W = Conv2DGradW(self.kernel, self.stride, self.pad)(ggx, gy)
-            d_gy.append(conv2d(ggx, W, **geometry))
+            if need_W:
+                d_W = Conv2DGradW(self.kernel, self.stride, self.pad)(ggx, gy)
+            if need_gy:
+                d_gy.append(conv2d(ggx, W, **geometry))
         if ggW is not None:
-            d_x = deconv2d(gy, ggW, outsize=x.shape[2:], **geometry)
-            d_gy.append(conv2d(x, ggW, **geometry))
-        return d_x, d_W, (d_gy[0] + d_gy[1] if len(d_gy) == 2 else d_gy[0])
+            if need_x:
+                d_x = deconv2d(gy, ggW, outsize=x.shape[2:], **geometry)
+            if need_gy:
+                d_gy.append(conv2d(x, ggW, **geometry))
+        return d_x, d_W, (d_gy[0] + d_gy[1] if len(d_gy) == 2 else d_gy[0] if d_gy else None)
 
 
 class Deconv2d(Function):
@@ -172,20 +188,24 @@ class Deconv2d(Function):
         xp = self.xp
         c, oc = W.shape[:2]
         n = x.shape[0]
-        plan = column_plan(x, (n, oc, *self.outsize), tuple(W.shape[2:]), self.stride, self.pad)
+        self.kernel = tuple(W.shape[2:])
+        plan = column_plan(x, (n, oc, *self.outsize), self.kernel, self.stride, self.pad)
         Wt = xp.permute_dims(xp.reshape(W, (c, -1)), (1, 0))
         y = plan.deconv(Wt, plan.from_images(x))
         if b is not None:
             y = y + xp.reshape(b, (oc, 1, 1))
         return y
 
+    inputs_read = ((1,), (0,), ())  # gx reads W, gW reads x, gb reads neither
+
     def backward(self, gy):
         x, W = self.inputs[:2]
-        gx = conv2d(gy, W, stride=self.stride, pad=self.pad)
-        gW = Conv2DGradW(W.shape[2:], self.stride, self.pad)(gy, x)
-        if len(self.inputs) == 2:
+        needs = self.needs_grad
+        gx = conv2d(gy, W, stride=self.stride, pad=self.pad) if needs[0] else None
+        gW = Conv2DGradW(self.kernel, self.stride, self.pad)(gy, x) if needs[1] else None
+        if len(needs) == 2:
             return gx, gW
-        return gx, gW, sum(gy, axis=(0, 2, 3))
+        return gx, gW, sum(gy, axis=(0, 2, 3)) if needs[2] else None
 
 
 class Conv2DGradW(Function):
@@ -207,8 +227,9 @@ class Conv2DGradW(Function):
 
     def backward(self, ggW):
         x, gy = self.inputs
-        gx = deconv2d(gy, ggW, stride=self.stride, pad=self.pad, outsize=x.shape[2:])
-        ggy = conv2d(x, ggW, stride=self.stride, pad=self.pad)
+        need_x, need_gy = self.needs_grad
+        gx = deconv2d(gy, ggW, stride=self.stride, pad=self.pad, outsize=x.shape[2:]) if need_x else None
+        ggy = conv2d(x, ggW, stride=self.stride, pad=self.pad) if need_gy else None
         return gx, ggy
 
 

@@ -27,11 +27,14 @@ def _check_linear(x: Any, W: Any, b: Any) -> None:
 class Linear(Function):
     """y = x W + b; dy/dx = gy Wᵀ, dy/dW = xᵀ gy, dy/db = Σₙ gy."""
 
+    inputs_read = ((1,), (0,), ())  # gx reads W, gW reads x, gb reads neither
+
     def forward(self, x, W, b=None):
         # One node instead of matmul + add: the common 2-D layer case, without the intermediate x W.
         y = self.xp.matmul(x, W)
         if b is None:
             return y
+        self.b_shape = tuple(b.shape)
         if b.dtype == y.dtype:
             y += b  # y is this call's own fresh array (JAX rebinds)
             return y
@@ -39,11 +42,12 @@ class Linear(Function):
 
     def backward(self, gy):
         x, W = self.inputs[:2]
-        gx = matmul(gy, W.T)
-        gW = matmul(x.T, gy)
-        if len(self.inputs) == 2:
+        needs = self.needs_grad
+        gx = matmul(gy, W.T) if needs[0] else None  # none for data fed to the first layer
+        gW = matmul(x.T, gy) if needs[1] else None
+        if len(needs) == 2:
             return gx, gW
-        return gx, gW, sum_to(gy, self.inputs[2].shape)
+        return gx, gW, sum_to(gy, self.b_shape) if needs[2] else None
 
 
 def linear(x: Any, W: Any, b: Any = None) -> Variable:

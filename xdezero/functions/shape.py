@@ -319,18 +319,22 @@ def _swap_last(v: Variable) -> Variable:
 class MatMul(Function):
     """y = x @ W (batched, broadcasting); dy/dx = gy @ Wᵀ, dy/dW = xᵀ @ gy."""
 
+    inputs_read = ((1,), (0,))
+
     def forward(self, x, W):
         if x.ndim < 2 or W.ndim < 2 or x.shape[-1] != W.shape[-2]:
             raise ValueError(
                 f"matmul: shapes {tuple(x.shape)} and {tuple(W.shape)} do not align "
                 "(the last dimension of the first must equal the second-to-last of the second)"
             )
+        self.shapes = (tuple(x.shape), tuple(W.shape))
         return self.xp.matmul(x, W)
 
     def backward(self, gy):
         x, W = self.inputs
-        gx = sum_to(matmul(gy, _swap_last(W)), x.shape)
-        gW = sum_to(matmul(_swap_last(x), gy), W.shape)
+        need_x, need_W = self.needs_grad
+        gx = sum_to(matmul(gy, _swap_last(W)), self.shapes[0]) if need_x else None
+        gW = sum_to(matmul(_swap_last(x), gy), self.shapes[1]) if need_W else None
         return gx, gW
 
 
