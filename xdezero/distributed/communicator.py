@@ -237,7 +237,7 @@ class Communicator:
             views = _unpack(out, [tuple(a.shape) for a in arrays] + [(len(group),)])
             seen = to_numpy(views[-1])
             for p, view, count in zip(group, views, seen):
-                p.grad = Variable(view) if count > 0 else None
+                p.grad = Variable(view, requires_grad=False) if count > 0 else None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} rank {self.rank} of {self.size}>"
