@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from xdezero.backends import to_gpu as _to_gpu
-from xdezero.transforms import _make_rng
+from xdezero.transforms import make_rng
 
 __all__ = ["DataLoader", "SeqDataLoader"]
 
@@ -51,7 +51,7 @@ class DataLoader:
         self.gpu = gpu
         self.data_size = len(dataset)
         self.max_iter = math.ceil(self.data_size / self.batch_size)
-        self.rng = _make_rng(seed) if shuffle else None
+        self.rng = make_rng(seed) if shuffle else None
         self.reset()
 
     def reset(self) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 import xdezero.functions as F
 from xdezero.backends import array_namespace, device_of, to_cpu, to_device, to_gpu, to_numpy
 from xdezero.core import Parameter, Variable
+from xdezero.functions.conv import pair
 
 __all__ = ["Layer", "Linear", "Conv2d", "Deconv2d", "RNN", "LSTM", "EmbedID", "BatchNorm"]
 
@@ -55,16 +56,6 @@ def _size(owner: str, name: str, value: Any) -> int:
     if value < 1:
         raise ValueError(f"{owner}: {name} must be a positive integer (>= 1), got {value}")
     return int(value)
-
-
-def _pair(x: int | tuple[int, int], what: str) -> tuple[int, int]:
-    """(x, x) for an int, x for a pair of ints; each must be >= 1."""
-    pair = (x, x) if isinstance(x, int) else x
-    if not (isinstance(pair, tuple | list) and len(pair) == 2 and all(type(v) is int for v in pair)):
-        raise ValueError(f"{what} must be an int or a pair of ints, got {x!r}")
-    if min(pair) < 1:
-        raise ValueError(f"{what} must be positive, got {x!r}")
-    return (pair[0], pair[1])
 
 
 def _weak(x: Any) -> weakref.ref | Callable[[], None]:
@@ -375,7 +366,7 @@ class _ConvBase(Layer):
         self.stride = stride
         self.pad = pad
         self.dtype = dtype
-        self._kernel = _pair(kernel_size, f"{owner}: kernel_size")
+        self._kernel = pair(kernel_size, f"{owner}: kernel_size", minimum=1)
         self.W = _lazy_parameter("W", self._w_shape(in_channels), dtype)
         if in_channels is not None:
             self._init_W()

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from xdezero.functions.conv import pair
+
 __all__ = [
     "Compose",
     "Normalize",
@@ -35,14 +37,6 @@ def _pil_image() -> Any:
             "the image transforms of xdezero.transforms need Pillow; install it with `pip install pillow`"
         ) from None
     return Image
-
-
-def _pair(size: int | Sequence[int], name: str) -> tuple[int, int]:
-    if isinstance(size, int):
-        return size, size
-    if len(size) == 2:
-        return int(size[0]), int(size[1])
-    raise ValueError(f"{name}: size must be an int or a (width, height) pair, got {size!r}")
 
 
 class Compose:
@@ -139,7 +133,7 @@ class Resize:
 
     def __init__(self, size: int | Sequence[int], mode: Any = None) -> None:
         Image = _pil_image()
-        self.size = _pair(size, "Resize")
+        self.size = pair(size, "Resize: size")
         self.mode = Image.Resampling.BILINEAR if mode is None else mode
 
     def __call__(self, img: Any) -> Any:
@@ -151,7 +145,7 @@ class CenterCrop:
 
     def __init__(self, size: int | Sequence[int]) -> None:
         _pil_image()
-        self.size = _pair(size, "CenterCrop")
+        self.size = pair(size, "CenterCrop: size")
 
     def __call__(self, img: Any) -> Any:
         width, height = img.size
@@ -205,7 +199,7 @@ class RandomHorizontalFlip:
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"RandomHorizontalFlip: p must be a probability in [0, 1], got {p}")
         self.p = p
-        self.rng = _make_rng(seed)
+        self.rng = make_rng(seed)
 
     def __call__(self, img: Any) -> Any:
         if self.rng.random() >= self.p:
@@ -215,7 +209,7 @@ class RandomHorizontalFlip:
         return img.transpose(_pil_image().Transpose.FLIP_LEFT_RIGHT)
 
 
-def _make_rng(seed: int | np.random.Generator | None) -> np.random.Generator:
+def make_rng(seed: int | np.random.Generator | None) -> np.random.Generator:
     """A private Generator: from `seed`, or seeded by drawing (never re-seeding) from NumPy's global RNG."""
     if isinstance(seed, np.random.Generator):
         return seed

@@ -5,6 +5,7 @@ from xdezero.backends._im2col import (
     add_windows,
     col2im,
     col2im_matrix,
+    column_plan,
     im2col,
     im2col_matrix,
     pad_images,
@@ -32,6 +33,7 @@ from xdezero.backends._scatter import flat_positions, scatter_add, segment_sum
 __all__ = [
     "NAMESPACES",
     "add_windows",
+    "column_plan",
     "array_namespace",
     "as_array_data",
     "check_ids",

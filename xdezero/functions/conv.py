@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Sequence
 from typing import Any
 
-from xdezero.backends import add_windows, array_namespace, device_of, windows
+from xdezero.backends import add_windows, array_namespace, column_plan, device_of, windows
 from xdezero.backends import col2im as col2im_array
 from xdezero.backends import im2col as im2col_array
-from xdezero.backends._im2col import column_plan
 from xdezero.core import Function, Variable, as_variable
 from xdezero.functions.shape import matmul, reshape, sum, transpose
 
@@ -35,15 +35,24 @@ __all__ = [
 Pair = tuple[int, int]
 
 
-def pair(x: int | tuple[int, int]) -> tuple[int, int]:
-    """Return ``(x, x)`` for an int, ``x`` itself for a pair."""
-    if isinstance(x, tuple | list) and len(x) == 2:
-        return (operator.index(x[0]), operator.index(x[1]))
+def pair(x: int | Sequence[int], what: str = "pair", minimum: int | None = None) -> tuple[int, int]:
+    """``(x, x)`` for an int, ``(x[0], x[1])`` for a pair of ints; each at least `minimum` when given.
+
+    The one helper behind kernel sizes, strides and pads here, in the layers and in the image transforms;
+    `what` names the argument in the error message.
+    """
     try:
-        x = operator.index(x)
+        if isinstance(x, Sequence) and not isinstance(x, str):
+            if len(x) != 2:
+                raise TypeError
+            result = (operator.index(x[0]), operator.index(x[1]))
+        else:
+            result = (operator.index(x),) * 2
     except TypeError:
-        raise ValueError(f"pair: expected an int or a pair of ints, got {x!r}") from None
-    return (x, x)
+        raise ValueError(f"{what} must be an int or a pair of ints, got {x!r}") from None
+    if minimum is not None and min(result) < minimum:
+        raise ValueError(f"{what} must be positive, got {x!r}" if minimum == 1 else f"{what} must be >= {minimum}")
+    return result
 
 
 def get_conv_outsize(input_size: int, kernel_size: int, stride: int, pad: int) -> int:

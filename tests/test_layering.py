@@ -1,0 +1,149 @@
+"""The package's import graph flows one way: backends and config, core, functions, layers, models, optimizers,
+data, command. A module may import modules of its own layer or below, never above; the lower layers import
+nothing of xdezero inside a function (no import on a hot path), and no module imports a private name of another.
+
+Run as a script (`python tests/test_layering.py`) it prints the graph, layer by layer.
+"""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "xdezero"
+
+# Lowest first. A module belongs to the first layer with a prefix that matches its dotted name.
+LAYERS = [
+    ("backends", ["xdezero._config", "xdezero.backends"]),
+    ("core", ["xdezero.core"]),
+    ("functions", ["xdezero.functions", "xdezero.functions_conv", "xdezero.visualize", "xdezero.testing"]),
+    ("layers", ["xdezero.layers"]),
+    ("models", ["xdezero.models"]),
+    ("optimizers", ["xdezero.optimizers"]),
+    ("data", ["xdezero.transforms", "xdezero.datasets", "xdezero.dataloaders", "xdezero.utils", "xdezero.cuda"]),
+    ("command", ["xdezero.distributed", "xdezero.cli", "xdezero.__main__", "xdezero"]),
+]
+# Layers whose functions must not import xdezero modules (they run on every op or every step).
+NO_INNER_IMPORTS = {"backends", "core", "functions", "layers", "optimizers"}
+
+
+def layer_of(module: str) -> int:
+    for rank, (_, prefixes) in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return rank
+    raise AssertionError(f"{module} belongs to no layer: add it to LAYERS in {__file__}")
+
+
+def modules() -> dict[str, pathlib.Path]:
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found[name] = path
+    return found
+
+
+def imports(path: pathlib.Path, module: str) -> list[tuple[str, list[str], bool]]:
+    """(imported module, names imported from it, whether the import sits inside a function or class)."""
+    tree = ast.parse(path.read_text())
+    top_level = set(map(id, tree.body))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            target = node.module or ""
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                target = f"{base}.{target}" if target else base
+            if target == "xdezero":  # `from xdezero import functions` imports the submodule
+                for alias in node.names:
+                    found.append((f"xdezero.{alias.name}", [], id(node) not in top_level))
+            elif target.startswith("xdezero"):
+                found.append((target, [a.name for a in node.names], id(node) not in top_level))
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("xdezero"):
+                    found.append((alias.name, [], id(node) not in top_level))
+    return found
+
+
+def _known(target: str, known: dict) -> str:
+    # `from xdezero import cuda` names a module; `from xdezero.core import Variable` names one inside it.
+    while target not in known and "." in target:
+        target = target.rpartition(".")[0]
+    return target
+
+
+def test_imports_flow_one_way():
+    known = modules()
+    back_edges = []
+    for module, path in known.items():
+        rank = layer_of(module)
+        for target, _, _ in imports(path, module):
+            target = _known(target, known)
+            if layer_of(target) > rank and target != "xdezero":
+                back_edges.append(f"{module} ({LAYERS[rank][0]}) imports {target} ({LAYERS[layer_of(target)][0]})")
+    assert not back_edges, "imports against the layering:\n" + "\n".join(back_edges)
+
+
+def test_no_xdezero_import_inside_functions_of_the_lower_layers():
+    known = modules()
+    inner = [
+        f"{module} imports {target} inside a function"
+        for module, path in known.items()
+        if LAYERS[layer_of(module)][0] in NO_INNER_IMPORTS
+        for target, _, nested in imports(path, module)
+        if nested
+    ]
+    assert not inner, "\n".join(inner)
+
+
+def test_no_private_name_is_imported_from_another_module():
+    known = modules()
+    private = [
+        f"{module} imports {name} from {target}"
+        for module, path in known.items()
+        for target, names, _ in imports(path, module)
+        for name in names
+        if name.startswith("_") and not name.startswith("__") and _known(target, known) != module
+    ]
+    assert not private, "\n".join(private)
+
+
+def test_private_modules_are_imported_only_inside_their_package():
+    known = modules()
+    outside = []
+    for module, path in known.items():
+        for target, _, _ in imports(path, module):
+            parts = target.split(".")
+            for i, part in enumerate(parts):
+                package = ".".join(parts[:i])
+                if part.startswith("_") and not part.startswith("__") and not module.startswith(package):
+                    outside.append(f"{module} imports {target}, private to {package}")
+    assert not outside, "\n".join(outside)
+
+
+def test_backends_import_nothing_above_them():
+    known = modules()
+    for module, path in known.items():
+        if layer_of(module) == 0:
+            for target, _, _ in imports(path, module):
+                assert layer_of(_known(target, known)) == 0, f"{module} imports {target}"
+
+
+def test_the_checker_finds_a_back_edge(tmp_path):
+    # The test above must be able to fail: core importing functions is exactly what it exists to catch.
+    path = tmp_path / "core.py"
+    path.write_text("from xdezero.functions import sin\n")
+    ((target, _, nested),) = imports(path, "xdezero.core")
+    assert layer_of(target) > layer_of("xdezero.core") and not nested
+
+
+if __name__ == "__main__":
+    known = modules()
+    for rank, (layer, _) in enumerate(LAYERS):
+        print(f"[{layer}]")
+        for module, path in known.items():
+            if layer_of(module) == rank:
+                targets = sorted({_known(t, known) for t, _, _ in imports(path, module)} - {module})
+                print(f"  {module} -> {', '.join(targets) or '-'}")
