@@ -2,7 +2,8 @@
 
 Nothing else lives here. The ops behind Variable's operators live in `xdezero.functions`, above this module:
 that package hands them to `operators` below when it is imported, which `import xdezero` always does first.
-The engine keeps only the two ops its own backward pass needs: Copy and Cast.
+The engine keeps only the two ops its own backward pass needs: Copy and Cast. It is one concern, kept in
+one file (a little over 500 lines) so that the call path and the backward loop can be read together.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 conv2d, deconv2d and the weight gradient are primitives (composing them from im2col + matmul would cost
 extra transposed copies of the column array); their backwards are each other, so every order of
 derivative is again a convolution.
+
+Over 500 lines on purpose: convolution, im2col and pooling share one geometry (pair, output sizes, the
+argument checks) and one window machinery, and read best side by side.
 """
 
 from __future__ import annotations
