@@ -25,7 +25,7 @@ from typing import Any, TextIO
 import numpy as np
 
 import xdezero
-from xdezero.backends import to_numpy
+from xdezero.backends import BackendUnavailable, cuda_devices, describe_library, library_converter, to_numpy
 
 __all__ = ["main"]
 
@@ -41,25 +41,10 @@ class UsageError(Exception):
 
 def _backend_converter(name: str) -> Callable[[np.ndarray], Any]:
     """A function moving NumPy arrays to backend `name`, or UsageError saying why it cannot be used."""
-    if name == "numpy":
-        return lambda a: a
-    if importlib.util.find_spec(name) is None:
-        raise UsageError(f"backend {name!r} is not usable: {name} is not installed")
     try:
-        module = importlib.import_module(name)
-    except Exception as e:
-        raise UsageError(f"backend {name!r} is not usable: importing {name} failed ({e})") from None
-    if name == "cupy":
-        from xdezero.backends import is_cupy_available, to_gpu
-
-        if not is_cupy_available():
-            raise UsageError("backend 'cupy' is not usable: CuPy sees no CUDA GPU")
-        return to_gpu
-    if name == "torch":
-        device = "cuda" if module.cuda.is_available() else "cpu"
-        return lambda a: module.asarray(a, device=device)
-    jnp = importlib.import_module("jax.numpy")
-    return jnp.asarray
+        return library_converter(name)
+    except BackendUnavailable as e:
+        raise UsageError(str(e)) from None
 
 
 # --- progress output ---------------------------------------------------------------------------------
@@ -293,49 +278,6 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
-def _probe(name: str) -> str:
-    """One line saying whether backend `name` is installed and usable; never raises."""
-    if importlib.util.find_spec(name) is None:
-        return "not installed"
-    try:
-        module = importlib.import_module(name)
-        version = getattr(module, "__version__", "?")
-        if name == "cupy":
-            if not module.cuda.is_available():
-                return f"{version}, installed but unusable (no CUDA GPU)"
-            module.zeros(1).sum()
-            return f"{version}, usable"
-        if name == "torch":
-            module.zeros(1).sum()
-            cuda = "with CUDA" if module.cuda.is_available() else "CPU only"
-            return f"{version}, usable ({cuda})"
-        if name == "jax":
-            jnp = importlib.import_module("jax.numpy")
-            jnp.zeros(1).sum()
-            platforms = sorted({d.platform for d in module.devices()})
-            return f"{version}, usable (devices: {', '.join(platforms)})"
-        module.asarray([1.0])
-        return f"{version}, usable"
-    except Exception as e:
-        return f"installed but unusable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-
-
-def _cupy_gpus() -> str:
-    if importlib.util.find_spec("cupy") is None:
-        return "none (CuPy is not installed)"
-    try:
-        import cupy
-
-        count = cupy.cuda.runtime.getDeviceCount()
-        names = []
-        for i in range(count):
-            name = cupy.cuda.runtime.getDeviceProperties(i)["name"]
-            names.append(f"{i}: {name.decode() if isinstance(name, bytes) else name}")
-        return "; ".join(names) if names else "none"
-    except Exception as e:
-        return f"none ({type(e).__name__})"
-
-
 def info(out: TextIO) -> int:
     rows = [
         ("xdezero", xdezero.__version__),
@@ -343,8 +285,8 @@ def info(out: TextIO) -> int:
         ("NumPy", np.__version__),
         ("array-api-compat", _version("array-api-compat")),
     ]
-    rows += [(f"backend {name}", _probe(name)) for name in ("numpy", "array_api_strict", *BACKENDS[1:])]
-    rows.append(("GPUs (CuPy)", _cupy_gpus()))
+    rows += [(f"backend {name}", describe_library(name)) for name in ("numpy", "array_api_strict", *BACKENDS[1:])]
+    rows.append(("GPUs (CuPy)", cuda_devices()))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}", file=out)

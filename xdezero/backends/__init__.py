@@ -11,6 +11,7 @@ from xdezero.backends._im2col import (
     pad_images,
     windows,
 )
+from xdezero.backends._libraries import BackendUnavailable, cuda_devices, describe_library, library_converter
 from xdezero.backends._namespace import (
     NAMESPACES,
     array_namespace,
@@ -31,6 +32,10 @@ from xdezero.backends._random import seed, uniform
 from xdezero.backends._scatter import flat_positions, scatter_add, segment_sum
 
 __all__ = [
+    "BackendUnavailable",
+    "cuda_devices",
+    "describe_library",
+    "library_converter",
     "NAMESPACES",
     "add_windows",
     "column_plan",

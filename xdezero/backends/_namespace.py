@@ -100,7 +100,11 @@ _UNSEEN_VIEWS = "views of this library cannot be detected"
 def memory_key(x: Any) -> Any:
     """A key that two arrays share when they may be views of one buffer (NumPy/CuPy `.base`, torch storage).
     Immutable arrays (JAX, Dask) have nothing to protect: each gets its own key."""
-    if isinstance(x, np.ndarray) or array_api_compat.is_cupy_array(x):
+    if isinstance(x, np.ndarray):
+        while isinstance(x.base, np.ndarray):  # the owner may be another object (a torch tensor's .numpy())
+            x = x.base
+        return id(x.base if x.base is not None else x)
+    if array_api_compat.is_cupy_array(x):
         while x.base is not None:
             x = x.base
         return id(x)
