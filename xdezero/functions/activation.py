@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from xdezero.backends import array_namespace
+from xdezero.backends import array_namespace, device_of
 from xdezero.core import Function, Variable, as_variable
 from xdezero.functions.math import exp
 from xdezero.functions.shape import normalize_axis, sum
@@ -66,12 +66,13 @@ class ReLU(Function):
     keeps_inputs = False
 
     def forward(self, x):
-        positive = x > 0
-        self.mask = self.xp.astype(positive, x.dtype)
-        return self.xp.where(positive, x, 0.0)
+        # max(x, 0) rather than where(x > 0, x, 0): NumPy's where is ~10x slower on an unpredictable mask.
+        xp = self.xp
+        self.mask = xp.astype(x > 0, x.dtype)
+        return xp.maximum(x, xp.zeros((), dtype=x.dtype, device=device_of(x)))
 
     def backward(self, gy):
-        return gy * Variable(self.mask)
+        return gy * self.mask
 
 
 def relu(x: Any) -> Variable:
@@ -88,12 +89,11 @@ class LeakyReLU(Function):
         self.slope = slope
 
     def forward(self, x):
-        positive = x > 0
-        self.mask = self.xp.astype(positive, x.dtype) * (1 - self.slope) + self.slope
-        return self.xp.where(positive, x, x * self.slope)
+        self.mask = self.xp.astype(x > 0, x.dtype) * (1 - self.slope) + self.slope
+        return x * self.mask  # a product, not `where`, which NumPy runs ~10x slower on an unpredictable mask
 
     def backward(self, gy):
-        return gy * Variable(self.mask)
+        return gy * self.mask
 
 
 def leaky_relu(x: Any, slope: float = 0.2) -> Variable:
@@ -130,7 +130,7 @@ def softmax_simple(x: Any, axis: int | tuple = 1) -> Variable:
     x = as_variable(x)
     axes = normalize_axis(axis, x.ndim, "softmax_simple")
     # Shifting by a constant leaves softmax and its gradient unchanged and keeps exp from overflowing.
-    y = exp(x - Variable(_finite_max(x.data, axes)))
+    y = exp(x - as_variable(_finite_max(x.data, axes)))
     return y / sum(y, axes, keepdims=True)
 
 

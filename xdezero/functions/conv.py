@@ -525,7 +525,7 @@ def pooling_simple(x: Any, kernel_size: int | Pair, stride: int | Pair = 1, pad:
     index = xp.argmax(col.data, axis=1)
     positions = xp.arange(col.shape[1], device=device_of(col.data))
     mask = xp.astype(index[:, None] == positions[None, :], col.dtype)
-    y = sum(col * Variable(mask), axis=1)
+    y = sum(col * as_variable(mask), axis=1)
     return transpose(reshape(y, (n, oh, ow, c)), (0, 3, 1, 2))
 
 

@@ -149,7 +149,7 @@ class SoftmaxCrossEntropyGrad(Function):
         scale = gy * (1.0 / n)
         pg = p * ggx
         gx = (pg - p * sum(pg, axis=1, keepdims=True)) * scale
-        onehot = Variable(_one_hot(array_namespace(x.data), self.t, c, x.dtype))
+        onehot = as_variable(_one_hot(array_namespace(x.data), self.t, c, x.dtype))
         ggy = sum(ggx * (p - onehot)) * (1.0 / n)
         return gx, ggy
 
@@ -180,7 +180,7 @@ def _targets(x: Variable, t: Any, where: str) -> Variable:
     xp = array_namespace(x.data, t)
     if math.prod(t.shape) != x.size:
         raise ValueError(f"{where}: targets of shape {tuple(t.shape)} do not match the input of shape {x.shape}")
-    return Variable(xp.astype(xp.reshape(t, x.shape), x.dtype))
+    return as_variable(xp.astype(xp.reshape(t, x.shape), x.dtype))
 
 
 class SigmoidCrossEntropy(Function):
@@ -225,4 +225,4 @@ def accuracy(y: Any, t: Any) -> Variable:
     pred = xp.astype(xp.argmax(y.data, axis=1), labels.dtype)
     dtype = y.dtype if xp.isdtype(y.dtype, "real floating") else xp.float64
     hits = xp.sum(xp.astype(pred == labels, dtype))
-    return Variable(xp.asarray(hits / y.shape[0]))
+    return as_variable(xp.asarray(hits / y.shape[0]))

@@ -93,7 +93,7 @@ class Abs(Function):
 
     def backward(self, gy):
         (x,) = self.inputs
-        return gy * Variable(self.xp.sign(x.data))
+        return gy * self.xp.sign(x.data)
 
 
 def square(x) -> Variable:

@@ -24,7 +24,7 @@ def dropout(x: Any, dropout_ratio: float = 0.5) -> Variable:
     keep = uniform(x.shape, like=x.data) >= dropout_ratio
     # The mask is a constant of the graph, already scaled so that the expected value is unchanged.
     mask = xp.astype(keep, x.dtype) * (1.0 / (1.0 - dropout_ratio))
-    return x * Variable(mask)
+    return x * as_variable(mask)
 
 
 def _stat_data(s: Any, name: str) -> Any:
@@ -101,9 +101,7 @@ def batch_norm(
         _store(var, new_var, "var")
     else:
         inv_std = (xp.astype(var_data, x.dtype) + eps) ** -0.5
-        xhat = (x - Variable(xp.reshape(xp.astype(mean_data, x.dtype), per_channel))) * Variable(
-            xp.reshape(inv_std, per_channel)
-        )
+        xhat = (x - xp.reshape(xp.astype(mean_data, x.dtype), per_channel)) * xp.reshape(inv_std, per_channel)
     y = reshape(gamma, per_channel) * xhat + reshape(beta, per_channel)
     return Cast(x_dtype)(y) if narrow else y
 

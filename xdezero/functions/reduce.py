@@ -67,7 +67,7 @@ class _Extremum(Function):
 
     def backward(self, gy):
         gy = reshape(gy, self.kept_shape)
-        return broadcast_to(gy, self.x_shape) * Variable(self.mask)
+        return broadcast_to(gy, self.x_shape) * self.mask
 
 
 class Max(_Extremum):
@@ -109,7 +109,7 @@ class Clip(Function):
         return xp.clip(x, self.x_min, self.x_max)
 
     def backward(self, gy):
-        return gy * Variable(self.mask)
+        return gy * self.mask
 
 
 def clip(x: Any, x_min: float, x_max: float) -> Variable:
