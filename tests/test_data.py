@@ -79,14 +79,18 @@ def test_spiral_matches_the_point_by_point_recipe(train, seed):
     np.testing.assert_array_equal(got_t, t[order])
 
 
-def test_spiral_is_deterministic_and_leaves_global_rng_alone():
+def test_spiral_reseeds_the_global_generator_as_dezero_does():
+    # DeZero's get_spiral seeds NumPy's global generator and draws 300 normals and a permutation from it:
+    # what a program draws next (the weights) depends on that.
     np.random.seed(123)
-    state = np.random.get_state()
     x1, t1 = get_spiral(True)
+    after = np.random.rand(3)
+    np.random.seed(1984)
+    np.random.randn(300)
+    np.random.permutation(300)
+    np.testing.assert_array_equal(after, np.random.rand(3))
     x2, t2 = get_spiral(True)
     xt, _ = get_spiral(False)
-    after = np.random.get_state()
-    assert state[0] == after[0] and np.array_equal(state[1], after[1]) and state[2:] == after[2:]
     np.testing.assert_array_equal(x1, x2)
     np.testing.assert_array_equal(t1, t2)
     assert not np.array_equal(x1, xt)
@@ -115,13 +119,22 @@ def test_dataset_transforms_and_unlabelled():
 
 
 def test_sin_curve():
+    np.random.seed(0)
     train, test = SinCurve(train=True), SinCurve(train=False)
     assert len(train) == 999 and train.data.shape == (999, 1) and train.label.shape == (999, 1)
     np.testing.assert_array_equal(train.data[1:], train.label[:-1])
     grid = np.linspace(0, 2 * np.pi, 1000)
-    assert np.max(np.abs(train.data[:, 0] - np.sin(grid[:-1]))) <= 0.05
+    # DeZero's noise: uniform in ±0.05 from NumPy's global generator, drawn for the test set too.
+    np.random.seed(0)
+    noise = np.random.uniform(-0.05, 0.05, size=1000)
+    np.testing.assert_array_equal(train.data[:, 0], (np.sin(grid) + noise)[:-1])
+    np.random.uniform(-0.05, 0.05, size=1000)
+    after = np.random.rand()
+    np.random.seed(0)
+    SinCurve(train=True)
+    SinCurve(train=False)
+    assert np.random.rand() == after
     np.testing.assert_allclose(test.label[:, 0], np.cos(grid[1:]))
-    np.testing.assert_array_equal(SinCurve().data, train.data)
 
 
 # --- downloads ---------------------------------------------------------------------------------------
@@ -390,14 +403,16 @@ def test_dataloader_seed_and_global_rng():
         return np.concatenate([t for _, t in loader]).tolist()
 
     assert order(DataLoader(Range(50), 8, seed=3)) == order(DataLoader(Range(50), 8, seed=3))
-    np.random.seed(7)
-    first = order(DataLoader(Range(50), 8))
+    # Without a seed, each epoch's order is np.random.permutation from the global generator, as in DeZero:
+    # one drawn when the loader is made, the next when an epoch ends.
     np.random.seed(7)
     loader = DataLoader(Range(50), 8)
-    np.random.rand(100)  # global draws after creation do not change the loader's order
-    assert order(loader) == first
+    first, second = order(loader), order(loader)
+    np.random.seed(7)
+    assert first == np.random.permutation(50).tolist()
+    assert second == np.random.permutation(50).tolist()
     before = np.random.get_state()[1].copy()
-    DataLoader(Range(50), 8, seed=1)
+    order(DataLoader(Range(50), 8, seed=1))  # a seeded loader leaves the global generator alone
     np.testing.assert_array_equal(np.random.get_state()[1], before)
 
 

@@ -6,6 +6,7 @@ from xdezero import (
     dataloaders,
     datasets,
     functions,
+    functions_conv,
     layers,
     models,
     optimizers,
@@ -13,8 +14,8 @@ from xdezero import (
     utils,
 )
 from xdezero._config import Config, no_grad, test_mode, using_config
-from xdezero.core import Function, Parameter, Variable, as_array, as_variable
-from xdezero.dataloaders import DataLoader
+from xdezero.core import Function, Parameter, Variable, as_array, as_variable, setup_variable
+from xdezero.dataloaders import DataLoader, SeqDataLoader
 from xdezero.datasets import Dataset
 from xdezero.layers import Layer
 from xdezero.models import Model
@@ -22,9 +23,7 @@ from xdezero.optimizers import Optimizer
 
 __version__ = "0.1.0"
 
-
-def setup_variable() -> None:
-    """DeZero installs Variable's operators here; xdezero's Variable defines them in its class body."""
+is_simple_core = False  # DeZero's flag for its step-by-step core (steps 1-32); this is the full one
 
 
 __all__ = [
@@ -36,6 +35,7 @@ __all__ = [
     "Model",
     "Optimizer",
     "Parameter",
+    "SeqDataLoader",
     "Variable",
     "__version__",
     "as_array",
@@ -44,6 +44,8 @@ __all__ = [
     "dataloaders",
     "datasets",
     "functions",
+    "functions_conv",
+    "is_simple_core",
     "layers",
     "models",
     "no_grad",

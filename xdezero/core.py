@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from xdezero._config import enable_backprop_flag, using_config
+from xdezero._config import Config, enable_backprop_flag, no_grad, test_mode, using_config
 from xdezero.backends import NAMESPACES as _NAMESPACES
 from xdezero.backends import array_namespace, as_array_data, memory_key, to_cpu, to_device, to_gpu
 
@@ -503,3 +503,27 @@ def _copy(x: Variable) -> Variable:
     if enable_backprop_flag.get():
         return Copy()(x)
     return Variable(array_namespace(x._data).asarray(x._data, copy=True))
+
+
+# --- DeZero compatibility: the other names `dezero.core` exports ----------------------------------------
+
+array_types = (np.ndarray,)  # DeZero's host array type; the engine itself takes any array-API array
+
+# DeZero's arithmetic Function classes (Add, Mul, ...), registered by xdezero.functions, which defines them.
+dezero_classes: dict[str, type] = {}
+
+_operator_attribute = __getattr__
+
+
+def __getattr__(name: str) -> Any:  # replaces the lookup above, which it extends
+    try:
+        return dezero_classes[name]
+    except KeyError:
+        return _operator_attribute(name)
+
+
+def setup_variable() -> None:
+    """A no-op: DeZero installs Variable's operators here; xdezero's Variable defines them in its class body."""
+
+
+__all__ += ["Config", "no_grad", "test_mode", "using_config", "array_types", "setup_variable"]

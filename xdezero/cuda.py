@@ -15,7 +15,7 @@ from xdezero import backends
 from xdezero.core import Variable
 
 # gpu_enable is a lazy module attribute (see __getattr__), invisible to static analysis.
-__all__ = ["gpu_enable", "get_array_module", "as_numpy", "as_cupy"]  # noqa: F822
+__all__ = ["gpu_enable", "get_array_module", "as_numpy", "as_cupy", "Variable"]  # noqa: F822
 
 _gpu_enable: bool | None = None
 

@@ -1,13 +1,13 @@
 """Mini-batch iterators over a Dataset (DeZero's `dezero.dataloaders`).
 
-Shuffling uses a private `numpy.random.Generator`, never NumPy's global RNG state: pass `seed=` for a fixed
-order, or leave it out and the generator is seeded by one draw from the global RNG when the loader is
-created. So a program that calls `np.random.seed(0)` first is reproducible, as with DeZero, and other code
-drawing global random numbers between epochs does not change the order of the batches.
+Shuffling draws `np.random.permutation` from NumPy's global generator at the start of every epoch, as DeZero
+does, so a program seeded with `np.random.seed` sees DeZero's batches. Pass `seed=` (an int or a
+`numpy.random.Generator`) for an order of the loader's own, which other random draws do not change.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from typing import Any
 
@@ -16,7 +16,14 @@ import numpy as np
 from xdezero.backends import to_gpu as _to_gpu
 from xdezero.transforms import make_rng
 
-__all__ = ["DataLoader", "SeqDataLoader"]
+__all__ = ["DataLoader", "SeqDataLoader", "pil_available"]  # noqa: F822 (pil_available: see __getattr__)
+
+
+def __getattr__(name: str) -> Any:
+    # DeZero's flag for Pillow (used by the image transforms), found without importing it.
+    if name == "pil_available":
+        return importlib.util.find_spec("PIL") is not None
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _check_batch_size(cls: str, batch_size: Any) -> int:
@@ -51,14 +58,14 @@ class DataLoader:
         self.gpu = gpu
         self.data_size = len(dataset)
         self.max_iter = math.ceil(self.data_size / self.batch_size)
-        self.rng = make_rng(seed) if shuffle else None
+        self.rng = None if seed is None or not shuffle else make_rng(seed)
         self.reset()
 
     def reset(self) -> None:
         """Start a new epoch (a new order when shuffling)."""
         self.iteration = 0
         if self.shuffle:
-            self.index = self.rng.permutation(self.data_size)
+            self.index = (np.random if self.rng is None else self.rng).permutation(self.data_size)
         else:
             self.index = np.arange(self.data_size)
 

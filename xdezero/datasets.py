@@ -12,6 +12,7 @@ a restricted unpickler that rebuilds only NumPy arrays, dtypes and plain contain
 
 from __future__ import annotations
 
+import ast
 import codecs
 import gzip
 import hashlib
@@ -38,11 +39,24 @@ __all__ = [
     "MNIST",
     "CIFAR10",
     "CIFAR100",
+    "ImageNet",
+    "Shakespear",
     "DownloadError",
     "data_dir",
+    "cache_path",
+    "cache_dir",  # noqa: F822 (a lazy module attribute, see __getattr__)
     "get_file",
     "get_spiral",
+    "load_cache_npz",
+    "save_cache_npz",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # DeZero's `cache_dir` string, read when asked so that it follows $XDEZERO_DATA_DIR.
+    if name == "cache_dir":
+        return str(cache_path())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --- download and cache ---------------------------------------------------------------------------
@@ -52,10 +66,15 @@ class DownloadError(OSError):
     """A data file could not be downloaded, or its content failed the checksum."""
 
 
-def data_dir() -> Path:
-    """The cache folder: `$XDEZERO_DATA_DIR` if set, else `~/.xdezero` (created on first use)."""
+def cache_path() -> Path:
+    """The cache folder's path: `$XDEZERO_DATA_DIR` if set, else `~/.xdezero` (DeZero's `cache_dir`)."""
     env = os.environ.get("XDEZERO_DATA_DIR")
-    path = Path(env).expanduser() if env else Path.home() / ".xdezero"
+    return Path(env).expanduser() if env else Path.home() / ".xdezero"
+
+
+def data_dir() -> Path:
+    """The cache folder (see `cache_path`), created on first use."""
+    path = cache_path()
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -176,10 +195,11 @@ class Dataset:
 def get_spiral(train: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Three interleaved spirals of 100 points each: x float32 (300, 2), t int64 (300,), shuffled.
 
-    Deterministic (seed 1984 for the training set, 2020 for the test set), drawn from a private legacy
-    RandomState, so the values are DeZero's and NumPy's global random state is left alone.
+    As in DeZero, this seeds NumPy's global generator (1984 for the training set, 2020 for the test set)
+    and draws from it, so the data and every number drawn after it (weights, shuffling) are DeZero's.
     """
-    rng = np.random.RandomState(1984 if train else 2020)
+    np.random.seed(1984 if train else 2020)
+    rng = np.random
     num_data, num_class = 100, 3
     rate = np.arange(num_data) / num_data
     theta = np.arange(num_class)[:, None] * 4.0 + 4.0 * rate + rng.randn(num_class, num_data) * 0.2
@@ -198,12 +218,17 @@ class Spiral(Dataset):
 
 
 class SinCurve(Dataset):
-    """999 consecutive pairs (y[k], y[k+1]) of sin (train, with fixed-seed uniform noise ±0.05) or cos (test)."""
+    """999 consecutive pairs (y[k], y[k+1]) of sin plus uniform noise in ±0.05 (train) or of cos (test).
+
+    The noise is drawn from NumPy's global generator in both cases, as in DeZero (seed it with
+    `np.random.seed` for a fixed data set, and the numbers drawn after it stay DeZero's).
+    """
 
     def prepare(self) -> None:
         x = np.linspace(0, 2 * np.pi, 1000)
+        noise = np.random.uniform(-0.05, 0.05, size=x.shape)
         if self.train:
-            y = np.sin(x) + np.random.default_rng(0).uniform(-0.05, 0.05, size=x.shape)
+            y = np.sin(x) + noise
         else:
             y = np.cos(x)
         self.data = y[:-1, None]
@@ -395,3 +420,93 @@ class CIFAR100(CIFAR10):
 
     def _label_key(self) -> str:
         return self.label_type + "_labels"
+
+
+# --- ImageNet labels, Shakespeare text ---------------------------------------------------------------
+
+_IMAGENET_LABELS_URL = (
+    "https://gist.githubusercontent.com/yrevar/942d3a0ac09ec9e5eb3a/raw/"
+    "238f720ff059c1f82f368259d1ca4ffa5dd8f9f5/imagenet1000_clsidx_to_labels.txt"
+)
+
+
+class ImageNet(Dataset):
+    """ImageNet's 1000 class names (`ImageNet.labels()`, as used with VGG16); the images are not distributed."""
+
+    def __init__(self) -> None:
+        raise NotImplementedError(
+            "ImageNet: the images cannot be downloaded automatically; ImageNet.labels() gives the class names"
+        )
+
+    @staticmethod
+    def labels() -> dict[int, str]:
+        """{class id: name} for the 1000 ImageNet classes (downloaded once into the cache folder)."""
+        path = get_file(_IMAGENET_LABELS_URL)
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        try:
+            # The file is a Python dict literal: parsed as a literal, never executed.
+            labels = ast.literal_eval(text)
+        except (ValueError, SyntaxError) as e:
+            raise ValueError(f"ImageNet.labels: {path} is not a dict literal of class names ({e})") from None
+        valid = isinstance(labels, dict) and all(isinstance(k, int) and isinstance(v, str) for k, v in labels.items())
+        if not valid:
+            raise ValueError(f"ImageNet.labels: {path} does not map class ids to names")
+        return labels
+
+
+class Shakespear(Dataset):
+    """Tiny Shakespeare as character ids: data[k] is the id of character k, label[k] that of character k + 1.
+
+    `char_to_id` numbers the characters in their order of first appearance; `id_to_char` is its inverse.
+    (DeZero's spelling of the name.)
+    """
+
+    url = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+    file_name = "shakespear.txt"
+
+    def prepare(self) -> None:
+        path = get_file(self.url, self.file_name)
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        if len(text) < 2:
+            raise ValueError(f"Shakespear: {path} holds {len(text)} characters; at least 2 are needed")
+        self.char_to_id: dict[str, int] = {}
+        for c in text:
+            self.char_to_id.setdefault(c, len(self.char_to_id))
+        self.id_to_char = {i: c for c, i in self.char_to_id.items()}
+        ids = np.fromiter((self.char_to_id[c] for c in text), dtype=np.int64, count=len(text))
+        self.data = ids[:-1]
+        self.label = ids[1:]
+
+
+# --- cached arrays ------------------------------------------------------------------------------------
+
+
+def _cache_npz(url: str, train: bool) -> Path:
+    return cache_path() / (url.rstrip("/").rpartition("/")[2] + (".train.npz" if train else ".test.npz"))
+
+
+def load_cache_npz(url: str, train: bool = False) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(data, label) saved by `save_cache_npz` for the file named at the end of `url`, or (None, None)."""
+    path = _cache_npz(url, train)
+    if not path.exists():
+        return None, None
+    with np.load(path, allow_pickle=False) as loaded:
+        return loaded["data"], loaded["label"]
+
+
+def save_cache_npz(data: Any, label: Any, url: str, train: bool = False) -> str:
+    """Save (data, label) compressed in the cache folder, named after the end of `url` (kept if there)."""
+    path = _cache_npz(url, train)
+    if path.exists():
+        return str(path)
+    data_dir()
+    fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, data=np.asarray(data), label=np.asarray(label))
+        os.replace(tmp_name, path)
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
+    return str(path)

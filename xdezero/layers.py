@@ -28,7 +28,7 @@ from xdezero.backends import array_namespace, device_of, to_cpu, to_device, to_g
 from xdezero.core import Parameter, Variable
 from xdezero.functions.conv import pair
 
-__all__ = ["Layer", "Linear", "Conv2d", "Deconv2d", "RNN", "LSTM", "EmbedID", "BatchNorm"]
+__all__ = ["Layer", "Linear", "Conv2d", "Deconv2d", "RNN", "LSTM", "EmbedID", "BatchNorm", "Parameter", "pair"]
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -419,7 +419,9 @@ class RNN(Layer):
         super().__init__()
         hidden_size = _size("RNN", "hidden_size", hidden_size)
         self.x2h = Linear(hidden_size, in_size=in_size, dtype=dtype)
-        self.h2h = Linear(hidden_size, in_size=hidden_size, nobias=True, dtype=dtype)
+        # Created with the sizes known, as in DeZero: lazily (at the second step) when in_size is not given,
+        # so that the weights are drawn in DeZero's order.
+        self.h2h = Linear(hidden_size, in_size=None if in_size is None else hidden_size, nobias=True, dtype=dtype)
         self.h = None
 
     def reset_state(self) -> None:

@@ -10,10 +10,21 @@ import numpy as np
 
 import xdezero.functions as F
 from xdezero.core import Variable
+from xdezero.functions.shape import GetItemGrad
 from xdezero.layers import BatchNorm, Conv2d, Layer, Linear
 from xdezero.visualize import plot_dot_graph
 
-__all__ = ["Model", "Sequential", "MLP", "VGG16", "ResNet", "ResNet50", "ResNet101", "ResNet152"]
+__all__ = [
+    "Model",
+    "Sequential",
+    "MLP",
+    "VGG16",
+    "ResNet",
+    "ResNet50",
+    "ResNet101",
+    "ResNet152",
+    "SqueezeNet",
+]
 
 
 class Model(Layer):
@@ -223,3 +234,66 @@ class BottleneckB(Layer):
         h = F.relu(self.bn1(self.conv1(x)))
         h = F.relu(self.bn2(self.conv2(h)))
         return F.relu(self.bn3(self.conv3(h)) + x)
+
+
+# --- SqueezeNet --------------------------------------------------------------------------------------
+
+
+def _concat_channels(a: Variable, b: Variable) -> Variable:
+    """[a, b] along the channel axis: each placed into zeros of the joint shape (the adjoint of slicing)."""
+    n, ca, h, w = a.shape
+    cb = b.shape[1]
+    shape = (n, ca + cb, h, w)
+    everything = slice(None)
+    left = GetItemGrad((everything, slice(0, ca), everything, everything), shape)(a)
+    right = GetItemGrad((everything, slice(ca, ca + cb), everything, everything), shape)(b)
+    return left + right
+
+
+class Fire(Layer):
+    """SqueezeNet's fire module: a 1×1 squeeze to `squeeze` channels, then 1×1 and 3×3 expansions, concatenated."""
+
+    def __init__(self, squeeze: int, expand1x1: int, expand3x3: int) -> None:
+        super().__init__()
+        self.squeeze = Conv2d(squeeze, kernel_size=1)
+        self.expand1x1 = Conv2d(expand1x1, kernel_size=1)
+        self.expand3x3 = Conv2d(expand3x3, kernel_size=3, pad=1)
+
+    def forward(self, x: Any) -> Variable:
+        s = F.relu(self.squeeze(x))
+        return _concat_channels(F.relu(self.expand1x1(s)), F.relu(self.expand3x3(s)))
+
+
+class SqueezeNet(Model):
+    """SqueezeNet 1.1 (Iandola et al. 2016, the v1.1 layout of its reference code): (N, 3, H, W) images to
+    (N, num_classes) class scores.
+
+    A 3×3 stride-2 convolution with 64 channels, eight fire modules (squeeze 16, 16, 32, 32, 48, 48, 64, 64 to
+    twice 64, 64, 128, 128, 192, 192, 256, 256 channels) with 3×3 stride-2 max pooling after the stem and after
+    fires 2 and 4, then dropout, a 1×1 convolution to the classes, ReLU and a global average. Pooling rounds
+    the output size down (the reference rounds up; they agree for 224×224 inputs). No pretrained weights are
+    published in DeZero's format, so `pretrained` must stay False.
+    """
+
+    def __init__(self, pretrained: bool = False, num_classes: int = 1000, dropout_ratio: float = 0.5) -> None:
+        super().__init__()
+        if pretrained:
+            raise NotImplementedError("SqueezeNet: no pretrained weights are available; use pretrained=False")
+        self.dropout_ratio = dropout_ratio
+        self.conv1 = Conv2d(64, kernel_size=3, stride=2)
+        sizes = [(16, 64), (16, 64), (32, 128), (32, 128), (48, 192), (48, 192), (64, 256), (64, 256)]
+        self.fires = []
+        for i, (squeeze, expand) in enumerate(sizes):
+            fire = Fire(squeeze, expand, expand)
+            setattr(self, f"fire{i + 2}", fire)
+            self.fires.append(fire)
+        self.conv10 = Conv2d(num_classes, kernel_size=1)
+
+    def forward(self, x: Any) -> Variable:
+        x = F.pooling(F.relu(self.conv1(x)), 3, stride=2)
+        for i, fire in enumerate(self.fires):
+            x = fire(x)
+            if i in (1, 3):
+                x = F.pooling(x, 3, stride=2)
+        x = F.relu(self.conv10(F.dropout(x, self.dropout_ratio)))
+        return F.mean(x, axis=(2, 3))

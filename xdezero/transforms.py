@@ -26,6 +26,7 @@ __all__ = [
     "ToArray",
     "ToPIL",
     "RandomHorizontalFlip",
+    "pair",
 ]
 
 

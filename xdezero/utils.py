@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from xdezero.backends import array_namespace, device_of, to_numpy
 from xdezero.core import Variable, as_variable
-from xdezero.datasets import get_file
+from xdezero.datasets import cache_path, get_file
 from xdezero.functions.arithmetic import sum_to_array
 from xdezero.functions.conv import get_conv_outsize, get_deconv_outsize, pair
 from xdezero.functions.reduce import logsumexp, max_backward_shape
@@ -32,7 +33,23 @@ __all__ = [
     "get_dot_graph",
     "plot_dot_graph",
     "get_file",
+    "cache_dir",  # noqa: F822 (a lazy module attribute, see __getattr__)
+    "show_progress",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # DeZero's `cache_dir` string, read when asked so that it follows $XDEZERO_DATA_DIR.
+    if name == "cache_dir":
+        return str(cache_path())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def show_progress(block_num: int, block_size: int, total_size: int) -> None:
+    """A `urllib.request.urlretrieve` report hook: redraws a 30-character bar and the percentage downloaded."""
+    done = min(block_num * block_size / total_size, 1.0) if total_size > 0 else 1.0
+    filled = int(done * 30)
+    print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done * 100:.2f}%", end="", file=sys.stdout, flush=True)
 
 
 def sum_to(x: Any, shape: tuple) -> Any:

@@ -1,7 +1,12 @@
 """Differentiable functions, DeZero's `dezero.functions` (import as `F`)."""
 
-from xdezero.core import operators
+from xdezero import core
+from xdezero.core import Function, Variable, as_array, as_variable, operators
+from xdezero.functions import activation, reduce, shape
 from xdezero.functions.activation import (
+    LeakyReLU,
+    ReLU,
+    Sigmoid,
     leaky_relu,
     log_softmax,
     relu,
@@ -10,7 +15,25 @@ from xdezero.functions.activation import (
     softmax,
     softmax_simple,
 )
-from xdezero.functions.arithmetic import add, div, mul, neg, pow, rdiv, rpow, rsub, sub
+from xdezero.functions.arithmetic import (
+    Add,
+    BroadcastTo,
+    Div,
+    Mul,
+    Neg,
+    Pow,
+    Sub,
+    SumTo,
+    add,
+    div,
+    mul,
+    neg,
+    pow,
+    rdiv,
+    rpow,
+    rsub,
+    sub,
+)
 from xdezero.functions.conv import (
     average_pooling,
     col2im,
@@ -21,8 +44,10 @@ from xdezero.functions.conv import (
     pooling,
     pooling_simple,
 )
-from xdezero.functions.linear import embed_id, linear, linear_simple
+from xdezero.functions.linear import Linear, embed_id, linear, linear_simple
 from xdezero.functions.loss import (
+    MeanSquaredError,
+    SoftmaxCrossEntropy,
     accuracy,
     binary_cross_entropy,
     mean_squared_error,
@@ -31,10 +56,15 @@ from xdezero.functions.loss import (
     softmax_cross_entropy,
     softmax_cross_entropy_simple,
 )
-from xdezero.functions.math import abs, cos, exp, log, sin, sqrt, square, tanh
-from xdezero.functions.normalization import batch_norm, batch_nrom, dropout
-from xdezero.functions.reduce import clip, max, min
+from xdezero.functions.math import Cos, Exp, Log, Sin, Tanh, abs, cos, exp, log, sin, sqrt, square, tanh
+from xdezero.functions.normalization import BatchNorm, batch_norm, batch_nrom, dropout
+from xdezero.functions.reduce import Clip, clip, max, min
 from xdezero.functions.shape import (
+    GetItem,
+    GetItemGrad,
+    MatMul,
+    Reshape,
+    Sum,
     average,
     broadcast_to,
     expand_dims,
@@ -48,7 +78,80 @@ from xdezero.functions.shape import (
     transpose,
 )
 
+
+# DeZero's Function classes under its names. Five take DeZero's default arguments here (the engine's own
+# classes are built by their snake_case wrappers, which always pass them).
+class Softmax(activation.Softmax):
+    """Softmax over `axis` (default 1), DeZero's signature."""
+
+    def __init__(self, axis: int | tuple = 1):
+        super().__init__(axis)
+
+
+class LogSoftmax(activation.LogSoftmax):
+    """Log-softmax over `axis` (default 1), DeZero's signature."""
+
+    def __init__(self, axis: int | tuple = 1):
+        super().__init__(axis)
+
+
+class Transpose(shape.Transpose):
+    """Transpose by `axes` (reversed by default), DeZero's signature."""
+
+    def __init__(self, axes: tuple | None = None):
+        super().__init__(None if axes is None else tuple(axes))
+
+
+class Max(reduce.Max):
+    """Max over `axis` (all axes by default), DeZero's signature."""
+
+    def __init__(self, axis: int | tuple | None = None, keepdims: bool = False):
+        super().__init__(axis, keepdims)
+
+
+class Min(reduce.Min):
+    """Min over `axis` (all axes by default), DeZero's signature."""
+
+    def __init__(self, axis: int | tuple | None = None, keepdims: bool = False):
+        super().__init__(axis, keepdims)
+
+
 __all__ = [
+    "Add",
+    "BatchNorm",
+    "BroadcastTo",
+    "Clip",
+    "Cos",
+    "Div",
+    "Exp",
+    "Function",
+    "GetItem",
+    "GetItemGrad",
+    "LeakyReLU",
+    "Linear",
+    "Log",
+    "LogSoftmax",
+    "MatMul",
+    "Max",
+    "MeanSquaredError",
+    "Min",
+    "Mul",
+    "Neg",
+    "Pow",
+    "ReLU",
+    "Reshape",
+    "Sigmoid",
+    "Sin",
+    "Softmax",
+    "SoftmaxCrossEntropy",
+    "Sub",
+    "Sum",
+    "SumTo",
+    "Tanh",
+    "Transpose",
+    "Variable",
+    "as_array",
+    "as_variable",
     "pooling_simple",
     "pooling",
     "im2col",
@@ -128,3 +231,5 @@ operators.install(
     transpose=transpose,
     sum=sum,
 )
+# DeZero's `dezero.core` also defines the arithmetic Function classes; they live here, above core.
+core.dezero_classes.update(Add=Add, Sub=Sub, Mul=Mul, Div=Div, Neg=Neg, Pow=Pow)

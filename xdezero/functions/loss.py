@@ -44,25 +44,45 @@ class MeanSquaredError(Function):
         return sum_to(gx, x0.shape), sum_to(-gx, x1.shape)
 
 
-def _check_same_shape(x0: Variable, x1: Variable, where: str) -> None:
-    if x0.shape != x1.shape:
+def _check_shapes(x0: Variable, x1: Variable, where: str) -> None:
+    """Either shape may broadcast to the other (DeZero's rule); a pair whose broadcast is larger than both,
+    like (N, 1) against (N,), compares every prediction with every target and is refused."""
+    s0, s1 = tuple(x0.shape), tuple(x1.shape)
+    try:
+        joint = _broadcast_shape(s0, s1)
+    except ValueError:
         raise ValueError(
-            f"{where}: the prediction has shape {x0.shape} and the target {x1.shape}; they must be equal "
-            "(reshape one of them: broadcasting here silently compares every row with every target)"
+            f"{where}: the prediction has shape {s0} and the target {s1}, which do not broadcast"
+        ) from None
+    if joint not in (s0, s1):
+        raise ValueError(
+            f"{where}: the prediction has shape {s0} and the target {s1}; broadcasting them gives {joint}, larger "
+            "than both, which compares every prediction with every target (reshape one to the other's shape, "
+            "e.g. t.reshape(-1, 1))"
         )
 
 
+def _broadcast_shape(s0: tuple, s1: tuple) -> tuple | None:
+    n = max(len(s0), len(s1))
+    a, b = (1,) * (n - len(s0)) + s0, (1,) * (n - len(s1)) + s1
+    if any(p != q and 1 not in (p, q) for p, q in zip(a, b)):
+        return None
+    return tuple(q if p == 1 else p for p, q in zip(a, b))
+
+
 def mean_squared_error(x0: Any, x1: Any) -> Variable:
-    """Σ (x0 - x1)² / N over the batch of N (DeZero's definition: the sum over other axes is not averaged)."""
+    """Σ (x0 - x1)² / N over the batch of N (DeZero's definition: the sum over other axes is not averaged).
+
+    One shape may broadcast to the other ((1, 1) against (1,)); N is the first axis of the broadcast difference."""
     x0, x1 = as_variable(x0), as_variable(x1)
-    _check_same_shape(x0, x1, "mean_squared_error")
+    _check_shapes(x0, x1, "mean_squared_error")
     return MeanSquaredError()(x0, x1)
 
 
 def mean_squared_error_simple(x0: Any, x1: Any) -> Variable:
     """mean_squared_error composed from sub, mul and sum."""
     x0, x1 = as_variable(x0), as_variable(x1)
-    _check_same_shape(x0, x1, "mean_squared_error_simple")
+    _check_shapes(x0, x1, "mean_squared_error_simple")
     diff = x0 - x1
     return sum(diff * diff) / _batch_size(diff, "mean_squared_error_simple")
 

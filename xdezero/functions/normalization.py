@@ -4,24 +4,33 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from xdezero._config import Config
 from xdezero.backends import array_namespace, describe, uniform
 from xdezero.core import Cast, Variable, as_variable
 from xdezero.functions.shape import reshape, sum
 
-__all__ = ["dropout", "batch_norm", "batch_nrom"]
+__all__ = ["dropout", "batch_norm", "batch_nrom", "BatchNorm"]
 
 
 def dropout(x: Any, dropout_ratio: float = 0.5) -> Variable:
     """Zero each element with probability `dropout_ratio` and scale the rest by 1/(1 - ratio), in train mode;
-    the identity in test mode (`with xdezero.test_mode(): ...`). Seed with `xdezero.backends.seed(n)`."""
+    the identity in test mode (`with xdezero.test_mode(): ...`).
+
+    On NumPy arrays the mask is DeZero's, `np.random.rand(*x.shape) > dropout_ratio` from NumPy's global
+    generator (so `np.random.seed` repeats it); other libraries draw from xdezero's (`xdezero.seed(n)`).
+    """
     x = as_variable(x)
     if not 0.0 <= dropout_ratio < 1.0:
         raise ValueError(f"dropout: dropout_ratio must be in [0, 1), got {dropout_ratio!r}")
     if not Config.train:
         return x
     xp = array_namespace(x.data)
-    keep = uniform(x.shape, like=x.data) >= dropout_ratio
+    if isinstance(x.data, np.ndarray):
+        keep = np.random.rand(*x.shape) > dropout_ratio
+    else:
+        keep = uniform(x.shape, like=x.data) > dropout_ratio
     # The mask is a constant of the graph, already scaled so that the expected value is unchanged.
     mask = xp.astype(keep, x.dtype) * (1.0 / (1.0 - dropout_ratio))
     return x * as_variable(mask)
@@ -107,3 +116,17 @@ def batch_norm(
 
 
 batch_nrom = batch_norm  # DeZero's spelling, kept for compatibility
+
+
+class BatchNorm:
+    """DeZero's `BatchNorm(mean, var, decay, eps)(x, gamma, beta)`: `batch_norm` with the running statistics
+    held by the object (`avg_mean`, `avg_var`, updated on each call in train mode). Composed, not one node."""
+
+    def __init__(self, mean: Any, var: Any, decay: float, eps: float) -> None:
+        self.avg_mean = mean
+        self.avg_var = var
+        self.decay = decay
+        self.eps = eps
+
+    def __call__(self, x: Any, gamma: Any, beta: Any) -> Variable:
+        return batch_norm(x, gamma, beta, self.avg_mean, self.avg_var, self.decay, self.eps)
