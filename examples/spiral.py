@@ -1,4 +1,7 @@
-"""Train a two-layer MLP on the spiral data set, the way the DeZero book does (with xdezero in place of dezero)."""
+"""Train a two-layer MLP on the spiral data set, the way the DeZero book does (with xdezero in place of dezero).
+
+python examples/spiral.py [--epochs 300] [--hidden 10] [--lr 1.0] [--seed 0]
+"""
 
 import math
 
@@ -6,16 +9,23 @@ import numpy as np
 
 import xdezero.functions as F
 from xdezero import optimizers
+from xdezero.cli import ArgumentParser, non_negative_int, positive_float, positive_int
 from xdezero.datasets import get_spiral
 from xdezero.models import MLP
 
-# Hyperparameters
-max_epoch = 300
+# Hyperparameters, checked as the xdezero command checks them: a bad one is a one-line error, exit status 2
+parser = ArgumentParser(description="An MLP on the spiral data set (DeZero's step 48).")
+parser.add_argument("--epochs", type=positive_int, default=300)
+parser.add_argument("--hidden", type=positive_int, default=10)
+parser.add_argument("--lr", type=positive_float, default=1.0)
+parser.add_argument("--seed", type=non_negative_int, default=0)
+args = parser.parse_args()
+max_epoch = args.epochs
 batch_size = 30
-hidden_size = 10
-lr = 1.0
+hidden_size = args.hidden
+lr = args.lr
 
-np.random.seed(0)
+np.random.seed(args.seed)
 x, t = get_spiral(train=True)
 model = MLP((hidden_size, 3))
 optimizer = optimizers.SGD(lr).setup(model)

@@ -19,6 +19,7 @@ import xdezero
 import xdezero.functions as F
 import xdezero.layers as L
 from xdezero import cuda, optimizers
+from xdezero.cli import ArgumentParser, non_negative_int, positive_float, positive_int
 from xdezero.dataloaders import DataLoader
 from xdezero.datasets import MNIST, DownloadError
 from xdezero.models import Model
@@ -43,14 +44,14 @@ class CNN(Model):
         return self.fc2(x)
 
 
-def converter(backend: str):
+def converter(backend: str, parser: argparse.ArgumentParser):
     """A function moving NumPy batches to `backend` (CuPy is handled by the DataLoader's gpu flag)."""
     if backend in ("numpy", "cupy"):
         return lambda a: a
     try:
         module = importlib.import_module(backend)
     except ImportError:
-        sys.exit(f"error: backend {backend!r} is not installed")
+        parser.error(f"backend {backend!r} is not installed")
     if backend == "torch":
         device = "cuda" if module.cuda.is_available() else "cpu"
         return lambda a: module.asarray(a, device=device)
@@ -58,18 +59,19 @@ def converter(backend: str):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--lr", type=float, default=0.001, help="Adam learning rate")
+    # The xdezero command's checks: a bad argument is a one-line error with exit status 2, before any work.
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=positive_int, default=3)
+    parser.add_argument("--batch-size", type=positive_int, default=100)
+    parser.add_argument("--lr", type=positive_float, default=0.001, help="Adam learning rate")
     parser.add_argument("--backend", choices=("numpy", "cupy", "torch", "jax"), default="numpy")
-    parser.add_argument("--limit", type=int, default=None, help="train on the first LIMIT examples only")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=positive_int, default=None, help="train on the first LIMIT examples only")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     args = parser.parse_args()
 
     if args.backend == "cupy" and not cuda.gpu_enable:
-        sys.exit("error: backend 'cupy' needs CuPy and a CUDA GPU")
-    convert = converter(args.backend)
+        parser.error("backend 'cupy' needs CuPy and a CUDA GPU")
+    convert = converter(args.backend, parser)
 
     # Images stay (1, 28, 28) for the convolutions: scale to [0, 1] without flattening.
     transform = Compose([ToFloat(), Normalize(0.0, 255.0)])

@@ -1,8 +1,12 @@
 """The `xdezero` console command.
 
+xdezero --version                 the installed version
 xdezero info                      versions, installed and usable backends, GPUs
 xdezero train spiral [options]    train an MLP on the spiral data set (see `xdezero train spiral -h`)
-xdezero train mnist [options]     train an MLP on MNIST (downloaded once into the data folder)
+xdezero train mnist [options]     train an MLP or a CNN on MNIST (downloaded once into the data folder)
+xdezero eval FILE                 accuracy of weights saved by `train --save` on the task's test split
+
+Every argument is checked before training starts: a bad one is one line on stderr and exit status 2.
 
 Under a launcher (`mpiexec -n 2 xdezero train spiral`, `torchrun --nproc-per-node 2 -m xdezero train spiral`)
 training is data-parallel: --batch-size is the global batch, each process computes the gradient of its share of
@@ -16,115 +20,174 @@ import importlib
 import importlib.metadata
 import importlib.util
 import io
+import json
+import math
+import os
 import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 
 import xdezero
-from xdezero.backends import BackendUnavailable, cuda_devices, describe_library, library_converter, to_numpy
+from xdezero._progress import Progress, wants_bar
+from xdezero._tasks import TaskError, build_model, load_data
+from xdezero.backends import BackendUnavailable, cuda_devices, describe_library, library_converter, to_gpu, to_numpy
 
-__all__ = ["main"]
+__all__ = ["ArgumentParser", "main", "non_negative_int", "positive_float", "positive_int"]
 
-BACKENDS = ("numpy", "cupy", "torch", "jax")
+BACKENDS = ("numpy", "cupy", "torch", "jax", "array_api_strict")
+OPTIMIZERS = ("sgd", "momentum", "adam")
+# Learning rates that train each task in the default epochs (Adam's is its alpha).
+DEFAULT_LR = {
+    ("spiral", "sgd"): 1.0,
+    ("spiral", "momentum"): 0.1,
+    ("spiral", "adam"): 0.01,
+    ("mnist", "sgd"): 0.1,
+    ("mnist", "momentum"): 0.01,
+    ("mnist", "adam"): 0.001,
+}
+# What the weights' sidecar (FILE.json beside FILE.npz) records, so that `xdezero eval` rebuilds the model.
+SIDECAR_KEYS = ("task", "model", "hidden", "activation")
+# A tiny problem gains nothing from more threads, and on a busy machine spinning OpenMP threads cost 10x.
+SMALL_TASK_THREADS = {"spiral": 1}
 
 
 class UsageError(Exception):
     """A problem with what was asked for (not a bug): reported in one line, exit status 2."""
 
 
-# --- backends ----------------------------------------------------------------------------------------
+# --- argument checks (also used by the scripts in examples/) ----------------------------------------------
 
 
-def _backend_converter(name: str) -> Callable[[np.ndarray], Any]:
-    """A function moving NumPy arrays to backend `name`, or UsageError saying why it cannot be used."""
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line, `PROG: error: MESSAGE (see 'PROG -h')`, with exit status 2."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} -h')\n")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer ≥ 1."""
     try:
-        return library_converter(name)
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type for seeds: an integer in [0, 2**32 - 1], the range NumPy's seed accepts."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 4294967295, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 4294967295, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0 (nan and inf would train to nan)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return value
+
+
+def _existing_folder_for(text: str) -> None:
+    folder = os.path.dirname(os.path.abspath(text))
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory; name a file")
+    if not os.path.isdir(folder):
+        raise argparse.ArgumentTypeError(f"cannot write {text!r}: the directory {folder!r} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot write {text!r}: the directory {folder!r} is not writable")
+
+
+def weights_file(text: str) -> str:
+    """An argparse type for --save: a file in an existing, writable directory."""
+    _existing_folder_for(text)
+    return text
+
+
+def image_file(text: str) -> str:
+    """An argparse type for --plot: a file in an existing directory, of a format matplotlib writes."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise argparse.ArgumentTypeError("--plot needs matplotlib, which is not installed (pip install matplotlib)")
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = sorted(set(FigureCanvasBase.get_supported_filetypes()) - {"pgf", "raw", "rgba"})  # pgf needs LaTeX
+    extension = os.path.splitext(text)[1].lstrip(".").lower()
+    if extension not in formats:
+        raise argparse.ArgumentTypeError(
+            f"cannot tell the image format of {text!r}: end the name with one of .{', .'.join(formats)}"
+        )
+    _existing_folder_for(text)
+    return text
+
+
+# --- backends, devices, threads ------------------------------------------------------------------------
+
+
+def _converter(backend: str, device: str | None) -> tuple[Callable[[np.ndarray], Any], str]:
+    """(a function moving NumPy arrays to `backend` on `device`, the device's name); UsageError if unusable."""
+    try:
+        convert = library_converter(backend)
     except BackendUnavailable as e:
         raise UsageError(str(e)) from None
+    if device is None:
+        return convert, ""
+    where = f"--device {device}"
+    if backend in ("numpy", "array_api_strict"):
+        if device != "cpu":
+            raise UsageError(f"{where}: backend {backend} runs on the CPU only (--device cpu)")
+        return convert, "cpu"
+    if backend == "torch":
+        import torch
 
-
-# --- progress output ---------------------------------------------------------------------------------
-
-
-class Progress:
-    """One line per epoch; on a terminal, also a bar on the last line, redrawn as batches finish."""
-
-    def __init__(self, total_epochs: int, batches: int, stream: TextIO) -> None:
-        self.total, self.batches, self.stream = total_epochs, batches, stream
-        self.tty = stream.isatty()
-        self.width = len(str(total_epochs))
-
-    def batch(self, epoch: int, done: int) -> None:
-        if not self.tty:
-            return
-        fraction = ((epoch - 1) * self.batches + done) / (self.total * self.batches)
-        filled = int(30 * fraction)
-        bar = "#" * filled + "-" * (30 - filled)
-        self.stream.write(f"\r[{bar}] {100 * fraction:5.1f}%  epoch {epoch:{self.width}d}/{self.total}")
-        self.stream.flush()
-
-    def epoch(self, epoch: int, loss: float, acc: float) -> None:
-        clear = "\r\033[K" if self.tty else ""
-        self.stream.write(f"{clear}epoch {epoch:{self.width}d}/{self.total}  loss {loss:.4f}  accuracy {acc:.4f}\n")
-        self.stream.flush()
-
-
-# --- train spiral --------------------------------------------------------------------------------------
-
-
-def _positive(kind: type) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
         try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
-        return value
+            dev = torch.device(device)
+        except (RuntimeError, ValueError) as e:
+            raise UsageError(f"{where}: not a torch device ({e}); try cpu, cuda or cuda:1") from None
+        if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+            raise UsageError(f"{where}: torch sees {torch.cuda.device_count()} CUDA GPU(s)")
+        if dev.type not in ("cpu", "cuda", "mps"):
+            raise UsageError(f"{where}: xdezero's torch backend runs on cpu, cuda or mps")
+        if dev.type == "mps" and not torch.backends.mps.is_available():
+            raise UsageError(f"{where}: torch's MPS device is not available here")
+        return (lambda a: torch.asarray(a, device=dev)), str(dev)
+    kind, _, number = device.partition(":")
+    if not (number == "" or number.isdigit()):
+        raise UsageError(f"{where}: expected KIND or KIND:INDEX, e.g. gpu or gpu:1")
+    index = int(number or 0)
+    if backend == "jax":
+        import jax
 
-    return parse
+        try:
+            devices = jax.devices({"cuda": "gpu"}.get(kind, kind))
+        except RuntimeError as e:
+            raise UsageError(f"{where}: JAX has no such device ({str(e).splitlines()[0]})") from None
+        if index >= len(devices):
+            raise UsageError(f"{where}: JAX sees {len(devices)} {kind} device(s)")
+        dev = devices[index]
+        return (lambda a: jax.device_put(a, dev)), str(dev)
+    # cupy
+    import cupy
 
-
-def _check_matplotlib() -> None:
-    if importlib.util.find_spec("matplotlib") is None:
-        raise UsageError("--plot needs matplotlib, which is not installed (pip install matplotlib)")
-
-
-def _communicator(args: argparse.Namespace) -> Any:
-    from xdezero import distributed as dist
-
-    try:
-        return dist.create_communicator(args.communicator)
-    except ImportError as e:
-        raise UsageError(f"--communicator {args.communicator}: {e}") from None
-
-
-def _load_task(args: argparse.Namespace) -> tuple[Any, Any, Any, str]:
-    """(training set, test set, model, description) for `args.task`."""
-    import xdezero.functions as F
-    from xdezero.datasets import MNIST, Spiral
-    from xdezero.models import MLP
-
-    activation = getattr(F, args.activation)
-    if args.task == "spiral":
-        train_set = Spiral(train=True)
-        model = MLP((args.hidden, 3), activation=activation)
-        return train_set, Spiral(train=False), model, f"spiral ({len(train_set)} points)"
-    try:
-        train_set, test_set = MNIST(train=True), MNIST(train=False)
-    except OSError as e:
-        raise UsageError(f"cannot load MNIST: {e}") from None
-    model = MLP((args.hidden, 10), activation=activation)
-    return train_set, test_set, model, f"MNIST ({len(train_set)} images)"
-
-
-def _my_rows(n: int, comm: Any) -> slice:
-    """This rank's rows of a batch of `n`: contiguous, sizes differing by at most one."""
-    return slice(n * comm.rank // comm.size, n * (comm.rank + 1) // comm.size)
+    count = cupy.cuda.runtime.getDeviceCount()
+    if kind not in ("cuda", "gpu") or index >= count:
+        raise UsageError(f"{where}: CuPy runs on cuda:0 to cuda:{count - 1}")
+    cupy.cuda.Device(index).use()
+    return to_gpu, f"cuda:{index}"
 
 
 def _use_gpu_of_rank(backend: str, intra_rank: int) -> None:
@@ -140,27 +203,70 @@ def _use_gpu_of_rank(backend: str, intra_rank: int) -> None:
             torch.cuda.set_device(intra_rank % torch.cuda.device_count())
 
 
-def _accuracy(model: Any, dataset: Any, convert: Callable, comm: Any) -> float:
-    """Accuracy over `dataset`, each rank evaluating its contiguous part."""
+def _set_threads(backend: str, threads: int | None) -> Callable[[], None]:
+    """Limit torch's intra-op threads to `threads` for this run; returns what restores the old count.
+
+    NumPy's BLAS and JAX size their thread pools when imported: this command leaves them alone.
+    """
+    if backend != "torch" or threads is None or importlib.util.find_spec("torch") is None:
+        return lambda: None  # a missing torch is reported by _converter, in one line
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    return lambda: torch.set_num_threads(before)
+
+
+# --- train ---------------------------------------------------------------------------------------------
+
+
+def _communicator(args: argparse.Namespace) -> Any:
+    from xdezero import distributed as dist
+
+    try:
+        return dist.create_communicator(args.communicator)
+    except ImportError as e:
+        raise UsageError(f"--communicator {args.communicator}: {e}") from None
+
+
+def _my_rows(n: int, comm: Any) -> slice:
+    """This rank's rows of a batch of `n`: contiguous, sizes differing by at most one."""
+    return slice(n * comm.rank // comm.size, n * (comm.rank + 1) // comm.size)
+
+
+def _accuracy(model: Any, dataset: Any, convert: Callable, comm: Any, batch: int = 1000) -> float:
+    """Accuracy over `dataset`, each rank evaluating its contiguous part, `batch` examples at a time."""
     import xdezero.functions as F
 
     rows = range(len(dataset))[_my_rows(len(dataset), comm)]
     correct = 0.0
-    if len(rows):
-        examples = [dataset[i] for i in rows]
-        x = np.asarray([e[0] for e in examples])
-        t = np.asarray([e[1] for e in examples])
-        with xdezero.no_grad():
-            correct = float(F.accuracy(model(convert(x)), convert(t)).data) * len(rows)
+    with xdezero.no_grad(), xdezero.test_mode():
+        for start in range(0, len(rows), batch):
+            examples = [dataset[i] for i in rows[start : start + batch]]
+            x = np.asarray([e[0] for e in examples])
+            t = np.asarray([e[1] for e in examples])
+            correct += float(F.accuracy(model(convert(x)), convert(t)).data) * len(examples)
     return comm.allreduce(correct) / len(dataset)
 
 
+def _optimizer(name: str, lr: float) -> Any:
+    from xdezero.optimizers import SGD, Adam, MomentumSGD
+
+    return {"sgd": SGD, "momentum": MomentumSGD}[name](lr=lr) if name != "adam" else Adam(alpha=lr)
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, Any, str]:
+    try:
+        return load_data(args.task, getattr(args, "model", "mlp"), getattr(args, "data", None))
+    except TaskError as e:
+        raise UsageError(str(e)) from None
+
+
 def train(args: argparse.Namespace, comm: Any, out: TextIO) -> int:
-    """Train the MLP of `args.task` with SGD; data-parallel over `comm`, printing on rank 0 only."""
+    """Train the model of `args.task`; data-parallel over `comm`, printing on rank 0 only."""
     import xdezero.functions as F
     from xdezero import distributed as dist
     from xdezero.dataloaders import DataLoader
-    from xdezero.optimizers import SGD
 
     if comm.rank != 0:
         out = io.StringIO()  # only rank 0 reports
@@ -169,74 +275,106 @@ def train(args: argparse.Namespace, comm: Any, out: TextIO) -> int:
             f"--batch-size {args.batch_size} is the global batch: it must be at least {comm.size}, "
             "the number of processes"
         )
-    convert = _backend_converter(args.backend)
-    if comm.intra_size > 1:
+    convert, device = _converter(args.backend, args.device)
+    if comm.intra_size > 1 and args.device is None:
         _use_gpu_of_rank(args.backend, comm.intra_rank)
-    plot = getattr(args, "plot", None)
-    if plot:
-        _check_matplotlib()
+    model_name = getattr(args, "model", "mlp")
+    lr = args.lr if args.lr is not None else DEFAULT_LR[args.task, args.optimizer]
     np.random.seed(args.seed)  # this program owns the process: make the weight initialisation reproducible
-    train_set, test_set, model, description = _load_task(args)
+    train_set, test_set, description = _load(args)
+    description = description.replace("{n}", str(len(train_set)))
+    model = build_model(args.task, model_name, args.hidden, args.activation)
     # Every rank walks the same global order; each computes the gradient of its rows of every batch, so the
     # steps are those of one process up to floating-point order.
     loader = DataLoader(train_set, args.batch_size, shuffle=True, seed=args.seed)
-    optimizer = SGD(lr=args.lr)
+    optimizer = _optimizer(args.optimizer, lr)
     if comm.size > 1:
         optimizer = dist.create_multi_node_optimizer(optimizer, comm)
     optimizer.setup(model)
+
+    classes = 3 if args.task == "spiral" else 10
+    shape = f"MLP(({args.hidden}, {classes}), {args.activation})" if model_name == "mlp" else f"CNN({args.hidden})"
+    on = f" on {device}" if device else ""
+    threads = ""
+    if args.backend == "torch":
+        import torch
+
+        threads = f", {torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}"
     processes = f", {comm.size} processes ({comm.name})" if comm.size > 1 else ""
-    print(
-        f"training MLP(({args.hidden}, {3 if args.task == 'spiral' else 10}), {args.activation}) on {description} "
-        f"with SGD lr={args.lr}, batch size {args.batch_size}, backend {args.backend}{processes}",
-        file=out,
-    )
-    progress = Progress(args.epochs, len(loader), out)
+    if not args.quiet:
+        print(
+            f"training {shape} on {description} with {args.optimizer} lr={lr:g}, batch size {args.batch_size}, "
+            f"backend {args.backend}{on}{threads}{processes}",
+            file=out,
+        )
+    progress = Progress(args.epochs, len(loader), out, bar=wants_bar(out), quiet=args.quiet)
     losses = []
     start = time.perf_counter()
-    for epoch in range(1, args.epochs + 1):
-        sum_loss = sum_acc = 0.0
-        for done, (x, t) in enumerate(loader, 1):
-            batch = len(t)
-            rows = _my_rows(batch, comm)
-            x, t = convert(x[rows]), convert(t[rows])
-            mine = rows.stop - rows.start
-            y = model(x)
-            loss = F.softmax_cross_entropy(y, t) if mine else F.sum(y) * 0.0
-            # The optimizer averages the ranks' gradients: weight each by its share of the batch, so that an
-            # uneven split (a last batch smaller than the rest) still gives the gradient of the whole batch.
-            objective = loss if mine * comm.size == batch else loss * (mine * comm.size / batch)
-            model.cleargrads()
-            objective.backward()
-            optimizer.update()
-            if mine:
-                sum_loss += float(loss.data) * mine
-                sum_acc += float(F.accuracy(y, t).data) * mine
-            progress.batch(epoch, done)
-        if comm.size > 1:
-            sums = comm.allreduce({"loss": sum_loss, "acc": sum_acc})
-            sum_loss, sum_acc = sums["loss"], sums["acc"]
-        losses.append(sum_loss / len(train_set))
-        progress.epoch(epoch, losses[-1], sum_acc / len(train_set))
+    try:
+        for epoch in range(1, args.epochs + 1):
+            sum_loss = sum_acc = 0.0
+            progress.start_epoch(epoch)
+            for x, t in loader:
+                batch = len(t)
+                rows = _my_rows(batch, comm)
+                x, t = convert(x[rows]), convert(t[rows])
+                mine = rows.stop - rows.start
+                y = model(x)
+                loss = F.softmax_cross_entropy(y, t) if mine else F.sum(y) * 0.0
+                # The optimizer averages the ranks' gradients: weight each by its share of the batch, so that an
+                # uneven split (a last batch smaller than the rest) still gives the gradient of the whole batch.
+                objective = loss if mine * comm.size == batch else loss * (mine * comm.size / batch)
+                model.cleargrads()
+                objective.backward()
+                optimizer.update()
+                batch_loss = float(loss.data)
+                if mine:
+                    sum_loss += batch_loss * mine
+                    sum_acc += float(F.accuracy(y, t).data) * mine
+                progress.batch(batch_loss)
+            if comm.size > 1:
+                sums = comm.allreduce({"loss": sum_loss, "acc": sum_acc})
+                sum_loss, sum_acc = sums["loss"], sums["acc"]
+            losses.append(sum_loss / len(train_set))
+            progress.end_epoch(epoch, losses[-1], sum_acc / len(train_set))
+    finally:
+        progress.close()
     elapsed = time.perf_counter() - start
 
     train_acc = _accuracy(model, train_set, convert, comm)
     test_acc = _accuracy(model, test_set, convert, comm)
     print(
-        f"done: {args.epochs} epochs in {elapsed:.1f} s; "
-        f"training accuracy {train_acc:.4f}, test accuracy {test_acc:.4f}",
+        f"done: {args.epochs} epochs in {elapsed:.1f} s; final weights: training accuracy {train_acc:.4f}, "
+        f"test accuracy {test_acc:.4f} (the running accuracy above is averaged over each epoch's batches "
+        "while the weights were still changing)",
         file=out,
     )
     if comm.rank == 0:  # parameters are the same on every rank: one writer
         if args.save:
-            try:
-                model.save_weights(args.save)
-            except OSError as e:
-                raise UsageError(f"cannot write {args.save}: {e.strerror or e}") from None
-            print(f"wrote {args.save}", file=out)
+            path = _save(model, args, model_name)
+            print(f"wrote {path}", file=out)
+        plot = getattr(args, "plot", None)
         if plot:
             _plot(plot, model, convert, train_set, losses)
             print(f"wrote {plot}", file=out)
     return 0
+
+
+def _sidecar(weights: str) -> Path:
+    return Path(weights).with_suffix(".json")
+
+
+def _save(model: Any, args: argparse.Namespace, model_name: str) -> str:
+    """Write the weights (.npz appended if missing) and their sidecar FILE.json; the .npz path written."""
+    path = args.save if args.save.endswith(".npz") else args.save + ".npz"
+    record = {"task": args.task, "model": model_name, "hidden": args.hidden, "activation": args.activation}
+    record["xdezero"] = xdezero.__version__
+    try:
+        model.save_weights(path)
+        _sidecar(path).write_text(json.dumps(record, indent=1) + "\n")
+    except OSError as e:
+        raise UsageError(f"cannot write {path}: {e.strerror or e}") from None
+    return path
 
 
 def _plot(path: str, model: Any, convert: Callable, dataset: Any, losses: Sequence[float]) -> None:
@@ -263,9 +401,46 @@ def _plot(path: str, model: Any, convert: Callable, dataset: Any, losses: Sequen
     ax_map.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
     try:
-        fig.savefig(path, format="png", dpi=100)
+        fig.savefig(path, dpi=100)  # the format follows the extension, checked when the arguments were read
     except OSError as e:
         raise UsageError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+# --- eval ----------------------------------------------------------------------------------------------
+
+
+def evaluate(args: argparse.Namespace, out: TextIO) -> int:
+    """Print the test-split accuracy of the weights in `args.file`, rebuilding the model its sidecar names."""
+    path = args.file if os.path.exists(args.file) or args.file.endswith(".npz") else args.file + ".npz"
+    if not os.path.isfile(path):
+        raise UsageError(f"{args.file}: no such weights file")
+    sidecar = _sidecar(path)
+    try:
+        record = json.loads(sidecar.read_text())
+        task, model_name, hidden, activation = (record[k] for k in SIDECAR_KEYS)
+    except FileNotFoundError:
+        raise UsageError(
+            f"{path} has no {sidecar.name} beside it saying which model it holds ('xdezero train --save' writes one)"
+        ) from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"{sidecar} is damaged: expected JSON with {', '.join(SIDECAR_KEYS)} ({e})") from None
+    if task not in ("spiral", "mnist") or model_name not in ("mlp", "cnn"):
+        raise UsageError(f"{sidecar}: unknown task {task!r} or model {model_name!r}")
+    convert, _ = _converter(args.backend, args.device)
+    args.task, args.model = task, model_name
+    _, test_set, description = _load(args)
+    model = build_model(task, model_name, hidden, activation)
+    with xdezero.no_grad():
+        model(convert(np.asarray([test_set[0][0]])))  # parameters take their shapes from a first input
+    try:
+        model.load_weights(path)
+    except (OSError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    single = _communicator(argparse.Namespace(communicator="single"))
+    accuracy = _accuracy(model, test_set, convert, single, args.batch_size)
+    split = description.replace("{n}", str(len(test_set)))
+    print(f"test accuracy {accuracy:.4f} on the test split, {split}, weights {path}", file=out)
+    return 0
 
 
 # --- info --------------------------------------------------------------------------------------------
@@ -285,7 +460,7 @@ def info(out: TextIO) -> int:
         ("NumPy", np.__version__),
         ("array-api-compat", _version("array-api-compat")),
     ]
-    rows += [(f"backend {name}", describe_library(name)) for name in ("numpy", "array_api_strict", *BACKENDS[1:])]
+    rows += [(f"backend {name}", describe_library(name)) for name in ("numpy", "array_api_strict", *BACKENDS[1:4])]
     rows.append(("GPUs (CuPy)", cuda_devices()))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
@@ -296,27 +471,49 @@ def info(out: TextIO) -> int:
 # --- entry point ---------------------------------------------------------------------------------------
 
 
-def _add_training_options(task: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
+def _add_runtime_options(parser: argparse.ArgumentParser, task: str | None) -> None:
+    """--backend, --device, --threads: where the arrays live and how many threads work on them."""
+    parser.add_argument("--backend", choices=BACKENDS, default="numpy", help="array library (default numpy)")
+    parser.add_argument(
+        "--device", help="the backend's device: cpu, cuda, cuda:1 (torch), gpu:0 (jax), ... (default: its own)"
+    )
+    small = SMALL_TASK_THREADS.get(task or "")
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=small,
+        help="torch's CPU threads for this run (default "
+        + (f"{small}: the problem is too small to gain from more)" if small else "torch's own)"),
+    )
+
+
+def _add_training_options(task: argparse.ArgumentParser, name: str, defaults: dict[str, Any]) -> None:
     d = defaults
     task.add_argument(
-        "--epochs", type=_positive(int), default=d["epochs"], help=f"passes over the data (default {d['epochs']})"
+        "--epochs", type=positive_int, default=d["epochs"], help=f"passes over the data (default {d['epochs']})"
     )
-    task.add_argument(
-        "--hidden", type=_positive(int), default=d["hidden"], help=f"hidden units (default {d['hidden']})"
-    )
+    task.add_argument("--hidden", type=positive_int, default=d["hidden"], help=f"hidden units (default {d['hidden']})")
     task.add_argument(
         "--batch-size",
-        type=_positive(int),
+        type=positive_int,
         default=d["batch_size"],
         help=f"examples per step, over all processes together (default {d['batch_size']})",
     )
-    task.add_argument("--lr", type=_positive(float), default=d["lr"], help=f"SGD learning rate (default {d['lr']})")
+    task.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="update rule (default sgd)")
+    lrs = ", ".join(f"{o} {DEFAULT_LR[name, o]:g}" for o in OPTIMIZERS)
+    task.add_argument("--lr", type=positive_float, help=f"learning rate (Adam's alpha; default {lrs})")
     task.add_argument(
-        "--activation", choices=("relu", "sigmoid", "tanh"), default="relu", help="hidden activation (default relu)"
+        "--activation", choices=("relu", "sigmoid", "tanh"), default="relu", help="MLP activation (default relu)"
     )
-    task.add_argument("--backend", choices=BACKENDS, default="numpy", help="array library (default numpy)")
-    task.add_argument("--seed", type=int, default=0, help="seed for weights and shuffling (default 0)")
-    task.add_argument("--save", metavar="FILE", help="write the trained weights to FILE (.npz; rank 0 only)")
+    _add_runtime_options(task, name)
+    task.add_argument("--seed", type=non_negative_int, default=0, help="seed for weights and shuffling (default 0)")
+    task.add_argument(
+        "--save",
+        metavar="FILE",
+        type=weights_file,
+        help="write the trained weights to FILE (.npz) and what model they belong to to FILE.json (rank 0 only)",
+    )
+    task.add_argument("--quiet", "-q", action="store_true", help="print only the final result")
     task.add_argument(
         "--communicator",
         choices=("auto", "mpi", "torch", "nccl", "single"),
@@ -325,17 +522,36 @@ def _add_training_options(task: argparse.ArgumentParser, defaults: dict[str, Any
     )
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xdezero", description="xdezero: DeZero over any array-API array.")
+def _add_data_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data",
+        metavar="DIR",
+        help="a folder of MNIST-format files of your own (format-checked only); default: MNIST, downloaded "
+        "into $XDEZERO_DATA_DIR or ~/.xdezero and checked against its published checksums",
+    )
+
+
+def _parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="xdezero", description="xdezero: DeZero over any array-API array.")
+    parser.add_argument("--version", action="version", version=f"xdezero {xdezero.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("info", help="show versions, backends and GPUs")
     train = commands.add_parser("train", help="train an example model")
     tasks = train.add_subparsers(dest="task", required=True, metavar="TASK")
     spiral = tasks.add_parser("spiral", help="an MLP on the 3-class spiral data set")
-    _add_training_options(spiral, {"epochs": 300, "hidden": 30, "batch_size": 30, "lr": 1.0})
-    spiral.add_argument("--plot", metavar="FILE", help="write a PNG with the loss curve and the decision regions")
-    mnist = tasks.add_parser("mnist", help="an MLP on MNIST digits (downloaded on first use)")
-    _add_training_options(mnist, {"epochs": 5, "hidden": 1000, "batch_size": 100, "lr": 0.1})
+    _add_training_options(spiral, "spiral", {"epochs": 300, "hidden": 30, "batch_size": 30})
+    spiral.add_argument(
+        "--plot", metavar="FILE", type=image_file, help="draw the loss curve and the decision regions (.png, .svg, ...)"
+    )
+    mnist = tasks.add_parser("mnist", help="an MLP or a CNN on MNIST digits (downloaded on first use)")
+    _add_training_options(mnist, "mnist", {"epochs": 5, "hidden": 1000, "batch_size": 100})
+    mnist.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="the book's MLP or a small CNN")
+    _add_data_option(mnist)
+    evaluate = commands.add_parser("eval", help="accuracy of saved weights on the test split")
+    evaluate.add_argument("file", metavar="FILE", help="weights written by 'xdezero train ... --save FILE'")
+    _add_runtime_options(evaluate, None)
+    evaluate.add_argument("--batch-size", type=positive_int, default=1000, help="examples per step (default 1000)")
+    _add_data_option(evaluate)
     return parser
 
 
@@ -343,9 +559,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the `xdezero` command; returns the exit status (0 success, 2 usage errors)."""
     args = _parser().parse_args(argv)
     rank = 0
+    restore_threads = _set_threads(getattr(args, "backend", ""), getattr(args, "threads", None))
     try:
         if args.command == "info":
             return info(sys.stdout)
+        if args.command == "eval":
+            return evaluate(args, sys.stdout)
         comm = _communicator(args)
         rank = comm.rank
         return train(args, comm, sys.stdout)
@@ -356,3 +575,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nxdezero: interrupted", file=sys.stderr)
         return 130
+    finally:
+        restore_threads()
