@@ -163,3 +163,110 @@ def test_function_classes_compute_what_numpy_does():
     y = F.BatchNorm(mean, var, 0.9, 2e-5)(x, np.ones(3), np.zeros(3))
     np.testing.assert_allclose(y.data, (x - x.mean(0)) / np.sqrt(x.var(0) + 2e-5), rtol=1e-6)
     np.testing.assert_allclose(mean, 0.1 * x.mean(0))  # the running mean updated in place, as in DeZero
+
+
+# --- the meanings behind some of the added names, against DeZero or NumPy --------------------------------
+
+
+@pytest.mark.parametrize("to_matrix", [True, False])
+def test_im2col_array_and_col2im_array_match_dezero(to_matrix):
+    import xdezero.functions_conv as FC
+
+    theirs = dezero_module("functions_conv")
+    x = np.random.default_rng(0).normal(size=(2, 3, 7, 6))
+    ours_col = FC.im2col_array(x, (3, 2), (2, 1), (1, 0), to_matrix=to_matrix)
+    their_col = theirs.im2col_array(x, (3, 2), (2, 1), (1, 0), to_matrix=to_matrix)
+    np.testing.assert_array_equal(ours_col, their_col)
+    np.testing.assert_allclose(
+        FC.col2im_array(their_col, x.shape, (3, 2), (2, 1), (1, 0), to_matrix=to_matrix),
+        theirs.col2im_array(their_col, x.shape, (3, 2), (2, 1), (1, 0), to_matrix=to_matrix),
+    )
+    assert FC.get_conv_outsize(7, 3, 2, 1) == theirs.get_conv_outsize(7, 3, 2, 1)
+    assert FC.get_deconv_outsize(4, 3, 2, 1) == theirs.get_deconv_outsize(4, 3, 2, 1)
+
+
+def test_functions_conv_classes_take_dezeros_arguments():
+    import xdezero.functions_conv as FC
+
+    theirs = dezero_module("functions_conv")
+    rng = np.random.default_rng(1)
+    x, W, b = rng.normal(size=(2, 3, 6, 5)), rng.normal(size=(4, 3, 3, 3)), rng.normal(size=4)
+    y = FC.Conv2d(stride=2, pad=1)(xdezero.Variable(x), W, b)
+    np.testing.assert_allclose(y.data, theirs.Conv2d(stride=2, pad=1)(x, W, b).data, rtol=1e-12)
+    gy = rng.normal(size=y.shape)
+    np.testing.assert_allclose(
+        FC.Conv2DGradW(y.creator)(x, gy).data,
+        theirs.Conv2DGradW(theirs.Conv2d(2, 1)(dezero_module().Variable(x), W, b).creator)(x, gy).data,
+        rtol=1e-12,
+    )
+    Wd = rng.normal(size=(3, 4, 3, 3))
+    for outsize in (None, (12, 10)):
+        np.testing.assert_allclose(
+            FC.Deconv2d(2, 1, outsize)(x, Wd, b).data, theirs.Deconv2d(2, 1, outsize)(x, Wd, b).data, rtol=1e-12
+        )
+    np.testing.assert_allclose(FC.Pooling(2, 2)(x).data, theirs.Pooling(2, 2)(x).data)
+    np.testing.assert_allclose(FC.AveragePooling(3, 1, 1)(x).data, theirs.AveragePooling(3, 1, 1)(x).data)
+    col = FC.Im2col(3, 1, 1, True)(x)
+    np.testing.assert_allclose(col.data, theirs.Im2col(3, 1, 1, True)(x).data)
+    np.testing.assert_allclose(
+        FC.Col2im(x.shape, 3, 1, 1, True)(col.data).data, theirs.Col2im(x.shape, 3, 1, 1, True)(col.data).data
+    )
+
+
+@pytest.mark.parametrize(
+    "s0, s1",
+    [((1, 1), (1,)), ((4, 3), (3,)), ((4, 3), (1, 3)), ((4, 1), (4, 1)), ((5,), ())],
+)
+def test_mean_squared_error_broadcasts_as_dezero(s0, s1):
+    import xdezero.functions as F
+
+    theirs = dezero_module("functions")
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=s0), rng.normal(size=s1)
+    ours = F.mean_squared_error(F.Variable(a), F.Variable(b))
+    ref = theirs.mean_squared_error(a, b)
+    np.testing.assert_allclose(ours.data, ref.data, rtol=1e-12)
+    ours.backward()
+    diff = np.broadcast_to(a - b, np.broadcast_shapes(s0, s1))
+    ga = 2 * diff / diff.shape[0]
+    np.testing.assert_allclose(
+        F.Variable(ga).data.sum(axis=tuple(range(ga.ndim - a.ndim))), ours.creator.inputs[0].grad.data
+    )
+
+
+@pytest.mark.parametrize("s0, s1", [((4, 1), (4,)), ((4,), (4, 1)), ((3, 2), (2, 3))])
+def test_mean_squared_error_refuses_the_all_pairs_trap(s0, s1):
+    import xdezero.functions as F
+
+    with pytest.raises(ValueError, match="mean_squared_error: the prediction has shape"):
+        F.mean_squared_error(np.ones(s0), np.ones(s1))
+
+
+def test_batchnorm_statistics_are_parameters_like_dezeros():
+    import xdezero.layers as L
+
+    theirs = dezero_module("layers")
+    ours, ref = L.BatchNorm(), theirs.BatchNorm()
+    assert ours.avg_mean.data is None and ref.avg_mean.data is None
+    x = np.random.default_rng(3).normal(size=(8, 3)) * 2 + 1
+    for _ in range(2):
+        np.testing.assert_allclose(ours(x).data, ref(x).data, rtol=1e-6)
+    assert isinstance(ours.avg_mean, xdezero.Parameter) and isinstance(ours.avg_var, xdezero.Parameter)
+    np.testing.assert_allclose(ours.avg_mean.data, ref.avg_mean.data, rtol=1e-6)
+    np.testing.assert_allclose(ours.avg_var.data, ref.avg_var.data, rtol=1e-6)
+    with xdezero.test_mode(), dezero_module().test_mode():
+        np.testing.assert_allclose(ours(x).data, ref(x).data, rtol=1e-6)
+
+
+def test_to_gpu_and_gpu_enable_as_in_step_52():
+    import xdezero.cuda as cuda
+
+    theirs = dezero_module("cuda")
+    assert isinstance(cuda.gpu_enable, bool)
+    if not theirs.gpu_enable:
+        assert cuda.gpu_enable is False
+    loader = xdezero.DataLoader(xdezero.datasets.Spiral(), 10)
+    loader.to_gpu()
+    assert loader.gpu is True
+    loader.to_cpu()
+    assert callable(xdezero.Model.to_gpu) and callable(xdezero.Model.to_cpu)

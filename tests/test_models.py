@@ -125,3 +125,72 @@ def test_resnet50_structure_and_forward(tmp_path):
     with test_mode():
         expected = to_numpy(model(x))
         assert to_numpy(M.ResNet50(pretrained=str(path))(x)).tolist() == expected.tolist()
+
+
+# --- SqueezeNet 1.1 -------------------------------------------------------------------------------------
+
+
+def _torch_squeezenet11(x, w):
+    """SqueezeNet 1.1 written directly in torch.nn.functional (the reference layout, ceil-mode pooling)."""
+    torch = pytest.importorskip("torch")
+    tf = torch.nn.functional
+
+    def conv(h, name, pad=0, stride=1):
+        return tf.conv2d(h, torch.from_numpy(w[f"{name}/W"]), torch.from_numpy(w[f"{name}/b"]), stride, pad)
+
+    def fire(h, name):
+        s = tf.relu(conv(h, f"{name}/squeeze"))
+        return torch.cat([tf.relu(conv(s, f"{name}/expand1x1")), tf.relu(conv(s, f"{name}/expand3x3", pad=1))], 1)
+
+    h = tf.max_pool2d(tf.relu(conv(torch.from_numpy(x), "conv1", stride=2)), 3, 2, ceil_mode=True)
+    h = tf.max_pool2d(fire(fire(h, "fire2"), "fire3"), 3, 2, ceil_mode=True)
+    h = tf.max_pool2d(fire(fire(h, "fire4"), "fire5"), 3, 2, ceil_mode=True)
+    for i in range(6, 10):
+        h = fire(h, f"fire{i}")
+    h = tf.relu(conv(h, "conv10"))
+    return tf.adaptive_avg_pool2d(h, 1).flatten(1).numpy()
+
+
+def test_squeezenet_matches_a_torch_squeezenet_1_1():
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64))
+    model = M.SqueezeNet(num_classes=7)
+    with test_mode():
+        y = model(x)
+    assert y.shape == (2, 7)
+    w = {k: to_numpy(p) for k, p in model.named_params()}
+    assert len(w) == 2 * (1 + 3 * 8 + 1)
+    assert w["conv1/W"].shape == (64, 3, 3, 3) and w["fire9/expand3x3/W"].shape == (256, 64, 3, 3)
+    assert w["conv10/W"].shape == (7, 512, 1, 1)
+    w64 = {k: v.astype(np.float64) for k, v in w.items()}
+    model64 = M.SqueezeNet(num_classes=7)
+    model64(x[:1])
+    for k, p in model64.named_params():
+        p.data = w64[k]
+    with test_mode():
+        y64 = model64(x)
+    np.testing.assert_allclose(to_numpy(y64), _torch_squeezenet11(x, w64), rtol=1e-10, atol=1e-12)
+
+
+def test_squeezenet_trains():
+    from xdezero import optimizers
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 3, 48, 48)).astype(np.float32)
+    t = np.array([0, 1, 2, 1])
+    np.random.seed(0)
+    model = M.SqueezeNet(num_classes=3, dropout_ratio=0.0)
+    optimizer = optimizers.Adam(1e-4).setup(model)
+    losses = []
+    for _ in range(5):
+        loss = F.softmax_cross_entropy(model(x), t)
+        model.cleargrads()
+        loss.backward()
+        assert all(p.grad is not None for p in model.params())
+        optimizer.update()
+        losses.append(float(loss.data))
+    assert losses[-1] < losses[0]
+
+
+def test_squeezenet_has_no_pretrained_weights():
+    with pytest.raises(NotImplementedError, match="pretrained"):
+        M.SqueezeNet(pretrained=True)
