@@ -1,7 +1,13 @@
-"""Test every backend in its own environment: `nox` (all sessions), `nox -s "tests(backend='torch')"`, `nox -s lint`."""
+"""Test every backend in its own environment: `nox` (all sessions), `nox -s "tests(backend='torch')"`, `nox -s lint`.
+
+The numpy session runs on every Python the package claims (`nox -s "tests(python='3.13', backend='numpy')"`),
+the other backends on the oldest one.
+"""
 
 from __future__ import annotations
 
+import glob
+import os
 import shutil
 import subprocess
 
@@ -9,6 +15,8 @@ import nox
 
 nox.options.default_venv_backend = "virtualenv"  # pip honours local wheel folders (torch), uv does not
 nox.options.error_on_missing_interpreters = True
+
+PYTHONS = ["3.11", "3.12", "3.13"]  # requires-python and the classifiers in pyproject.toml say the same
 
 # What each backend session installs on top of the package and its test extras.
 BACKEND_PACKAGES = {
@@ -20,23 +28,50 @@ BACKEND_PACKAGES = {
 }
 
 
+def _put_pyenv_pythons_on_path() -> None:
+    """pyenv's shims run only the selected versions (`python3.12` fails while 3.11 is global): put each
+    installed version's own bin folder first on PATH, so that nox finds every interpreter in PYTHONS."""
+    root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
+    folders = []
+    for version in PYTHONS:
+        found = shutil.which(f"python{version}")
+        if found and os.sep + "shims" + os.sep not in found:
+            continue
+        installed = sorted(
+            glob.glob(os.path.join(root, "versions", f"{version}.*", "bin")),
+            key=lambda p: [int(x) for x in p.split(os.sep)[-2].split(".") if x.isdigit()],
+        )
+        if installed:
+            folders.append(installed[-1])
+    os.environ["PATH"] = os.pathsep.join([*folders, os.environ.get("PATH", "")])
+
+
+_put_pyenv_pythons_on_path()
+
+
 def _has_nvidia_gpu() -> bool:
     if shutil.which("nvidia-smi") is None:
         return False
     return subprocess.run(["nvidia-smi", "-L"], capture_output=True, check=False).returncode == 0
 
 
+def _test_sessions() -> list:
+    sessions = [nox.param(p, "numpy", id=f"python='{p}', backend='numpy'") for p in PYTHONS[1:]]
+    # The oldest Python keeps the short names: tests(backend='numpy'), tests(backend='torch'), ...
+    return [nox.param(PYTHONS[0], b, id=f"backend='{b}'") for b in BACKEND_PACKAGES] + sessions
+
+
 @nox.session
-@nox.parametrize("backend", list(BACKEND_PACKAGES))
+@nox.parametrize("python,backend", _test_sessions())
 def tests(session: nox.Session, backend: str) -> None:
     """Run the test suite with XDEZERO_BACKENDS=<backend>."""
     if backend == "cupy" and not _has_nvidia_gpu():
         session.skip("no NVIDIA GPU here (nvidia-smi finds none): the cupy backend needs one")
-    session.install("-e", ".[test,plot]", *BACKEND_PACKAGES[backend])
+    session.install("-e", ".[test,plot,progress]", *BACKEND_PACKAGES[backend])
     session.run("pytest", *session.posargs, env={"XDEZERO_BACKENDS": backend})
 
 
-@nox.session
+@nox.session(python=PYTHONS[0])
 def distributed(session: nox.Session) -> None:
     """Data-parallel training: MPI ranks under mpiexec (mpi4py + MPICH from PyPI), dask.distributed workers."""
     session.install("-e", ".[test,mpi]", "distributed")
@@ -48,6 +83,13 @@ def distributed(session: nox.Session) -> None:
         *session.posargs,
         env={"XDEZERO_BACKENDS": "numpy"},
     )
+
+
+@nox.session(python=PYTHONS[0])
+def docs(session: nox.Session) -> None:
+    """The user guide and the API reference from the docstrings: `mkdocs build --strict` (warnings are errors)."""
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", "--site-dir", os.path.join(session.create_tmp(), "site"))
 
 
 @nox.session

@@ -569,3 +569,64 @@ def test_mnist_cnn_example_offline(tmp_path):
     assert "MNIST is not available" in result.stderr and "network is unreachable" in result.stderr
     assert "Traceback" not in result.stderr
     assert list((tmp_path / "data").iterdir()) == []
+
+
+# --- packaging and docs -----------------------------------------------------------------------------------
+
+
+def test_classifiers_requires_python_and_nox_name_the_same_pythons():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    classified = sorted(
+        c.rpartition(":: ")[2]
+        for c in project["classifiers"]
+        if re.fullmatch(r"Programming Language :: Python :: 3\.\d+", c)
+    )
+    noxfile = (ROOT / "noxfile.py").read_text()
+    pythons = re.search(r"^PYTHONS = \[(.*?)\]", noxfile, flags=re.M)[1]
+    assert classified == sorted(re.findall(r'"(3\.\d+)"', pythons))
+    assert project["requires-python"] == f">={classified[0]}"
+    assert project["license"] == "MIT" and (ROOT / "LICENSE").read_text().startswith("MIT License")
+
+
+def test_py_typed_ships():
+    import tomllib
+
+    assert (ROOT / "xdezero" / "py.typed").exists()
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "py.typed" in setuptools["package-data"]["xdezero"]
+
+
+def test_sdist_ships_the_package_and_no_half_test_suite(tmp_path):
+    pytest.importorskip("build")
+    pytest.importorskip("setuptools")
+    result = subprocess.run(
+        [sys.executable, "-m", "build", "--sdist", "--no-isolation", "--outdir", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    import tarfile
+
+    (sdist,) = tmp_path.glob("xdezero-*.tar.gz")
+    with tarfile.open(sdist) as archive:
+        names = {name.partition("/")[2] for name in archive.getnames()}
+    assert {"LICENSE", "CHANGELOG.md", "README.md", "xdezero/py.typed", "xdezero/cli.py"} <= names
+    assert not [n for n in names if n.startswith("tests/")], "tests need the repository (examples, scripts)"
+
+
+def test_the_command_reference_names_every_option():
+    import argparse
+
+    text = (ROOT / "docs" / "cli.md").read_text()
+    options, parsers = set(), [cli._parser()]
+    while parsers:
+        for action in parsers.pop()._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+            options.update(o for o in action.option_strings if o.startswith("--") and o != "--help")
+    # --communicator belongs to docs/distributed.md
+    missing = sorted(o for o in options - {"--communicator"} if not re.search(rf"{o}(?![\w-])", text))
+    assert not missing, f"docs/cli.md does not mention {missing}"
