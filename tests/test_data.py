@@ -530,3 +530,84 @@ def test_image_transforms():
     np.testing.assert_array_equal(transforms.ToArray(np.uint8)(flipped), pixels[:, :, ::-1])
     gray = transforms.ToPIL()(pixels[:1])
     assert gray.mode == "L" and transforms.ToArray(np.uint8)(gray).shape == (1, 6, 8)
+
+
+# --- DeZero's other data names: Shakespear, ImageNet labels, the npz cache, cache_dir, show_progress -------
+
+
+def test_shakespear_from_a_cached_file(data_dir):
+    import xdezero.datasets as D
+
+    text = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n"
+    (data_dir / "shakespear.txt").write_text(text, encoding="utf-8")
+    ds = D.Shakespear()
+    # Ids in order of first appearance, as DeZero numbers them.
+    first_seen = list(dict.fromkeys(text))
+    assert ds.char_to_id == {c: i for i, c in enumerate(first_seen)}
+    assert ds.id_to_char == dict(enumerate(first_seen))
+    assert len(ds) == len(text) - 1
+    assert "".join(ds.id_to_char[int(i)] for i in ds.data) == text[:-1]
+    assert "".join(ds.id_to_char[int(i)] for i in ds.label) == text[1:]
+    x, t = ds[3]
+    assert (ds.id_to_char[int(x)], ds.id_to_char[int(t)]) == (text[3], text[4])
+
+
+def test_imagenet_labels_from_a_cached_file(data_dir):
+    import xdezero.datasets as D
+
+    (data_dir / "imagenet1000_clsidx_to_labels.txt").write_text(
+        "{0: 'tench, Tinca tinca',\n 1: 'goldfish, Carassius auratus',\n 999: 'toilet tissue'}", encoding="utf-8"
+    )
+    assert D.ImageNet.labels() == {0: "tench, Tinca tinca", 1: "goldfish, Carassius auratus", 999: "toilet tissue"}
+    with pytest.raises(NotImplementedError, match="labels"):
+        D.ImageNet()
+
+
+def test_imagenet_labels_are_parsed_never_run(data_dir):
+    import xdezero.datasets as D
+
+    (data_dir / "imagenet1000_clsidx_to_labels.txt").write_text("__import__('os').getcwd()", encoding="utf-8")
+    with pytest.raises(ValueError, match="dict literal"):
+        D.ImageNet.labels()
+
+
+def test_npz_cache_round_trip(data_dir):
+    import xdezero.datasets as D
+
+    url = "https://example.org/files/cifar-10-python.tar.gz"
+    assert D.load_cache_npz(url, train=True) == (None, None)
+    data, label = np.arange(24, dtype=np.uint8).reshape(2, 3, 2, 2), np.array([3, 1])
+    path = D.save_cache_npz(data, label, url, train=True)
+    assert path == str(data_dir / "cifar-10-python.tar.gz.train.npz")
+    got_data, got_label = D.load_cache_npz(url, train=True)
+    np.testing.assert_array_equal(got_data, data)
+    np.testing.assert_array_equal(got_label, label)
+    assert D.load_cache_npz(url, train=False) == (None, None)
+    assert D.save_cache_npz(data[:1], label[:1], url, train=True) == path  # an existing cache is kept
+    assert len(D.load_cache_npz(url, train=True)[0]) == 2
+    assert [p.name for p in data_dir.iterdir()] == ["cifar-10-python.tar.gz.train.npz"]  # no temporary left
+
+
+def test_cache_dir_follows_the_environment(data_dir):
+    import xdezero.datasets as D
+    import xdezero.utils as U
+
+    assert D.cache_dir == U.cache_dir == str(data_dir)
+
+
+def test_show_progress(capsys):
+    import xdezero.utils as U
+
+    U.show_progress(1, 25, 100)
+    U.show_progress(10, 25, 100)
+    out = capsys.readouterr().out
+    assert out == "\r[" + "#" * 7 + "." * 23 + "] 25.00%" + "\r[" + "#" * 30 + "] 100.00%"
+
+
+def test_shakespear_downloads_once_into_the_cache(data_dir, monkeypatch):
+    import xdezero.datasets as D
+
+    requested = serve(monkeypatch, {"input.txt": b"To be, or not to be\n"})
+    assert "".join(D.Shakespear().id_to_char[int(i)] for i in D.Shakespear().label) == "o be, or not to be\n"
+    assert requested == [D.Shakespear.url]  # the second data set read the cached copy
+    assert (data_dir / "shakespear.txt").read_bytes() == b"To be, or not to be\n"
