@@ -283,7 +283,8 @@ def train(args: argparse.Namespace, comm: Any, out: TextIO) -> int:
     np.random.seed(args.seed)  # this program owns the process: make the weight initialisation reproducible
     train_set, test_set, description = _load(args)
     description = description.replace("{n}", str(len(train_set)))
-    model = build_model(args.task, model_name, args.hidden, args.activation)
+    hidden = args.hidden or (128 if model_name == "cnn" else 1000)
+    model = build_model(args.task, model_name, hidden, args.activation)
     # Every rank walks the same global order; each computes the gradient of its rows of every batch, so the
     # steps are those of one process up to floating-point order.
     loader = DataLoader(train_set, args.batch_size, shuffle=True, seed=args.seed)
@@ -293,7 +294,7 @@ def train(args: argparse.Namespace, comm: Any, out: TextIO) -> int:
     optimizer.setup(model)
 
     classes = 3 if args.task == "spiral" else 10
-    shape = f"MLP(({args.hidden}, {classes}), {args.activation})" if model_name == "mlp" else f"CNN({args.hidden})"
+    shape = f"MLP(({hidden}, {classes}), {args.activation})" if model_name == "mlp" else f"CNN({hidden})"
     on = f" on {device}" if device else ""
     threads = ""
     if args.backend == "torch":
@@ -351,7 +352,7 @@ def train(args: argparse.Namespace, comm: Any, out: TextIO) -> int:
     )
     if comm.rank == 0:  # parameters are the same on every rank: one writer
         if args.save:
-            path = _save(model, args, model_name)
+            path = _save(model, args, model_name, hidden)
             print(f"wrote {path}", file=out)
         plot = getattr(args, "plot", None)
         if plot:
@@ -364,10 +365,10 @@ def _sidecar(weights: str) -> Path:
     return Path(weights).with_suffix(".json")
 
 
-def _save(model: Any, args: argparse.Namespace, model_name: str) -> str:
+def _save(model: Any, args: argparse.Namespace, model_name: str, hidden: int) -> str:
     """Write the weights (.npz appended if missing) and their sidecar FILE.json; the .npz path written."""
     path = args.save if args.save.endswith(".npz") else args.save + ".npz"
-    record = {"task": args.task, "model": model_name, "hidden": args.hidden, "activation": args.activation}
+    record = {"task": args.task, "model": model_name, "hidden": hidden, "activation": args.activation}
     record["xdezero"] = xdezero.__version__
     try:
         model.save_weights(path)
@@ -492,7 +493,7 @@ def _add_training_options(task: argparse.ArgumentParser, name: str, defaults: di
     task.add_argument(
         "--epochs", type=positive_int, default=d["epochs"], help=f"passes over the data (default {d['epochs']})"
     )
-    task.add_argument("--hidden", type=positive_int, default=d["hidden"], help=f"hidden units (default {d['hidden']})")
+    task.add_argument("--hidden", type=positive_int, default=d["hidden"], help=f"hidden units (default {d['help']})")
     task.add_argument(
         "--batch-size",
         type=positive_int,
@@ -539,12 +540,16 @@ def _parser() -> ArgumentParser:
     train = commands.add_parser("train", help="train an example model")
     tasks = train.add_subparsers(dest="task", required=True, metavar="TASK")
     spiral = tasks.add_parser("spiral", help="an MLP on the 3-class spiral data set")
-    _add_training_options(spiral, "spiral", {"epochs": 300, "hidden": 30, "batch_size": 30})
+    _add_training_options(spiral, "spiral", {"epochs": 300, "hidden": 30, "help": 30, "batch_size": 30})
     spiral.add_argument(
         "--plot", metavar="FILE", type=image_file, help="draw the loss curve and the decision regions (.png, .svg, ...)"
     )
     mnist = tasks.add_parser("mnist", help="an MLP or a CNN on MNIST digits (downloaded on first use)")
-    _add_training_options(mnist, "mnist", {"epochs": 5, "hidden": 1000, "batch_size": 100})
+    _add_training_options(
+        mnist,
+        "mnist",
+        {"epochs": 5, "hidden": None, "help": "1000 for the MLP, 128 for the CNN", "batch_size": 100},
+    )
     mnist.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="the book's MLP or a small CNN")
     _add_data_option(mnist)
     evaluate = commands.add_parser("eval", help="accuracy of saved weights on the test split")
