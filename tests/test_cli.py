@@ -630,3 +630,9 @@ def test_the_command_reference_names_every_option():
     # --communicator belongs to docs/distributed.md
     missing = sorted(o for o in options - {"--communicator"} if not re.search(rf"{o}(?![\w-])", text))
     assert not missing, f"docs/cli.md does not mention {missing}"
+
+
+def test_the_cnn_has_its_own_default_width(tmp_path, capsys):
+    fake_mnist(tmp_path, n_train=20, n_test=10)
+    assert cli.main(["train", "mnist", "--model", "cnn", "--epochs", "1", "--data", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.startswith("training CNN(128) on MNIST (20 images)")
