@@ -114,7 +114,7 @@ def test_cli_trains_mnist_under_mpiexec(tmp_path):
 
     fake_mnist(tmp_path)
     env = child_env(XDEZERO_DATA_DIR=str(tmp_path))
-    args = ["train", "mnist", "--epochs", "2", "--hidden", "20", "--batch-size", "50"]
+    args = ["train", "mnist", "--data", str(tmp_path), "--epochs", "2", "--hidden", "20", "--batch-size", "50"]
     single = python("-m", "xdezero", *args, env=env)
     assert single.returncode == 0, single.stderr
     parallel = mpirun(2, *_xdezero(), *args, env=env)
