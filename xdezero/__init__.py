@@ -14,6 +14,7 @@ from xdezero import (
     utils,
 )
 from xdezero._config import Config, no_grad, test_mode, using_config
+from xdezero.backends import seed
 from xdezero.core import Function, Parameter, Variable, as_array, as_variable, setup_variable
 from xdezero.dataloaders import DataLoader, SeqDataLoader
 from xdezero.datasets import Dataset
@@ -50,6 +51,7 @@ __all__ = [
     "models",
     "no_grad",
     "optimizers",
+    "seed",
     "setup_variable",
     "test_mode",
     "transforms",
