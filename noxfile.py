@@ -68,7 +68,10 @@ def tests(session: nox.Session, backend: str) -> None:
     if backend == "cupy" and not _has_nvidia_gpu():
         session.skip("no NVIDIA GPU here (nvidia-smi finds none): the cupy backend needs one")
     session.install("-e", ".[test,plot,progress]", *BACKEND_PACKAGES[backend])
-    session.run("pytest", *session.posargs, env={"XDEZERO_BACKENDS": backend})
+    env = {"XDEZERO_BACKENDS": backend}
+    if backend == "jax":  # every new shape is an XLA compilation: fewer property-test examples keep it near a minute
+        env["XDEZERO_HYPOTHESIS_PROFILE"] = "quick"
+    session.run("pytest", *session.posargs, env=env)
 
 
 @nox.session(python=PYTHONS[0])

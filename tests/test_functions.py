@@ -127,7 +127,8 @@ def _bn_test(x, gamma, beta, mean, var):
 
 
 def _dropout_seeded(x):
-    seed(7)
+    seed(7)  # torch, JAX, CuPy, array-api-strict: xdezero's generators
+    np.random.seed(7)  # NumPy arrays: NumPy's global generator, as in DeZero
     return F.dropout(x, 0.3)
 
 
@@ -457,21 +458,32 @@ def test_batch_norm_raw_arrays(xp):
 
 def test_dropout_train_and_test_mode(xp):
     x = Variable(asarray(xp, np.ones((200, 50)), dtype="float32"))
+    numpy = library(xp) == "numpy"
+
+    def reseed():
+        seed(123)
+        if numpy:
+            np.random.seed(123)
+
     state = np.random.get_state()
-    seed(123)
+    reseed()
     y = F.dropout(x, 0.4)
     values = to_numpy(y)
     assert y.dtype == xp.float32
     assert set(np.unique(values)) <= {0.0, np.float32(1 / 0.6)}
     assert abs((values == 0).mean() - 0.4) < 0.02
-    seed(123)
+    reseed()
     np.testing.assert_array_equal(to_numpy(F.dropout(x, 0.4)), values)
     assert not np.array_equal(to_numpy(F.dropout(x, 0.4)), values)
     y.backward()
     np.testing.assert_array_equal(to_numpy(x.grad), values)
     with xdezero.test_mode():
         assert F.dropout(x) is x
-    np.testing.assert_equal(np.random.get_state(), state)
+    if numpy:  # DeZero's mask: np.random.rand(*shape) > ratio from NumPy's global generator
+        np.random.seed(123)
+        np.testing.assert_array_equal(values, (np.random.rand(200, 50) > 0.4) / np.float32(0.6))
+    else:  # other libraries never touch NumPy's global generator
+        np.testing.assert_equal(np.random.get_state(), state)
 
 
 # --- xdezero.utils -----------------------------------------------------------------------------------
