@@ -30,9 +30,9 @@ def main() -> None:
     args = parser.parse_args()
 
     comm = dist.create_communicator(args.comm)
-    np.random.seed(comm.rank if args.seed_per_rank else 0)
+    shard = dist.scatter_dataset(Spiral(), comm, shuffle=True, seed=0)  # Spiral reseeds NumPy, as DeZero's does
+    np.random.seed(comm.rank if args.seed_per_rank else 0)  # so seed after it: the lazy weights draw from here
     model = Sequential(L.Linear(10, dtype=np.float64), F.sigmoid, L.Linear(3, dtype=np.float64))
-    shard = dist.scatter_dataset(Spiral(), comm, shuffle=True, seed=0)
     loader = DataLoader(shard, len(shard), shuffle=False)  # full batch: one step per epoch
     optimizer = dist.create_multi_node_optimizer(MomentumSGD(lr=1.0), comm).setup(model)
     for step in range(args.steps):
