@@ -75,7 +75,14 @@ ERRORS = [
         "mse_shapes",
         lambda xp: F.mean_squared_error(_a(xp, (4, 1)), _a(xp, (4,))),
         ValueError,
-        r"mean_squared_error: the prediction has shape \(4, 1\) and the target \(4,\)",
+        r"mean_squared_error: the prediction has shape \(4, 1\) and the target \(4,\); broadcasting them gives "
+        r"\(4, 4\)",
+    ),
+    (
+        "mse_shapes_that_do_not_broadcast",
+        lambda xp: F.mean_squared_error(_a(xp, (3, 2)), _a(xp, (4,))),
+        ValueError,
+        r"mean_squared_error: the prediction has shape \(3, 2\) and the target \(4,\), which do not broadcast$",
     ),
     (
         "sum_axis",

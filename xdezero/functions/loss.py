@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from xdezero.backends import array_namespace, check_ids, describe, device_of
 from xdezero.core import Function, Variable, as_variable
 from xdezero.functions.activation import sigmoid, softmax
@@ -49,7 +51,7 @@ def _check_shapes(x0: Variable, x1: Variable, where: str) -> None:
     like (N, 1) against (N,), compares every prediction with every target and is refused."""
     s0, s1 = tuple(x0.shape), tuple(x1.shape)
     try:
-        joint = _broadcast_shape(s0, s1)
+        joint = np.broadcast_shapes(s0, s1)  # shapes only: no array is touched
     except ValueError:
         raise ValueError(
             f"{where}: the prediction has shape {s0} and the target {s1}, which do not broadcast"
@@ -60,14 +62,6 @@ def _check_shapes(x0: Variable, x1: Variable, where: str) -> None:
             "than both, which compares every prediction with every target (reshape one to the other's shape, "
             "e.g. t.reshape(-1, 1))"
         )
-
-
-def _broadcast_shape(s0: tuple, s1: tuple) -> tuple | None:
-    n = max(len(s0), len(s1))
-    a, b = (1,) * (n - len(s0)) + s0, (1,) * (n - len(s1)) + s1
-    if any(p != q and 1 not in (p, q) for p, q in zip(a, b)):
-        return None
-    return tuple(q if p == 1 else p for p, q in zip(a, b))
 
 
 def mean_squared_error(x0: Any, x1: Any) -> Variable:
