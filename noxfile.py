@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import subprocess
 
@@ -24,7 +25,7 @@ BACKEND_PACKAGES = {
     "array_api_strict": [],
     "torch": ["torch==2.13.0"],
     "jax": ["jax[cpu]==0.10.2"],  # the version the suite is tested with
-    "cupy": ["cupy-cuda12x"],
+    "cupy": [],  # the CuPy build matching the driver, chosen in the session: _cupy_package()
 }
 
 
@@ -55,6 +56,18 @@ def _has_nvidia_gpu() -> bool:
     return subprocess.run(["nvidia-smi", "-L"], capture_output=True, check=False).returncode == 0
 
 
+def _cupy_package(nvidia_smi_output: str) -> str:
+    """The CuPy wheel for the driver's CUDA version, read from `nvidia-smi`'s header ("CUDA Version: 13.0"):
+    cupy-cuda13x for 13 and later, cupy-cuda12x for 12 (a driver runs code built for its version or older)."""
+    found = re.search(r"CUDA Version:\s*(\d+)\.", nvidia_smi_output)
+    if found is None:
+        raise ValueError("nvidia-smi does not say which CUDA version the driver supports ('CUDA Version: N.M')")
+    major = int(found.group(1))
+    if major < 12:
+        raise ValueError(f"the NVIDIA driver supports CUDA {major}; CuPy wheels need CUDA 12 or 13 (update the driver)")
+    return "cupy-cuda12x" if major == 12 else "cupy-cuda13x"
+
+
 def _test_sessions() -> list:
     sessions = [nox.param(p, "numpy", id=f"python='{p}', backend='numpy'") for p in PYTHONS[1:]]
     # The oldest Python keeps the short names: tests(backend='numpy'), tests(backend='torch'), ...
@@ -67,7 +80,11 @@ def tests(session: nox.Session, backend: str) -> None:
     """Run the test suite with XDEZERO_BACKENDS=<backend>."""
     if backend == "cupy" and not _has_nvidia_gpu():
         session.skip("no NVIDIA GPU here (nvidia-smi finds none): the cupy backend needs one")
-    session.install("-e", ".[test,plot,progress]", *BACKEND_PACKAGES[backend])
+    packages = BACKEND_PACKAGES[backend]
+    if backend == "cupy":
+        smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True, check=True).stdout
+        packages = [_cupy_package(smi)]
+    session.install("-e", ".[test,plot,progress]", *packages)
     env = {"XDEZERO_BACKENDS": backend}
     if backend == "jax":  # every new shape is an XLA compilation: fewer property-test examples keep it near a minute
         env["XDEZERO_HYPOTHESIS_PROFILE"] = "quick"
