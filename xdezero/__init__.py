@@ -2,6 +2,7 @@
 
 # Submodules, so that `import xdezero` gives `xdezero.functions`, `xdezero.layers`, ... as in DeZero.
 from xdezero import (
+    backends,
     cuda,
     dataloaders,
     datasets,
@@ -23,6 +24,9 @@ from xdezero.models import Model
 from xdezero.optimizers import Optimizer
 
 __version__ = "0.1.0"
+
+# Large temporaries stay in the process instead of being page-faulted in on every step (backends/_allocator.py).
+backends.tune_allocator()
 
 is_simple_core = False  # DeZero's flag for its step-by-step core (steps 1-32); this is the full one
 
