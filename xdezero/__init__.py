@@ -15,7 +15,7 @@ from xdezero import (
     utils,
 )
 from xdezero._config import Config, no_grad, test_mode, using_config
-from xdezero.backends import seed
+from xdezero.backends import seed, tune_allocator
 from xdezero.core import Function, Parameter, Variable, as_array, as_variable, setup_variable
 from xdezero.dataloaders import DataLoader, SeqDataLoader
 from xdezero.datasets import Dataset
@@ -25,8 +25,8 @@ from xdezero.optimizers import Optimizer
 
 __version__ = "0.1.0"
 
-# Large temporaries stay in the process instead of being page-faulted in on every step (backends/_allocator.py).
-backends.tune_allocator()
+# XDEZERO_MALLOC=tuned asks for glibc's malloc to keep large temporaries in the process (backends/_allocator.py).
+backends.apply_allocator_setting()
 
 is_simple_core = False  # DeZero's flag for its step-by-step core (steps 1-32); this is the full one
 
@@ -58,6 +58,7 @@ __all__ = [
     "seed",
     "setup_variable",
     "test_mode",
+    "tune_allocator",
     "transforms",
     "using_config",
     "utils",

@@ -35,7 +35,16 @@ import numpy as np
 import xdezero
 from xdezero._progress import Progress, wants_bar
 from xdezero._tasks import TaskError, build_model, load_data
-from xdezero.backends import BackendUnavailable, cuda_devices, describe_library, library_converter, to_gpu, to_numpy
+from xdezero.backends import (
+    BackendUnavailable,
+    allocator_info,
+    cuda_devices,
+    describe_library,
+    library_converter,
+    to_gpu,
+    to_numpy,
+    tune_allocator,
+)
 
 __all__ = ["ArgumentParser", "main", "non_negative_int", "positive_float", "positive_int"]
 
@@ -463,6 +472,7 @@ def info(out: TextIO) -> int:
     ]
     rows += [(f"backend {name}", describe_library(name)) for name in ("numpy", "array_api_strict", *BACKENDS[1:4])]
     rows.append(("GPUs (CuPy)", cuda_devices()))
+    rows.append(("malloc", allocator_info()))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}", file=out)
@@ -563,6 +573,8 @@ def _parser() -> ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `xdezero` command; returns the exit status (0 success, 2 usage errors)."""
     args = _parser().parse_args(argv)
+    if argv is None:  # run as the command, an application: large temporaries stay in this process
+        tune_allocator()
     rank = 0
     restore_threads = _set_threads(getattr(args, "backend", ""), getattr(args, "threads", None))
     try:

@@ -1,6 +1,6 @@
 """The only code that knows array libraries: namespace lookup, device moves, and what the standard lacks."""
 
-from xdezero.backends._allocator import allocator_info, tune_allocator
+from xdezero.backends._allocator import allocator_info, apply_allocator_setting, tune_allocator
 from xdezero.backends._checks import check_ids, check_index_arrays
 from xdezero.backends._im2col import (
     add_windows,
@@ -34,6 +34,7 @@ from xdezero.backends._scatter import flat_positions, scatter_add, segment_sum
 
 __all__ = [
     "allocator_info",
+    "apply_allocator_setting",
     "tune_allocator",
     "BackendUnavailable",
     "cuda_devices",

@@ -1,5 +1,5 @@
-"""glibc's malloc, tuned once for array programs: large temporaries are reused inside the process instead of
-being handed back to the kernel on free and page-faulted in again on the next step.
+"""glibc's malloc, tuned for array programs when asked: large temporaries are reused inside the process instead
+of being handed back to the kernel on free and page-faulted in again on the next step.
 
 glibc serves an allocation at or above its mmap threshold (128 KiB when a process starts) straight from the
 kernel and unmaps it on free; below the threshold, free memory at the top of the heap beyond the trim threshold
@@ -7,10 +7,13 @@ goes back to the kernel too. A training step allocates and frees the same few ar
 every step, so it pays fresh page faults for each of them every time. glibc raises its mmap threshold by itself
 after the first large free, but keeps trimming the heap, and how much depends on the order of frees.
 
-`tune_allocator` (called by `import xdezero`) sets both thresholds once with `mallopt`: blocks below 32 MiB come
-from the heap, and up to 64 MiB of free heap stays in the process. The price is that memory: a process keeps up
-to 64 MiB it no longer uses. Nothing is changed where the C library is not glibc, where GLIBC_TUNABLES or a
-MALLOC_*_ variable already sets a malloc parameter (the user's settings win), or when XDEZERO_MALLOC=system.
+`tune_allocator()` sets both thresholds once with `mallopt`: blocks below 32 MiB come from the heap, and up to
+64 MiB of free heap stays in the process. The price is that memory: a process keeps up to 64 MiB it no longer
+uses. A library must not change process-wide settings behind its user's back, so this happens only when asked:
+a call to `xdezero.tune_allocator()`, XDEZERO_MALLOC=tuned in the environment (applied at `import xdezero`), or
+the `xdezero` command, an application, for its own process. Nothing is changed where the C library is not
+glibc, where GLIBC_TUNABLES or a MALLOC_*_ variable already sets a malloc parameter (the user's settings win), or
+when XDEZERO_MALLOC=system.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ _SETTINGS = ("tuned", "system")
 # glibc's older spelling of its malloc tunables, still honoured
 _MALLOC_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 
-_state = "not tuned yet"  # what tune_allocator did, in words
+_state = "as the process started it"  # what was done, in words
 
 
 def _glibc_version() -> str | None:
@@ -37,23 +40,28 @@ def _glibc_version() -> str | None:
     return version if version and version.startswith("glibc") else None
 
 
+def _setting() -> str:
+    setting = os.environ.get("XDEZERO_MALLOC", "").strip().lower()
+    if setting and setting not in _SETTINGS:
+        warnings.warn(
+            f"XDEZERO_MALLOC={setting!r} is not understood: use 'tuned' to tune glibc's malloc for large arrays, "
+            "or 'system' to leave it as the process started it; leaving it as it is",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return "system"
+    return setting
+
+
 def tune_allocator() -> str:
-    """Set glibc's mmap and trim thresholds (once per process), unless told or found not to; returns what was done."""
+    """Set glibc's mmap and trim thresholds for this process (once), unless told or found not to; returns what
+    was done, in words."""
     global _state
     if _state.startswith("glibc"):
         return _state
-    setting = os.environ.get("XDEZERO_MALLOC", "tuned").strip().lower() or "tuned"
-    if setting not in _SETTINGS:
-        warnings.warn(
-            f"XDEZERO_MALLOC={setting!r} is not understood: use 'system' to leave glibc's malloc as the process "
-            "started it, or 'tuned' (the default); tuning as by default",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        setting = "tuned"
     version = _glibc_version()
-    if setting == "system":
-        _state = "left as the process started it (XDEZERO_MALLOC=system)"
+    if _setting() == "system":
+        _state = "as the process started it (XDEZERO_MALLOC=system)"
     elif version is None:
         _state = "left alone: the C library is not glibc"
     elif "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
@@ -63,10 +71,15 @@ def tune_allocator() -> str:
     else:
         mallopt = ctypes.CDLL(None).mallopt
         if mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD):
-            _state = f"{version}: mmap threshold 32 MiB, trim threshold 64 MiB (XDEZERO_MALLOC=system: off)"
+            _state = f"{version}: mmap threshold 32 MiB, trim threshold 64 MiB"
         else:
             _state = f"left alone: {version} refused the thresholds"
     return _state
+
+
+def apply_allocator_setting() -> str:
+    """At import: tune only if the environment asks for it (XDEZERO_MALLOC=tuned); returns what was done."""
+    return tune_allocator() if _setting() == "tuned" else _state
 
 
 def allocator_info() -> str:
