@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -31,3 +32,20 @@ def run_python(*args: str, env: dict[str, str] | None = None) -> str:
         [sys.executable, *args], capture_output=True, text=True, check=True, env={**os.environ, **(env or {})}
     )
     return out.stdout.strip().splitlines()[-1]
+
+
+def interleaved_medians(steps, syncs, repeats: int, warmup: int) -> list[float]:
+    """Median µs per call of each step function, timed one step of each in turn (drifting load hits all);
+    sync() after each step waits for the device (a no-op on the CPU)."""
+    for step, sync in zip(steps, syncs):
+        for _ in range(warmup):
+            step()
+        sync()
+    times = [[] for _ in steps]
+    for _ in range(repeats):
+        for k, (step, sync) in enumerate(zip(steps, syncs)):
+            t0 = time.perf_counter()
+            step()
+            sync()
+            times[k].append(time.perf_counter() - t0)
+    return [statistics.median(ts) * 1e6 for ts in times]

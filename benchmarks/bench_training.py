@@ -24,13 +24,12 @@ glibc as a user starts it. Set the thread count before NumPy's BLAS starts, i.e.
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import statistics
 import sys
-import time
 
-from _harness import PINNED_MALLOC, run_python
+from _harness import PINNED_MALLOC, interleaved_medians, run_python
+from _workloads import CNN, data, torch_step, xdezero_step
 
 
 def _set_threads(n: int) -> None:
@@ -38,123 +37,6 @@ def _set_threads(n: int) -> None:
     if n > 0:
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[var] = str(n)
-
-
-def _interleaved_medians(steps, syncs, repeats: int, warmup: int) -> list[float]:
-    """Median µs per step of each step function, timed one step of each in turn (drifting load hits all)."""
-    for step, sync in zip(steps, syncs):
-        for _ in range(warmup):
-            step()
-        sync()
-    times = [[] for _ in steps]
-    for _ in range(repeats):
-        for k, (step, sync) in enumerate(zip(steps, syncs)):
-            t0 = time.perf_counter()
-            step()
-            sync()
-            times[k].append(time.perf_counter() - t0)
-    return [statistics.median(ts) * 1e6 for ts in times]
-
-
-def _data(sizes: tuple[int, ...], batch: int, spiral: bool):
-    import numpy as np
-
-    if sizes == CNN:
-        rng = np.random.default_rng(0)
-        return rng.standard_normal((batch, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, size=batch)
-    if spiral:
-        from xdezero.datasets import get_spiral
-
-        x, t = get_spiral(train=True)
-        return x[:batch], t[:batch]
-    rng = np.random.default_rng(0)
-    return rng.standard_normal((batch, sizes[0])).astype(np.float32), rng.integers(0, sizes[-1], size=batch)
-
-
-def xdezero_step(sizes: tuple[int, ...], x_np, t_np, gpu: bool):
-    """A step function for xdezero's MLP, its data on the host (NumPy) or the GPU (CuPy)."""
-    import numpy as np
-
-    import xdezero.functions as F
-    from xdezero import models, optimizers
-    from xdezero.backends import to_gpu
-
-    np.random.seed(0)
-    model = _xdezero_cnn() if sizes == CNN else models.MLP(sizes[1:], activation=F.sigmoid)
-    optimizer = optimizers.SGD(lr=0.1).setup(model)
-    x, t = (to_gpu(x_np), to_gpu(t_np)) if gpu else (x_np, t_np)
-    if gpu:
-        model.to_gpu()
-
-    def step():
-        loss = F.softmax_cross_entropy(model(x), t)
-        model.cleargrads()
-        loss.backward()
-        optimizer.update()
-
-    return step
-
-
-CNN = ("cnn",)  # the `sizes` of the CNN workload
-
-
-def _xdezero_cnn():
-    import xdezero.functions as F
-    import xdezero.layers as L
-    from xdezero import models
-
-    class SmallCNN(models.Model):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = L.Conv2d(16, kernel_size=3, pad=1, in_channels=1)
-            self.conv2 = L.Conv2d(32, kernel_size=3, pad=1, in_channels=16)
-            self.fc = L.Linear(10, in_size=32 * 14 * 14)
-
-        def forward(self, x):
-            h = F.relu(self.conv2(F.relu(self.conv1(x))))
-            h = F.pooling(h, 2, 2)
-            return self.fc(F.reshape(h, (h.shape[0], -1)))
-
-    return SmallCNN()
-
-
-def _torch_cnn(torch):
-    nn = torch.nn
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2, 2),
-        nn.Flatten(),
-        nn.Linear(32 * 14 * 14, 10),
-    )
-
-
-def torch_step(sizes: tuple[int, ...], x_np, t_np, device: str):
-    import torch
-
-    torch.manual_seed(0)
-    layers = []
-    if sizes == CNN:
-        layers.append(_torch_cnn(torch))
-    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes) if sizes != CNN else ()):
-        if i:
-            layers.append(torch.nn.Sigmoid())
-        layers.append(torch.nn.Linear(n_in, n_out))
-    model = torch.nn.Sequential(*layers).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    x = torch.from_numpy(x_np).to(device)
-    t = torch.from_numpy(t_np).to(device=device, dtype=torch.int64)
-    loss_fn = torch.nn.CrossEntropyLoss()
-
-    def step():
-        loss = loss_fn(model(x), t)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return step
 
 
 def _require_gpu() -> None:
@@ -190,7 +72,7 @@ def _separate_medians(name: str, args: argparse.Namespace) -> list[float]:
 
 def _worker(framework: str, name: str, repeats: int, threads: int) -> None:
     sizes, batch, spiral = CPU_WORKLOADS[name]
-    x, t = _data(sizes, batch, spiral)
+    x, t = data(sizes, batch, spiral)
     if framework == "torch":
         import torch
 
@@ -198,8 +80,8 @@ def _worker(framework: str, name: str, repeats: int, threads: int) -> None:
             torch.set_num_threads(threads)
         step = torch_step(sizes, x, t, "cpu")
     else:
-        step = xdezero_step(sizes, x, t, gpu=False)
-    (median,) = _interleaved_medians([step], [lambda: None], repeats, max(5, repeats // 10))
+        step = xdezero_step(sizes, x, t)
+    (median,) = interleaved_medians([step], [lambda: None], repeats, max(5, repeats // 10))
     print(median)
 
 
@@ -222,6 +104,8 @@ def main() -> None:
         import cupy
         import torch
 
+        from xdezero.backends import to_gpu as move
+
         workloads = [("mlp-mnist", (784, 1000, 1000, 10), 100, False), ("wide-4096", (4096, 4096), 4096, False)]
 
         def sync_ours():
@@ -229,6 +113,7 @@ def main() -> None:
 
         sync_torch = torch.cuda.synchronize
     else:
+        move = None
         workloads = [(name, *spec) for name, spec in CPU_WORKLOADS.items() if args.only in (None, name)]
 
         def sync_ours():
@@ -248,11 +133,11 @@ def main() -> None:
             print(f"(each framework in its own processes, malloc {args.malloc})")
             ours, ref = _separate_medians(name, args)
         else:
-            x, t = _data(sizes, batch, spiral)
-            ours_step = xdezero_step(sizes, x, t, gpu=args.device == "cuda")
+            x, t = data(sizes, batch, spiral)
+            ours_step = xdezero_step(sizes, x, t, move)
             ref_step = torch_step(sizes, x, t, "cuda" if args.device == "cuda" else "cpu")
             warmup = max(5, args.repeats // 10)
-            ours, ref = _interleaved_medians([ours_step, ref_step], [sync_ours, sync_torch], args.repeats, warmup)
+            ours, ref = interleaved_medians([ours_step, ref_step], [sync_ours, sync_torch], args.repeats, warmup)
         label = f"{name} {'→'.join(map(str, sizes)) if sizes != CNN else '28×28'} b{batch}"
         print(f"{label:28} {ours:10.1f} {ref:10.1f} {ours / ref:7.2f}")
 

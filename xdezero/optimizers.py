@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from xdezero.backends import array_namespace
+from xdezero.backends import array_namespace, fused
 from xdezero.core import Parameter, Variable
 
 __all__ = [
@@ -112,8 +112,31 @@ class Optimizer:
     @staticmethod
     def _step(xp: Any, param: Parameter, delta: Any) -> None:
         """p ← p + delta, delta rounded to p's dtype (float32 state of a float16/bfloat16 parameter)."""
-        p = param.data
-        param.data = p + (delta if delta.dtype == p.dtype else xp.astype(delta, p.dtype))
+        param.data = param.data + _rounded(xp, delta, param.data)
+
+
+def _rounded(xp: Any, delta: Any, p: Any) -> Any:
+    """delta in p's dtype (the float32 state of a float16/bfloat16 parameter rounds only here)."""
+    return delta if delta.dtype == p.dtype else xp.astype(delta, p.dtype)
+
+
+# The updates as functions of arrays, returning the new parameter (and state): the portable code, which one
+# kernel replaces on CuPy (backends/_fused.py).
+
+
+def _sgd(xp: Any, p: Any, g: Any, lr: float) -> Any:
+    return p - lr * g
+
+
+def _momentum_sgd(xp: Any, p: Any, g: Any, v: Any, momentum: float, lr: float) -> tuple:
+    v = momentum * v - lr * g
+    return p + _rounded(xp, v, p), v
+
+
+def _adam(xp: Any, p: Any, g: Any, m: Any, v: Any, beta1: float, beta2: float, lr: float, eps: float) -> tuple:
+    m = m + (1 - beta1) * (g - m)
+    v = v + (1 - beta2) * (g * g - v)
+    return p + _rounded(xp, -lr * m / (xp.sqrt(v) + eps), p), m, v
 
 
 class SGD(Optimizer):
@@ -124,7 +147,8 @@ class SGD(Optimizer):
         self.lr = _rate("SGD", "lr", lr)
 
     def update_one(self, param: Parameter) -> None:
-        param.data = param.data - self.lr * param.grad.data
+        p = param.data
+        param.data = fused("sgd", _sgd, array_namespace(p), p, param.grad.data, self.lr)
 
 
 class MomentumSGD(Optimizer):
@@ -138,9 +162,8 @@ class MomentumSGD(Optimizer):
 
     def update_one(self, param: Parameter) -> None:
         xp, g = _widened(param.grad.data)
-        v = self.momentum * self._state(self.vs, param, g) - self.lr * g
-        self.vs[param] = v
-        self._step(xp, param, v)
+        v = self._state(self.vs, param, g)
+        param.data, self.vs[param] = fused("momentum_sgd", _momentum_sgd, xp, param.data, g, v, self.momentum, self.lr)
 
 
 class AdaGrad(Optimizer):
@@ -206,11 +229,8 @@ class Adam(Optimizer):
         xp, g = _widened(param.grad.data)
         m = self._state(self.ms, param, g)
         v = self._state(self.vs, param, g)
-        m = m + (1 - self.beta1) * (g - m)
-        v = v + (1 - self.beta2) * (g * g - v)
-        self.ms[param] = m
-        self.vs[param] = v
-        self._step(xp, param, -self.lr * m / (xp.sqrt(v) + self.eps))
+        hyper = (self.beta1, self.beta2, self.lr, self.eps)
+        param.data, self.ms[param], self.vs[param] = fused("adam", _adam, xp, param.data, g, m, v, *hyper)
 
 
 # --- hooks -----------------------------------------------------------------------------------------

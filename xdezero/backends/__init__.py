@@ -2,6 +2,7 @@
 
 from xdezero.backends._allocator import allocator_info, apply_allocator_setting, tune_allocator
 from xdezero.backends._checks import check_ids, check_index_arrays
+from xdezero.backends._fused import fused
 from xdezero.backends._im2col import (
     add_windows,
     col2im,
@@ -52,6 +53,7 @@ __all__ = [
     "describe",
     "device_of",
     "flat_positions",
+    "fused",
     "get_array_module",
     "im2col",
     "im2col_matrix",

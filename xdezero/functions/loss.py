@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from xdezero.backends import array_namespace, check_ids, describe, device_of
+from xdezero.backends import array_namespace, check_ids, describe, device_of, fused
 from xdezero.core import Function, Variable, as_variable
 from xdezero.functions.activation import sigmoid, softmax
 from xdezero.functions.arithmetic import sum_to
@@ -118,24 +118,35 @@ def _label_positions(xp: Any, t: Any, n_classes: int) -> Any:
     return xp.arange(t.shape[0], dtype=t.dtype, device=device_of(t)) * n_classes + t
 
 
+def _softmax_cross_entropy(xp, x, t):
+    """(mean over rows of log Σ eˣ - x[n, tₙ], softmax(x)) for logits x (N, C) and checked labels t (N,)."""
+    n, c = x.shape
+    m = xp.max(x, axis=1, keepdims=True)
+    # A row of -inf (or an inf) would make x - m NaN: shift by 0 there instead.
+    z = x - xp.where(xp.isfinite(m), m, 0.0)
+    e = xp.exp(z)
+    s = xp.sum(e, axis=1, keepdims=True)
+    # log 0 = -inf is the right answer for a row of -inf, so the log is guarded only against the warning.
+    log_s = xp.where(s > 0, xp.log(xp.where(s > 0, s, 1.0)), -math.inf)
+    picked = xp.take(xp.reshape(z, (-1,)), _label_positions(xp, t, c))
+    return (xp.sum(log_s) - xp.sum(picked)) / n, e / s
+
+
+def _softmax_cross_entropy_grad(xp, p, t, gy):
+    """(p - onehot(t)) gy / N."""
+    n, c = p.shape
+    classes = xp.arange(c, dtype=t.dtype, device=device_of(p))
+    return xp.where(classes[None, :] == t[:, None], p - 1.0, p) * (gy * (1.0 / n))
+
+
 class SoftmaxCrossEntropy(Function):
     """y = -Σₙ log softmax(x)[n, tₙ] / N; dy/dx = (softmax(x) - onehot(t)) / N."""
 
     def forward(self, x, t):
-        # A primitive: log(softmax(x)) would underflow to log 0 for very negative logits.
-        xp = self.xp
-        n, c = x.shape
-        m = xp.max(x, axis=1, keepdims=True)
-        # A row of -inf (or an inf) would make x - m NaN: shift by 0 there instead.
-        z = x - xp.where(xp.isfinite(m), m, 0.0)
-        e = xp.exp(z)
-        s = xp.sum(e, axis=1, keepdims=True)
-        # log 0 = -inf is the right answer for a row of -inf, so the log is guarded only against the warning.
-        log_s = xp.where(s > 0, xp.log(xp.where(s > 0, s, 1.0)), -math.inf)
-        picked = xp.take(xp.reshape(z, (-1,)), _label_positions(xp, t, c))
-        # Kept for the backward, which then costs one pass instead of recomputing softmax.
-        self.p = e / s
-        return (xp.sum(log_s) - xp.sum(picked)) / n
+        # A primitive: log(softmax(x)) would underflow to log 0 for very negative logits. p = softmax(x) is kept
+        # for the backward, which then costs one pass instead of recomputing softmax.
+        loss, self.p = fused("softmax_cross_entropy", _softmax_cross_entropy, self.xp, x, t)
+        return loss
 
     def backward(self, gy):
         x, t = self.inputs
@@ -150,11 +161,8 @@ class SoftmaxCrossEntropyGrad(Function):
         self.p, self.t = p, t
 
     def forward(self, x, gy):
-        xp = self.xp
-        n, c = x.shape
         # A primitive so that the backward of the loss reuses p: one multiply plus a subtraction at the labels.
-        classes = xp.arange(c, dtype=self.t.dtype, device=device_of(x))
-        return xp.where(classes[None, :] == self.t[:, None], self.p - 1.0, self.p) * (gy * (1.0 / n))
+        return fused("softmax_cross_entropy_grad", _softmax_cross_entropy_grad, self.xp, self.p, self.t, gy)
 
     def backward(self, ggx):
         x, gy = self.inputs

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from xdezero._config import Config
-from xdezero.backends import array_namespace, describe, uniform
+from xdezero.backends import array_namespace, describe, fused, uniform
 from xdezero.core import Cast, Variable, as_variable
 from xdezero.functions.shape import reshape, sum
 
@@ -57,6 +57,12 @@ def _store(target: Any, value: Any, name: str) -> None:
         ) from e
 
 
+def _running_statistics(xp, mean, var, batch_mean, batch_var, decay, var_scale):
+    """(mean·decay + batch_mean·(1 - decay), var·decay + batch_var·var_scale), in the running statistics' dtype."""
+    new_mean = mean * decay + xp.astype(batch_mean, mean.dtype) * (1 - decay)
+    return new_mean, var * decay + xp.astype(batch_var, var.dtype) * var_scale
+
+
 def batch_norm(
     x: Any,
     gamma: Any,
@@ -103,9 +109,9 @@ def batch_norm(
         xhat = xc * (sigma2 + eps) ** -0.5
         batch_mean = xp.reshape(mu.data, (c,))
         batch_var = xp.reshape(sigma2.data, (c,))
-        adjust = m / max(m - 1.0, 1.0)
-        new_mean = mean_data * decay + xp.astype(batch_mean, mean_data.dtype) * (1 - decay)
-        new_var = var_data * decay + xp.astype(batch_var, var_data.dtype) * ((1 - decay) * adjust)
+        var_scale = (1 - decay) * (m / max(m - 1.0, 1.0))
+        stats = (mean_data, var_data, batch_mean, batch_var, decay, var_scale)
+        new_mean, new_var = fused("batch_norm_statistics", _running_statistics, xp, *stats)
         _store(mean, new_mean, "mean")
         _store(var, new_var, "var")
     else:

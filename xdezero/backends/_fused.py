@@ -1,0 +1,184 @@
+"""Fused kernels for the hot composites: one table, (library, composite) -> implementation.
+
+On a GPU every array operation is a kernel launch (about 10-15 µs from Python on CuPy), so a composite written
+as a chain of standard operations (sigmoid as tanh, multiply, add; an Adam update as a dozen of them) costs more
+in launches than in arithmetic at small batch sizes. Here each hot composite gets one CuPy kernel
+(`cupy.ElementwiseKernel`, plus `cupy.ReductionKernel` where rows are summed), looked up per array type; every
+other library, and CuPy arrays of a dtype the kernels do not cover, run the portable array-API code that the op
+itself passes in, unchanged. CuPy is imported only when a CuPy array reaches this table.
+
+An implementation is called as `impl(portable, xp, *args)`: it may hand any call back to `portable(xp, *args)`.
+`LAUNCHES` says how many kernels each CuPy implementation launches (the kernel counter in benchmarks/ reports
+that number for a fused composite).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from xdezero.backends._namespace import library_name
+
+# (library, composite) -> implementation; filled lazily per library by _LOADERS, or by `register`.
+TABLE: dict[tuple[str, str], Callable] = {}
+# (composite, array type) -> implementation or None: the hot path reads only this.
+_BY_TYPE: dict[tuple[str, type], Callable | None] = {}
+_LOADED: set[str] = set()
+
+# Kernels launched by each CuPy implementation (the portable chains launch many more; see count_kernels.py).
+LAUNCHES = {
+    "sigmoid": 1,
+    "sigmoid_grad": 1,
+    "softmax_cross_entropy": 5,  # row max, row sum of exp, p, per-row loss, batch sum
+    "softmax_cross_entropy_grad": 1,
+    "sgd": 1,
+    "momentum_sgd": 1,
+    "adam": 1,
+    "batch_norm_statistics": 1,
+}
+
+
+def fused(name: str, portable: Callable, xp: Any, *args: Any) -> Any:
+    """portable(xp, *args), or the fused implementation of composite `name` for the library of args[0]."""
+    key = (name, type(args[0]))
+    try:
+        impl = _BY_TYPE[key]
+    except KeyError:
+        impl = _BY_TYPE[key] = _resolve(name, args[0])
+    return portable(xp, *args) if impl is None else impl(portable, xp, *args)
+
+
+def _resolve(name: str, x: Any) -> Callable | None:
+    library = library_name(x)
+    if library not in _LOADED and library in _LOADERS:
+        _LOADED.add(library)
+        for composite, impl in _LOADERS[library]().items():
+            TABLE.setdefault((library, composite), impl)
+    return TABLE.get((library, name))
+
+
+def register(library: str, name: str, impl: Callable | None) -> Callable | None:
+    """Make `impl` the implementation of composite `name` for `library` (None removes it); returns the previous."""
+    if name not in LAUNCHES:
+        raise ValueError(f"register: unknown composite {name!r}; known: {', '.join(LAUNCHES)}")
+    previous = TABLE.pop((library, name), None)
+    if impl is not None:
+        TABLE[(library, name)] = impl
+    _LOADED.add(library)  # what is registered by hand is not overwritten by the library's own table later
+    _BY_TYPE.clear()
+    return previous
+
+
+# --- CuPy ---------------------------------------------------------------------------------------------
+# Each kernel is written for T = float32 or float64 (CUDA's float and double overloads of tanh, exp, log,
+# sqrt); other dtypes (float16, mixed dtypes) take the portable path. `i` is the loop index in an
+# ElementwiseKernel; `n` and names starting with `_` are reserved there.
+
+_SIGMOID = ("T x", "T y", "y = tanh(x * (T)0.5) * (T)0.5 + (T)0.5")
+_SIGMOID_GRAD = ("T y, T gy", "T g", "g = ((T)1 - y) * y * gy")
+# Rows of logits x (N, C) with the row max m (N, 1): a row whose max is not finite is shifted by 0 (as the
+# portable code does), so that a row of -inf gives p = NaN-free zeros/ones as there, and log 0 = -inf.
+_SHIFT = "(isfinite(m) ? m : (T)0)"
+_ROW_SUM_EXP = ("T x, T m", "T s", f"exp(x - {_SHIFT})", "a + b", "s = a", "0")
+_PROBABILITIES = ("T x, T m, T s", "T p", f"p = exp(x - {_SHIFT}) / s")
+# One thread per row: (log s - (x[row, t] - shift)) / N, x passed raw (flat, C-contiguous) to pick the label.
+_ROW_LOSS = (
+    "raw T x, S t, T m, T s, int64 c, T inv_batch",
+    "T loss",
+    f"loss = (log(s) - (x[i * c + t] - {_SHIFT})) * inv_batch",
+)
+_SCE_GRAD = (
+    "T p, raw S t, T gy, T inv_batch, int64 c",
+    "T gx",
+    "gx = ((i % c) == t[i / c] ? p - (T)1 : p) * (gy * inv_batch)",
+)
+_SGD = ("T p, T g, T lr", "T out", "out = p - lr * g")
+_MOMENTUM = ("T p, T g, T v, T momentum, T lr", "T p_out, T v_out", "v_out = momentum * v - lr * g; p_out = p + v_out")
+_ADAM = (
+    "T p, T g, T m, T v, T beta1, T beta2, T lr, T eps",
+    "T p_out, T m_out, T v_out",
+    "T m1 = m + ((T)1 - beta1) * (g - m); T v1 = v + ((T)1 - beta2) * (g * g - v);"
+    " m_out = m1; v_out = v1; p_out = p - lr * m1 / (sqrt(v1) + eps)",
+)
+_BN_STATS = (
+    "T mean, T var, T batch_mean, T batch_var, T decay, T var_scale",
+    "T mean_out, T var_out",
+    "mean_out = mean * decay + batch_mean * ((T)1 - decay); var_out = var * decay + batch_var * var_scale",
+)
+
+
+def _cupy_table() -> dict[str, Callable]:
+    import cupy
+
+    def elementwise(spec: tuple, name: str) -> Any:
+        return cupy.ElementwiseKernel(*spec, name=f"xdezero_{name}")
+
+    sigmoid_k = elementwise(_SIGMOID, "sigmoid")
+    sigmoid_grad_k = elementwise(_SIGMOID_GRAD, "sigmoid_grad")
+    row_sum_exp = cupy.ReductionKernel(*_ROW_SUM_EXP, name="xdezero_row_sum_exp")
+    probabilities = elementwise(_PROBABILITIES, "softmax_probabilities")
+    row_loss = elementwise(_ROW_LOSS, "softmax_cross_entropy_rows")
+    sce_grad = elementwise(_SCE_GRAD, "softmax_cross_entropy_grad")
+    sgd_k = elementwise(_SGD, "sgd")
+    momentum_k = elementwise(_MOMENTUM, "momentum_sgd")
+    adam_k = elementwise(_ADAM, "adam")
+    bn_stats_k = elementwise(_BN_STATS, "batch_norm_statistics")
+    floats = (cupy.dtype(cupy.float32), cupy.dtype(cupy.float64))
+
+    def same_float(*arrays: Any) -> bool:
+        dtype = arrays[0].dtype
+        return dtype in floats and all(a.dtype == dtype for a in arrays[1:])
+
+    def sigmoid(portable, xp, x):
+        return sigmoid_k(x) if same_float(x) else portable(xp, x)
+
+    def sigmoid_grad(portable, xp, y, gy):
+        return sigmoid_grad_k(y, gy) if same_float(y, gy) else portable(xp, y, gy)
+
+    def softmax_cross_entropy(portable, xp, x, t):
+        if not same_float(x) or x.ndim != 2 or x.shape[0] == 0:
+            return portable(xp, x, t)
+        batch, c = x.shape
+        x = cupy.ascontiguousarray(x)  # no copy for a matmul's output; the row kernel indexes it flat
+        m = cupy.max(x, axis=1, keepdims=True)
+        s = row_sum_exp(x, m, axis=1, keepdims=True)
+        p = probabilities(x, m, s)
+        rows = row_loss(x.ravel(), t, m.ravel(), s.ravel(), c, 1.0 / batch)
+        return cupy.sum(rows), p
+
+    def softmax_cross_entropy_grad(portable, xp, p, t, gy):
+        if not same_float(p, gy) or p.ndim != 2:
+            return portable(xp, p, t, gy)
+        return sce_grad(p, t, gy, 1.0 / p.shape[0], p.shape[1])
+
+    def sgd(portable, xp, p, g, lr):
+        return sgd_k(p, g, lr) if same_float(p, g) else portable(xp, p, g, lr)
+
+    def momentum_sgd(portable, xp, p, g, v, momentum, lr):
+        if not same_float(p, g, v):
+            return portable(xp, p, g, v, momentum, lr)
+        return momentum_k(p, g, v, momentum, lr)
+
+    def adam(portable, xp, p, g, m, v, beta1, beta2, lr, eps):
+        if not same_float(p, g, m, v):
+            return portable(xp, p, g, m, v, beta1, beta2, lr, eps)
+        return adam_k(p, g, m, v, beta1, beta2, lr, eps)
+
+    def batch_norm_statistics(portable, xp, mean, var, batch_mean, batch_var, decay, var_scale):
+        if not same_float(mean, var, batch_mean, batch_var):
+            return portable(xp, mean, var, batch_mean, batch_var, decay, var_scale)
+        return bn_stats_k(mean, var, batch_mean, batch_var, decay, var_scale)
+
+    return {
+        "sigmoid": sigmoid,
+        "sigmoid_grad": sigmoid_grad,
+        "softmax_cross_entropy": softmax_cross_entropy,
+        "softmax_cross_entropy_grad": softmax_cross_entropy_grad,
+        "sgd": sgd,
+        "momentum_sgd": momentum_sgd,
+        "adam": adam,
+        "batch_norm_statistics": batch_norm_statistics,
+    }
+
+
+_LOADERS: dict[str, Callable[[], dict[str, Callable]]] = {"cupy": _cupy_table}
