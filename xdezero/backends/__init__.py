@@ -30,6 +30,7 @@ from xdezero.backends._namespace import (
     to_gpu,
     to_numpy,
 )
+from xdezero.backends._packing import pack, unpack
 from xdezero.backends._random import seed, uniform
 from xdezero.backends._scatter import flat_positions, scatter_add, segment_sum
 
@@ -61,6 +62,7 @@ __all__ = [
     "is_cupy_available",
     "library_name",
     "memory_key",
+    "pack",
     "pad_images",
     "scatter_add",
     "segment_sum",
@@ -70,5 +72,6 @@ __all__ = [
     "to_gpu",
     "to_numpy",
     "uniform",
+    "unpack",
     "windows",
 ]

@@ -6,20 +6,19 @@ object. Everything else is written once here, on array-API arrays:
 
 - gradients and parameters travel packed: one flat buffer per (library, dtype, device) group, so a model costs
   one collective per dtype, never one per parameter, and nothing is pickled;
-- a packed buffer is always freshly allocated (`concat` copies), so reducing it in place never writes into an
+- a packed buffer is always freshly allocated (`pack` copies), so reducing it in place never writes into an
   array the caller owns, and the arrays handed back (`p.grad`, `p.data`) are disjoint views of it.
 """
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
 
-from xdezero.backends import array_namespace, device_of, is_array, to_numpy
+from xdezero.backends import array_namespace, device_of, is_array, pack, to_numpy, unpack
 from xdezero.core import Function, Parameter, Variable
 
 __all__ = ["Communicator", "ReduceOp", "host_buffer", "named_params"]
@@ -37,23 +36,6 @@ def _check_op(where: str, op: str) -> str:
 def _group_key(a: Any) -> tuple:
     # Arrays share a buffer only when one concat can join them: same library, dtype and device.
     return (type(a), str(a.dtype), str(device_of(a)))
-
-
-def _pack(arrays: Sequence[Any]) -> Any:
-    """One fresh flat array holding `arrays` (same library, dtype and device) one after another."""
-    xp = array_namespace(arrays[0])
-    return xp.concat([xp.reshape(a, (-1,)) for a in arrays])
-
-
-def _unpack(flat: Any, shapes: Sequence[tuple]) -> list:
-    """Disjoint views of `flat` with the given shapes (the inverse of `_pack`)."""
-    xp = array_namespace(flat)
-    out, offset = [], 0
-    for shape in shapes:
-        n = math.prod(shape)
-        out.append(xp.reshape(flat[offset : offset + n], shape))
-        offset += n
-    return out
 
 
 def host_buffer(flat: Any) -> np.ndarray:
@@ -162,7 +144,7 @@ class Communicator:
     def _allreduce_array(self, a: Any, op: str) -> Any:
         xp = array_namespace(a)
         shape = tuple(a.shape)
-        flat = _pack([a])
+        flat = pack([a])
         if op == "mean" and not _is_floating(flat):
             flat = xp.astype(flat, xp.float64)
         out = self._from_buffer(self._allreduce_buffer(self._to_buffer(flat), op), flat)
@@ -172,7 +154,7 @@ class Communicator:
         """Rank `root`'s array `x` on every rank; the other ranks pass an array of the same shape and dtype."""
         if not is_array(x):
             raise TypeError(f"bcast: expected an array (use bcast_obj for other objects), got {type(x).__name__}")
-        flat = _pack([x])
+        flat = pack([x])
         return array_namespace(x).reshape(
             self._from_buffer(self._bcast_buffer(self._to_buffer(flat), root), flat), x.shape
         )
@@ -195,10 +177,10 @@ class Communicator:
         self._check_same_layout("bcast_data", named, root)
         for indices in _grouped(p.data for _, p in named).values():
             arrays = [named[i][1].data for i in indices]
-            flat = _pack(arrays)
+            flat = pack(arrays)
             out = self._from_buffer(self._bcast_buffer(self._to_buffer(flat), root), flat)
             if self.rank != root:
-                for i, view in zip(indices, _unpack(out, [tuple(a.shape) for a in arrays])):
+                for i, view in zip(indices, unpack(out, [tuple(a.shape) for a in arrays])):
                     named[i][1].data = view
 
     def _check_same_layout(self, where: str, named: list[tuple[str, Parameter]], root: int) -> None:
@@ -232,9 +214,10 @@ class Communicator:
             arrays = [xp.zeros_like(p.data) if p.grad is None else _grad_like(p) for p in group]
             has_grad = [0.0 if p.grad is None else 1.0 for p in group]
             flags = xp.asarray(has_grad, dtype=arrays[0].dtype, device=device_of(arrays[0]))
-            flat = _pack([*arrays, flags])
-            out = self._from_buffer(self._allreduce_buffer(self._to_buffer(flat), "mean"), flat)
-            views = _unpack(out, [tuple(a.shape) for a in arrays] + [(len(group),)])
+            # The mean's 1/size rides along with the packing copy: one pass, then a plain sum over ranks.
+            flat = pack([*arrays, flags], scale=1 / self.size)
+            out = self._from_buffer(self._allreduce_buffer(self._to_buffer(flat), "sum"), flat)
+            views = unpack(out, [tuple(a.shape) for a in arrays] + [(len(group),)])
             seen = to_numpy(views[-1])
             for p, view, count in zip(group, views, seen):
                 p.grad = Variable(view, requires_grad=False) if count > 0 else None
