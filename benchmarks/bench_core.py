@@ -31,11 +31,13 @@ def _median_time(fn, repeats: int) -> float:
 # --- workloads, one function per framework ------------------------------------------------------
 
 
-def chain_xdezero(size: int | None, n: int):
+def chain_xdezero(size: int | None, n: int, data=None):
+    """n links y = sin(y)·1.01 forward and backward, on float64 0.5s or on `data` (any library) when given."""
     import xdezero.functions as F
     from xdezero import Variable
 
-    data = np.array(0.5) if size is None else np.full(size, 0.5)
+    if data is None:
+        data = np.array(0.5) if size is None else np.full(size, 0.5)
 
     def run():
         x = Variable(data)
@@ -49,10 +51,11 @@ def chain_xdezero(size: int | None, n: int):
     return run
 
 
-def chain_torch(size: int | None, n: int):
+def chain_torch(size: int | None, n: int, data=None):
     import torch
 
-    data = torch.tensor(0.5, dtype=torch.float64) if size is None else torch.full((size,), 0.5, dtype=torch.float64)
+    if data is None:
+        data = torch.tensor(0.5, dtype=torch.float64) if size is None else torch.full((size,), 0.5, dtype=torch.float64)
 
     def run():
         x = data.clone().requires_grad_()
