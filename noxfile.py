@@ -23,10 +23,15 @@ PYTHONS = ["3.11", "3.12", "3.13"]  # requires-python and the classifiers in pyp
 BACKEND_PACKAGES = {
     "numpy": [],
     "array_api_strict": [],
+    "array_api_strict_device": [],  # array-api-strict's simulated second device: a GPU's rules on the CPU
     "torch": ["torch==2.13.0"],
     "jax": ["jax[cpu]==0.10.2"],  # the version the suite is tested with
-    "cupy": [],  # the CuPy build matching the driver, chosen in the session: _cupy_package()
+    # The GPU backends, skipped without an NVIDIA GPU; the builds matching the driver: _gpu_packages().
+    "cupy": [],
+    "torch_cuda": ["torch==2.13.0"],  # PyPI's Linux wheel is the CUDA build
+    "jax_gpu": [],
 }
+GPU_BACKENDS = ("cupy", "torch_cuda", "jax_gpu")
 
 
 def _put_pyenv_pythons_on_path() -> None:
@@ -56,16 +61,30 @@ def _has_nvidia_gpu() -> bool:
     return subprocess.run(["nvidia-smi", "-L"], capture_output=True, check=False).returncode == 0
 
 
-def _cupy_package(nvidia_smi_output: str) -> str:
-    """The CuPy wheel for the driver's CUDA version, read from `nvidia-smi`'s header ("CUDA Version: 13.0"):
-    cupy-cuda13x for 13 and later, cupy-cuda12x for 12 (a driver runs code built for its version or older)."""
+def _cuda_major(nvidia_smi_output: str) -> int:
+    """The driver's CUDA major version, read from `nvidia-smi`'s header ("CUDA Version: 13.0"): 12 or 13 (for 13
+    and later: a driver runs code built for its version or older)."""
     found = re.search(r"CUDA Version:\s*(\d+)\.", nvidia_smi_output)
     if found is None:
         raise ValueError("nvidia-smi does not say which CUDA version the driver supports ('CUDA Version: N.M')")
     major = int(found.group(1))
     if major < 12:
-        raise ValueError(f"the NVIDIA driver supports CUDA {major}; CuPy wheels need CUDA 12 or 13 (update the driver)")
-    return "cupy-cuda12x" if major == 12 else "cupy-cuda13x"
+        raise ValueError(f"the NVIDIA driver supports CUDA {major}; their GPU builds need 12 or 13 (update the driver)")
+    return min(major, 13)
+
+
+def _cupy_package(nvidia_smi_output: str) -> str:
+    """The CuPy wheel for the driver: cupy-cuda12x or cupy-cuda13x."""
+    return f"cupy-cuda{_cuda_major(nvidia_smi_output)}x"
+
+
+def _gpu_packages(backend: str, nvidia_smi_output: str) -> list[str]:
+    """What a GPU backend's session installs: the CuPy or JAX build for the driver's CUDA version."""
+    if backend == "cupy":
+        return [_cupy_package(nvidia_smi_output)]
+    if backend == "jax_gpu":
+        return [f"jax[cuda{_cuda_major(nvidia_smi_output)}]==0.10.2"]
+    return BACKEND_PACKAGES[backend]
 
 
 def _test_sessions() -> list:
@@ -78,12 +97,12 @@ def _test_sessions() -> list:
 @nox.parametrize("python,backend", _test_sessions())
 def tests(session: nox.Session, backend: str) -> None:
     """Run the test suite with XDEZERO_BACKENDS=<backend>."""
-    if backend == "cupy" and not _has_nvidia_gpu():
-        session.skip("no NVIDIA GPU here (nvidia-smi finds none): the cupy backend needs one")
     packages = BACKEND_PACKAGES[backend]
-    if backend == "cupy":
+    if backend in GPU_BACKENDS:
+        if not _has_nvidia_gpu():
+            session.skip(f"no NVIDIA GPU here (nvidia-smi finds none): the {backend} backend needs one")
         smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True, check=True).stdout
-        packages = [_cupy_package(smi)]
+        packages = _gpu_packages(backend, smi)
     session.install("-e", ".[test,plot,progress]", *packages)
     env = {"XDEZERO_BACKENDS": backend}
     if backend == "jax":  # every new shape is an XLA compilation: fewer property-test examples keep it near a minute

@@ -1,17 +1,89 @@
-"""The `xp` fixture: every backend test runs once per selected array library.
+"""The `xp` fixture: every backend test runs once per selected array library and device.
 
-XDEZERO_BACKENDS (comma-separated: numpy, array_api_strict, torch, jax, cupy) picks the backends; by default,
-every one installed here (cupy only with a usable GPU). A backend asked for explicitly but unusable is an error.
+XDEZERO_BACKENDS (comma-separated) picks the backends; by default, every one usable here, silently leaving out
+those that are not (the GPU ones without a GPU). A backend asked for explicitly but unusable is an error.
+
+- numpy, array_api_strict, torch, jax: the libraries on the host (jax on its CPU device).
+- array_api_strict_device: array-api-strict arrays on its simulated second device, `Device("device1")`. They
+  refuse implicit conversion to NumPy and refuse to meet host arrays in one operation, as GPU arrays do, and
+  (through the DLPack guard below) refuse DLPack export to the host, as CUDA arrays do.
+- cupy, torch_cuda, jax_gpu: the GPU (CuPy's current device, torch's "cuda", JAX's first GPU).
+
+The fixture gives the library's namespace; for a backend with a device, a `DeviceNamespace` whose creation
+functions default to that device, so that a test's `xp.asarray(...)` lands there. Host-only tests (see
+HOST_ONLY) are skipped on the device backends.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+from typing import Any
 
 import pytest
 
-ALL_BACKENDS = ("numpy", "array_api_strict", "torch", "jax", "cupy")
+# JAX would otherwise take 75% of the GPU's memory at its first allocation, leaving little to CuPy and torch.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+ALL_BACKENDS = ("numpy", "array_api_strict", "array_api_strict_device", "torch", "jax", "cupy", "torch_cuda", "jax_gpu")
+# Arrays of these backends do not live on the host: a test that needs the host arrays cannot run there.
+DEVICE_BACKENDS = ("array_api_strict_device", "cupy", "torch_cuda", "jax_gpu")
+
+# Tests that are host-only by nature: (test node id prefix, why). Skipped on DEVICE_BACKENDS.
+HOST_ONLY: tuple[tuple[str, str], ...] = (
+    (
+        "tests/test_properties_graphs.py::test_random_graphs_gradients_share_no_memory",
+        "asks NumPy whether two .grad buffers overlap through zero-copy views, which only host memory gives",
+    ),
+    (
+        "tests/test_properties_graphs.py::test_view_gradients_share_no_memory",
+        "asks NumPy whether two .grad buffers overlap through zero-copy views, which only host memory gives",
+    ),
+)
+
+
+class DeviceNamespace:
+    """An array namespace whose creation functions put arrays on `device` unless told otherwise.
+
+    Everything else is the wrapped namespace's own (`xp.sin`, `xp.float32`, ...); functions taking an array
+    already keep its device.
+    """
+
+    CREATION = ("arange", "asarray", "empty", "eye", "from_dlpack", "full", "linspace", "ones", "zeros")
+
+    def __init__(self, namespace: Any, device: Any) -> None:
+        self.namespace = namespace
+        self.device = device
+        for name in self.CREATION:
+            if hasattr(namespace, name):
+                setattr(self, name, self._on_device(getattr(namespace, name)))
+
+    def _on_device(self, create):
+        def create_on_device(*args, device=None, **kwargs):
+            return create(*args, device=self.device if device is None else device, **kwargs)
+
+        create_on_device.__name__ = create.__name__
+        return create_on_device
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.namespace, name)
+
+    def __repr__(self) -> str:
+        return f"<{getattr(self.namespace, '__name__', self.namespace)} on {self.device}>"
+
+
+def _no_gpu(why: str) -> RuntimeError:
+    return RuntimeError(f"no GPU here: {why}")
+
+
+def _jax(platform: str):
+    jax = importlib.import_module("jax")
+    jax.config.update("jax_enable_x64", True)
+    try:
+        device = jax.devices(platform)[0]
+    except RuntimeError as e:  # JAX says "Unknown backend gpu" or "Backend 'gpu' failed to initialize"
+        raise _no_gpu(f"jax.devices({platform!r}) failed ({e})") from None
+    return DeviceNamespace(importlib.import_module("jax.numpy"), device)
 
 
 def _load(name: str):
@@ -20,22 +92,55 @@ def _load(name: str):
         import array_api_compat.numpy as xp
     elif name == "array_api_strict":
         xp = importlib.import_module("array_api_strict")
-    elif name == "torch":
-        importlib.import_module("torch")
+    elif name == "array_api_strict_device":
+        strict = importlib.import_module("array_api_strict")
+        xp = DeviceNamespace(strict, strict.Device("device1"))
+    elif name in ("torch", "torch_cuda"):
+        torch = importlib.import_module("torch")
         import array_api_compat.torch as xp
+
+        if name == "torch_cuda":
+            if not torch.cuda.is_available():
+                raise _no_gpu("torch.cuda.is_available() is False")
+            xp = DeviceNamespace(xp, torch.device("cuda"))
     elif name == "jax":
-        jax = importlib.import_module("jax")
-        jax.config.update("jax_enable_x64", True)
-        jax.config.update("jax_platforms", "cpu")
-        import jax.numpy as xp
+        xp = _jax("cpu")
+    elif name == "jax_gpu":
+        xp = _jax("gpu")
     elif name == "cupy":
         cupy = importlib.import_module("cupy")
         if not cupy.cuda.is_available():
-            raise RuntimeError("cupy is installed but cupy.cuda.is_available() is False")
+            raise _no_gpu("cupy is installed but cupy.cuda.is_available() is False")
         import array_api_compat.cupy as xp
     else:
         raise ValueError(f"unknown backend {name!r}; known backends are {', '.join(ALL_BACKENDS)}")
     return xp
+
+
+def _guard_dlpack_of_devices(strict: Any) -> None:
+    """Make array-api-strict arrays off the CPU device refuse DLPack export to the host, as CUDA arrays do
+    (array-api-strict itself exports them: NumPy's `from_dlpack` would hide a host round trip)."""
+    array = type(strict.asarray(0))
+    if getattr(array.__dlpack__, "guards_devices", False):
+        return
+    export = array.__dlpack__
+
+    def __dlpack__(self, /, **kwargs):
+        if self.device != strict.Device("CPU_DEVICE"):
+            raise BufferError(
+                f"DLPack export of an array on {self.device} to the host is refused (as for a CUDA array): "
+                "move it with x.to_device(CPU_DEVICE) first"
+            )
+        return export(self, **kwargs)
+
+    __dlpack__.guards_devices = True
+    array.__dlpack__ = __dlpack__
+
+
+try:  # on for the whole run: device arrays made outside the fixture (tests/test_devices.py) are guarded too
+    _guard_dlpack_of_devices(importlib.import_module("array_api_strict"))
+except ImportError:
+    pass
 
 
 def _selected() -> dict:
@@ -68,5 +173,10 @@ def pytest_report_header(config):
 
 @pytest.fixture(params=list(BACKENDS), ids=list(BACKENDS))
 def xp(request):
-    """The array namespace of one backend (tests.helpers.library(xp) gives its library name)."""
+    """The array namespace of one backend (tests.helpers.library(xp) gives its library name); on a device
+    backend its creation functions default to the device."""
+    if request.param in DEVICE_BACKENDS:
+        for prefix, why in HOST_ONLY:
+            if request.node.nodeid.startswith(prefix):
+                pytest.skip(f"host-only: {why}")
     return BACKENDS[request.param]

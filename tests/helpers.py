@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tests.conftest import DeviceNamespace
 from xdezero import Variable, backends
 from xdezero.backends import library_name
 
@@ -24,3 +25,8 @@ def asarray(xp, a, dtype=None):
 def library(xp) -> str:
     """The library name that xdezero.backends.library_name reports for arrays of `xp`."""
     return library_name(xp.asarray(np.zeros(1)))
+
+
+def fixture_device(xp):
+    """The device a device backend's `xp` creates arrays on; None for a backend using its library's default."""
+    return xp.device if isinstance(xp, DeviceNamespace) else None

@@ -115,9 +115,9 @@ class Case:
 
 def _bn_train(x, gamma, beta):
     c = x.shape[1]
-    xp = xdezero.backends.array_namespace(x.data)
-    mean = Variable(xp.zeros((c,), dtype=x.dtype))
-    var = Variable(xp.ones((c,), dtype=x.dtype))
+    xp, device = xdezero.backends.array_namespace(x.data), xdezero.backends.device_of(x.data)
+    mean = Variable(xp.zeros((c,), dtype=x.dtype, device=device))
+    var = Variable(xp.ones((c,), dtype=x.dtype, device=device))
     return F.batch_norm(x, gamma, beta, mean, var)
 
 

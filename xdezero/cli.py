@@ -156,10 +156,18 @@ def _converter(backend: str, device: str | None) -> tuple[Callable[[np.ndarray],
     if device is None:
         return convert, ""
     where = f"--device {device}"
-    if backend in ("numpy", "array_api_strict"):
+    if backend == "numpy":
         if device != "cpu":
             raise UsageError(f"{where}: backend {backend} runs on the CPU only (--device cpu)")
         return convert, "cpu"
+    if backend == "array_api_strict":  # its simulated devices behave as a GPU's: nothing converts implicitly
+        import array_api_strict
+
+        try:
+            dev = array_api_strict.Device("CPU_DEVICE" if device == "cpu" else device)
+        except ValueError:
+            raise UsageError(f"{where}: array-api-strict's devices are cpu, device1 and device2") from None
+        return (lambda a: array_api_strict.asarray(a, device=dev)), device
     if backend == "torch":
         import torch
 
@@ -486,7 +494,9 @@ def _add_runtime_options(parser: argparse.ArgumentParser, task: str | None) -> N
     """--backend, --device, --threads: where the arrays live and how many threads work on them."""
     parser.add_argument("--backend", choices=BACKENDS, default="numpy", help="array library (default numpy)")
     parser.add_argument(
-        "--device", help="the backend's device: cpu, cuda, cuda:1 (torch), gpu:0 (jax), ... (default: its own)"
+        "--device",
+        help="the backend's device: cpu, cuda, cuda:1 (torch), gpu:0 (jax), device1 (array_api_strict), ... "
+        "(default: its own)",
     )
     small = SMALL_TASK_THREADS.get(task or "")
     parser.add_argument(

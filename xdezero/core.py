@@ -19,7 +19,7 @@ import numpy as np
 
 from xdezero._config import Config, enable_backprop_flag, no_grad, test_mode, using_config
 from xdezero.backends import NAMESPACES as _NAMESPACES
-from xdezero.backends import array_namespace, as_array_data, memory_key, to_cpu, to_device, to_gpu
+from xdezero.backends import array_namespace, as_array_data, memory_key, to_cpu, to_device, to_gpu, to_library
 
 __all__ = ["Variable", "Parameter", "Function", "as_variable", "as_array"]
 
@@ -161,7 +161,13 @@ class Variable:
         return self
 
     def to_device(self, device: Any) -> Variable:
+        """Move the data to `device` of its own library ('cpu' and 'gpu' are shorthands); returns self."""
         self._data = to_device(self._data, device)
+        return self
+
+    def to_library(self, name: str, device: Any = None) -> Variable:
+        """Move the data to array library `name` on `device` (see `xdezero.backends.to_library`); returns self."""
+        self._data = to_library(self._data, name, device)
         return self
 
     # --- operators and shape methods (their Functions live in xdezero.functions) ------------------

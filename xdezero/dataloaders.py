@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from xdezero.backends import library_namespace, library_of_device, to_library
 from xdezero.backends import to_gpu as _to_gpu
 from xdezero.transforms import make_rng
 
@@ -39,7 +40,8 @@ class DataLoader:
 
     One pass over the data set is one `for` loop; the loader then resets (reshuffling when `shuffle`) for
     the next epoch. A loop left early (`break`) does not carry over: the next `for` starts a complete epoch.
-    Batches are NumPy arrays, or CuPy arrays when `gpu=True` (which needs CuPy and a GPU).
+    Batches are NumPy arrays, CuPy arrays when `gpu=True` or after `to_gpu()` (which needs CuPy and a GPU), or
+    arrays of another library on its device after `to_device(device)` (e.g. `torch.device("cuda")`).
     `t` is None when the data set has no labels.
     """
 
@@ -56,6 +58,8 @@ class DataLoader:
         self.batch_size = _check_batch_size(type(self).__name__, batch_size)
         self.shuffle = shuffle
         self.gpu = gpu
+        self.device = None  # set by to_device; the batches' library is then self.library
+        self.library = None
         self.data_size = len(dataset)
         self.max_iter = math.ceil(self.data_size / self.batch_size)
         self.rng = None if seed is None or not shuffle else make_rng(seed)
@@ -90,6 +94,8 @@ class DataLoader:
         t = None if all(label is None for label in labels) else np.asarray(labels)
         if self.gpu:
             x, t = _to_gpu(x), _to_gpu(t)
+        elif self.device is not None:
+            x, t = to_library(x, self.library, self.device), to_library(t, self.library, self.device)
         self.iteration += 1  # only now: a failed GPU move does not skip the batch
         return x, t
 
@@ -100,10 +106,29 @@ class DataLoader:
         return self.max_iter
 
     def to_cpu(self) -> None:
+        """Batches as NumPy arrays from now on."""
         self.gpu = False
+        self.device = self.library = None
 
     def to_gpu(self) -> None:
+        """Batches as CuPy arrays from now on (DeZero's GPU)."""
         self.gpu = True
+        self.device = self.library = None
+
+    def to_device(self, device: Any, library: str | None = None) -> None:
+        """Batches as arrays on `device` from now on: a device object of an array library
+        (`torch.device("cuda:0")`, `jax.devices("gpu")[0]`, `cupy.cuda.Device(0)`, `array_api_strict.Device(...)`),
+        or a device string of `library` (`to_device("cuda:0", library="torch")`); 'cpu' gives NumPy batches."""
+        if library is None:
+            library = library_of_device(device)
+        if library == "numpy":
+            if not (isinstance(device, str) and device == "cpu"):
+                raise ValueError(f"{type(self).__name__}.to_device: NumPy arrays live on 'cpu' only, got {device!r}")
+            self.to_cpu()
+            return
+        library_namespace(library)  # an unknown or missing library fails here, not at the first batch
+        self.gpu = False
+        self.device, self.library = device, library
 
 
 class SeqDataLoader(DataLoader):

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 import xdezero.functions as F
-from xdezero.backends import array_namespace, device_of, to_cpu, to_device, to_gpu, to_numpy
+from xdezero.backends import array_namespace, device_of, to_cpu, to_device, to_gpu, to_library, to_numpy
 from xdezero.core import Parameter, Variable
 from xdezero.functions.conv import pair
 
@@ -49,7 +49,8 @@ def _numpy_dtype(a: Any) -> np.dtype:
     """The NumPy dtype matching the dtype of the backend array `a` (torch and array-api-strict have their own)."""
     if isinstance(a.dtype, np.dtype):
         return a.dtype
-    return to_numpy(array_namespace(a).empty((0,), dtype=a.dtype, device=device_of(a))).dtype
+    # An empty array on the library's default device: nothing leaves a GPU to learn a dtype.
+    return to_numpy(array_namespace(a).empty((0,), dtype=a.dtype)).dtype
 
 
 def _size(owner: str, name: str, value: Any) -> int:
@@ -191,8 +192,17 @@ class Layer:
         return self._move(to_gpu, "to_gpu")
 
     def to_device(self, device: Any) -> Layer:
-        """Move every parameter to `device` within its own library ('cpu' and 'gpu' are shorthands)."""
+        """Move every parameter (and gradient) to `device` within its own library: a device of the parameters'
+        library (`torch.device("cuda:0")`, `array_api_strict.Device("device1")`, ...); 'cpu' and 'gpu' are
+        shorthands."""
         return self._move(lambda a: to_device(a, device), "to_device")
+
+    def to_library(self, name: str, device: Any = None) -> Layer:
+        """Move every parameter (and gradient) to array library `name` ('numpy', 'torch', 'jax', 'cupy',
+        'array_api_strict', 'dask') on `device` (see `xdezero.backends.to_library`), in one call.
+
+        Move a model before its optimizer builds state (momenta stay in the library they were made in)."""
+        return self._move(lambda a: to_library(a, name, device), "to_library")
 
     # --- weights on disk --------------------------------------------------------------------
     def save_weights(self, path: str | os.PathLike) -> None:

@@ -2,6 +2,16 @@
 
 from xdezero.backends._allocator import allocator_info, apply_allocator_setting, tune_allocator
 from xdezero.backends._checks import check_ids, check_index_arrays
+from xdezero.backends._devices import (
+    is_cupy_available,
+    library_namespace,
+    library_of_device,
+    to_cpu,
+    to_device,
+    to_gpu,
+    to_library,
+    to_numpy,
+)
 from xdezero.backends._fused import fused
 from xdezero.backends._im2col import (
     add_windows,
@@ -22,13 +32,8 @@ from xdezero.backends._namespace import (
     device_of,
     get_array_module,
     is_array,
-    is_cupy_available,
     library_name,
     memory_key,
-    to_cpu,
-    to_device,
-    to_gpu,
-    to_numpy,
 )
 from xdezero.backends._packing import pack, unpack
 from xdezero.backends._random import seed, uniform
@@ -61,6 +66,8 @@ __all__ = [
     "is_array",
     "is_cupy_available",
     "library_name",
+    "library_namespace",
+    "library_of_device",
     "memory_key",
     "pack",
     "pad_images",
@@ -70,6 +77,7 @@ __all__ = [
     "to_cpu",
     "to_device",
     "to_gpu",
+    "to_library",
     "to_numpy",
     "uniform",
     "unpack",

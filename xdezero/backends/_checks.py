@@ -14,7 +14,8 @@ from typing import Any
 
 import array_api_compat
 
-from xdezero.backends._namespace import array_namespace, device_of, to_numpy
+from xdezero.backends._devices import to_numpy
+from xdezero.backends._namespace import array_namespace, device_of
 
 
 def _raise_if_outside(bounds: Any, low: int, high: int, where: str, what: str, error: type) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from xdezero.backends._namespace import is_cupy_available, to_gpu
+from xdezero.backends._devices import is_cupy_available, to_gpu
 
 
 class BackendUnavailable(RuntimeError):

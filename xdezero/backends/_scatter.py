@@ -16,6 +16,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
+from xdezero.backends._devices import to_numpy
 from xdezero.backends._namespace import array_namespace, device_of
 
 
@@ -25,12 +26,7 @@ def _host_index(index: Any) -> Any:
         return tuple(_host_index(i) for i in index)
     if index is None or isinstance(index, int | slice | type(Ellipsis) | np.ndarray | list | np.integer):
         return index
-    if array_api_compat.is_cupy_array(index):
-        return index.get()
-    try:
-        return np.asarray(index)
-    except (TypeError, ValueError, RuntimeError):
-        return np.from_dlpack(index)
+    return to_numpy(index)  # a listed host transfer (see _devices)
 
 
 def flat_positions(shape: tuple, index: Any) -> np.ndarray:
