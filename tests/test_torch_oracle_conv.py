@@ -22,6 +22,9 @@ CASES = [
     ((2, 3, 9, 7), (3, 2), (2, 2), (1, 0)),
     ((1, 4, 10, 11), (4, 4), (3, 2), (2, 1)),
     ((3, 2, 6, 6), (2, 2), (2, 2), (0, 0)),
+    # stride 1 on NumPy runs its GEMMs over blocks of 8192 or more columns (padded pixels): several blocks here
+    ((5, 3, 40, 50), (3, 3), (1, 1), (1, 1)),
+    ((4, 2, 60, 70), (2, 3), (1, 1), (0, 2)),
 ]
 IDS = [f"x{c[0]}-k{c[1]}-s{c[2]}-p{c[3]}" for c in CASES]
 

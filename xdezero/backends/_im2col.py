@@ -35,7 +35,7 @@ def pad_images(x: Any, pad: Pair, value: float = 0.0) -> Any:
     n, c, h, w = x.shape
     xp = array_namespace(x)
     if _mutable_like_numpy(x):
-        out = xp.full((n, c, h + 2 * ph, w + 2 * pw), value, dtype=x.dtype)
+        out = xp.full((n, c, h + 2 * ph, w + 2 * pw), value, dtype=x.dtype, device=device_of(x))
         out[:, :, ph : ph + h, pw : pw + w] = x
         return out
     if array_api_compat.is_torch_array(x):
@@ -133,7 +133,7 @@ def add_windows(parts: list, shape: tuple, kernel: Pair, stride: Pair, pad: Pair
     elif array_api_compat.is_jax_array(first):
         import jax.numpy as jnp
 
-        out = jnp.zeros((n, c, hp, wp), dtype=first.dtype)
+        out = jnp.zeros((n, c, hp, wp), dtype=first.dtype, device=device_of(first))
         for k, part in enumerate(parts):
             out = out.at[span(*divmod(k, kw))].add(part)
     else:
@@ -306,6 +306,8 @@ class WideColumnPlan(ColumnPlan):
             buf[:, shift : shift + self.length] += col[:, k]  # `buf` is ours
         return self._inner(images).transpose(1, 0, 2, 3)
 
+    deconv_block = 8192  # columns per block of the deconvolution's GEMM (see deconv)
+
     # The GEMMs run over blocks of columns: a block of the column matrix stays in cache and its memory is
     # reused, where the whole (C·KH·KW, M) matrix would be written to fresh pages on every call.
 
@@ -324,15 +326,27 @@ class WideColumnPlan(ColumnPlan):
     def grad_w(self, x: Any, g: Any) -> Any:
         win = self._windows_4d(x)
         k = win.shape[0] * win.shape[1] * win.shape[2]
+        gt = np.ascontiguousarray(g.T)  # one copy: OpenBLAS runs a block against rows of gᵀ faster than its view
         total = None
         for a, b in self._blocks(k):
-            part = win[..., a:b].reshape(k, b - a) @ g[:, a:b].T
+            part = win[..., a:b].reshape(k, b - a) @ gt[a:b]
             total = part if total is None else total + part
         return total
 
     def deconv(self, Wt: Any, g: Any) -> Any:
-        # One GEMM: OpenBLAS runs short blocks with this small inner dimension (OC) several times slower.
-        return self.col2im(Wt @ g)
+        # col2im block by block: each (C·KH·KW, block) slice of Wt @ g is added into the padded images while it
+        # is still in cache, instead of writing the whole column matrix to memory and reading it back. Blocks
+        # are wider than the convolution's: OpenBLAS runs this small inner dimension (OC) slowly on short ones.
+        c = self.shape[1]
+        kh, kw = self.kernel
+        buf, images = self._padded(c, np.result_type(Wt, g), self.reach)
+        for a in range(0, self.length, self.deconv_block):
+            b = min(a + self.deconv_block, self.length)
+            part = (Wt @ g[:, a:b]).reshape(c, kh * kw, b - a)
+            for k in range(kh * kw):
+                shift = (k // kw) * self.wp + k % kw
+                buf[:, a + shift : b + shift] += part[:, k]
+        return self._inner(images).transpose(1, 0, 2, 3)
 
     def _windows_4d(self, x: Any) -> Any:
         """The column matrix as a (C, KH, KW, M) strided view of the padded batch (no copy)."""
