@@ -166,3 +166,44 @@ def test_variables_and_parameters_as_inputs():
     y = model(x)
     assert isinstance(y, Variable) and y.shape == (4, 2)
     assert len(list(model.params())) == 4
+
+
+def test_core_simple_gradients_are_arrays_updated_in_place_as_in_steps_28_29():
+    # Steps 28-29 take DeZero's simple core (`from dezero.core_simple import Variable`) and update
+    # `x.data -= x.grad / f''(x)`: the gradient must be a NumPy array. Newton's method on y = x⁴ - 2x²
+    # from x = 2, checked against the same iteration written with NumPy (y' = 4x³ - 4x, y'' = 12x² - 4).
+    from xdezero.core_simple import Variable as SimpleVariable
+    from xdezero.core_simple import setup_variable
+
+    setup_variable()
+    x = SimpleVariable(np.array(2.0))
+    expected = np.array(2.0)
+    for _ in range(10):
+        y = x**4 - 2 * x**2
+        x.cleargrad()
+        y.backward()
+        assert type(x.grad) is np.ndarray
+        x.data -= x.grad / (12 * x.data**2 - 4)
+        expected = expected - (4 * expected**3 - 4 * expected) / (12 * expected**2 - 4)
+        np.testing.assert_allclose(x.data, expected, rtol=1e-15)
+    assert repr(x) == f"variable({expected})"
+
+
+def test_core_simple_accumulates_along_shared_paths_and_frees_intermediate_gradients():
+    # y = (x²)² + (x²)²: the square is used twice, so its gradient must be summed before it flows to x;
+    # dy/dx = 8x³. Intermediate gradients are dropped unless retain_grad=True.
+    from xdezero.core_simple import Variable as SimpleVariable
+
+    x = SimpleVariable(np.array(3.0))
+    a = x**2
+    y = a**2 + a**2
+    y.backward()
+    assert x.grad == 8 * 3.0**3
+    assert a.grad is None and y.grad is None
+    x.cleargrad()
+    y = a**2 + a**2
+    y.backward(retain_grad=True)
+    assert a.grad == 4 * 9.0 and y.grad == 1.0
+    assert x.grad == 8 * 3.0**3
+    with np.testing.assert_raises_regex(TypeError, "NumPy array"):
+        SimpleVariable(1.0)

@@ -24,6 +24,10 @@ DEZERO_NAMES = {
         Add Config Div Function Mul Neg Parameter Pow Sub Variable add array_types as_array as_variable div
         mul neg no_grad pow rdiv rsub setup_variable sub test_mode using_config
     """,
+    "dezero.core_simple": """
+        Add Config Div Function Mul Neg Pow Sub Variable add as_array as_variable div mul neg no_grad pow rdiv
+        rsub setup_variable sub using_config
+    """,
     "dezero.functions": """
         BatchNorm BroadcastTo Clip Cos Exp Function GetItem GetItemGrad LeakyReLU Linear Log LogSoftmax
         MatMul Max MeanSquaredError Min ReLU Reshape Sigmoid Sin Softmax SoftmaxCrossEntropy Sum SumTo Tanh
@@ -89,7 +93,7 @@ def _kind(obj) -> str:
 
 # Same use, another shape: Config is an object whose attributes read the current context's flags (DeZero's is
 # a class with class attributes); array_types is a tuple (DeZero's is np.ndarray, or a tuple with CuPy's).
-SAME_USE = {"dezero.Config", "dezero.core.Config", "dezero.core.array_types"}
+SAME_USE = {"dezero.Config", "dezero.core.Config", "dezero.core_simple.Config", "dezero.core.array_types"}
 
 
 def test_the_list_is_dezeros():

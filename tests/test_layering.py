@@ -15,7 +15,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "xdezero"
 # Lowest first. A module belongs to the first layer with a prefix that matches its dotted name.
 LAYERS = [
     ("backends", ["xdezero._config", "xdezero.backends"]),
-    ("core", ["xdezero.core"]),
+    ("core", ["xdezero.core", "xdezero.core_simple"]),
     ("functions", ["xdezero.functions", "xdezero.functions_conv", "xdezero.visualize", "xdezero.testing"]),
     ("layers", ["xdezero.layers"]),
     ("models", ["xdezero.models"]),
