@@ -99,13 +99,14 @@ def scatter_add(shape: tuple, index: Any, values: Any) -> Any:
         return out
     if array_api_compat.is_cupy_array(values):
         cupy, cupyx = sys.modules["cupy"], __import__("cupyx")
-        out = cupy.zeros(shape, dtype=values.dtype)
-        cupyx.scatter_add(out, index, values)
+        with values.device:  # CuPy allocates on the current device, which may not be the values' one
+            out = cupy.zeros(shape, dtype=values.dtype)
+            cupyx.scatter_add(out, index, values)
         return out
     if array_api_compat.is_jax_array(values):
         import jax.numpy as jnp
 
-        return jnp.zeros(shape, dtype=values.dtype).at[index].add(values)
+        return jnp.zeros(shape, dtype=values.dtype, device=device_of(values)).at[index].add(values)
 
     xp = array_namespace(values)
     if type(index) is type(values):
