@@ -7,16 +7,20 @@ Deliberate transfers, each one call per operation at most (never per element); D
 
 - label checks (`check_ids`, `check_index_arrays`: class labels, embedding ids, gather indices): D→H of the
   ids' minima and maxima, stacked in one array, once per call of a function taking ids;
-- integer-array indexing on the portable scatter path (`flat_positions`): D→H of the index arrays, once per
-  `get_item` backward;
+- the backward of indexing with a tuple holding integer arrays, on torch and the portable path (`scatter_add`
+  through `flat_positions`): D→H of the index arrays and H→D of the flat positions, once per backward;
 - random numbers (`uniform`) for libraries without a generator here (array-api-strict, ...): H→D of the
   samples drawn with NumPy, once per call; seeding itself moves nothing;
 - initial parameters of `xdezero.layers` (drawn on the host with NumPy's global generator, as DeZero does):
   H→D once per parameter, at the layer's first input;
 - `Layer.save_weights`: D→H once per parameter; `Layer.load_weights`: H→D once per parameter;
 - `DataLoader` / `SeqDataLoader` after `to_gpu()` or `to_device(...)`: H→D of each batch (x and t);
-- on request only: `to_cpu`, `to_numpy`, `to_library`, `utils.gradient_check`, the `xdezero` command's
-  printed losses and accuracies (one scalar per printed number).
+- `xdezero.distributed`: the MPI communicator all-reduces host buffers (D→H and H→D of one packed buffer per
+  dtype per all-reduce); the NCCL one sends an array that is not CuPy on the current GPU through the host; the
+  distributed optimizer compares newly created lazy parameters after their broadcast (once per parameter);
+- the `xdezero` command: one scalar each for the batch loss and accuracy it prints, once per batch;
+- on request only: `to_cpu`, `to_numpy`, `to_library`, `utils.gradient_check` and `xdezero.testing` (one
+  scalar per directional derivative or per perturbed element), `utils.array_equal`/`array_allclose`.
 """
 
 from __future__ import annotations
