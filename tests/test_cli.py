@@ -24,11 +24,11 @@ import numpy as np
 import pytest
 
 import xdezero
-from xdezero import _progress, _tasks, cli
+from xdezero import _progress, cli, datasets
 from xdezero.backends import is_cupy_available
 
 ROOT = Path(__file__).resolve().parents[1]
-MNIST_NAMES = list(_tasks.MNIST_FILES)
+MNIST_NAMES = list(datasets.MNIST_FILES)
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -458,7 +458,7 @@ def test_mnist_is_downloaded_once_and_verified(cache, tmp_path, monkeypatch, cap
     fake_mnist(tmp_path / "served")
     files = {name: (tmp_path / "served" / name).read_bytes() for name in MNIST_NAMES}
     checksums = {name: f"md5:{hashlib.md5(data).hexdigest()}" for name, data in files.items()}
-    monkeypatch.setattr(_tasks, "MNIST_FILES", checksums)
+    monkeypatch.setattr(datasets, "MNIST_FILES", checksums)
     asked = serve(monkeypatch, files)
     argv = ["train", "mnist", "--epochs", "1", "--hidden", "10", "--batch-size", "50", "--quiet"]
     assert cli.main(argv) == 0
@@ -474,10 +474,10 @@ def test_a_corrupt_download_is_refused_and_not_cached(cache, tmp_path, monkeypat
     files = {name: (tmp_path / "served" / name).read_bytes() for name in MNIST_NAMES}
     checksums = {name: f"md5:{hashlib.md5(data).hexdigest()}" for name, data in files.items()}
     files[MNIST_NAMES[1]] = files[MNIST_NAMES[1]][:-5]  # truncated in transit
-    monkeypatch.setattr(_tasks, "MNIST_FILES", checksums)
+    monkeypatch.setattr(datasets, "MNIST_FILES", checksums)
     serve(monkeypatch, files)
     err = usage_error(capsys, ["train", "mnist", "--epochs", "1"])
-    assert f"cannot download MNIST (the file downloaded from {_tasks.MNIST_MIRRORS[0]}" in err and "corrupt" in err
+    assert f"cannot download MNIST (the file downloaded from {datasets.MNIST_MIRRORS[0]}" in err and "corrupt" in err
     assert MNIST_NAMES[1] not in [p.name for p in cache.iterdir()]
     assert not list(cache.glob("*.part"))
 
@@ -489,7 +489,7 @@ def test_offline_says_what_to_download_and_where(cache, monkeypatch, capsys):
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     err = usage_error(capsys, ["train", "mnist", "--epochs", "1"])
     assert "network is unreachable" in err
-    assert f"Download {', '.join(MNIST_NAMES)} from {_tasks.MNIST_MIRRORS[0]} and place them in {cache}" in err
+    assert f"Download {', '.join(MNIST_NAMES)} from {datasets.MNIST_MIRRORS[0]} and place them in {cache}" in err
     assert list(cache.iterdir()) == []
 
 

@@ -245,7 +245,7 @@ def test_mnist_from_cache(data_dir):
 
 def test_mnist_download_checks_checksums(data_dir, monkeypatch):
     _, _, files = mnist_files(3, "train")
-    monkeypatch.setattr(datasets, "_MNIST_FILES", {name: md5(content) for name, content in files.items()})
+    monkeypatch.setattr(datasets, "MNIST_FILES", {name: md5(content) for name, content in files.items()})
     requested = serve(monkeypatch, files)
     ds = MNIST(train=True)
     assert len(ds) == 3 and len(requested) == 2
@@ -272,6 +272,75 @@ def test_mnist_corrupt_cached_file(data_dir):
 def test_mnist_offline(data_dir):
     with pytest.raises(DownloadError, match=r"t10k-images-idx3-ubyte\.gz"):
         MNIST(train=False)
+
+
+def all_mnist_files(n: int = 5) -> dict[str, bytes]:
+    return {**mnist_files(n, "train")[2], **mnist_files(n, "t10k")[2]}
+
+
+def test_mnist_files_table_is_the_published_one():
+    # The four files of yann.lecun.com/exdb/mnist, with the MD5s that torchvision's MNIST checks too.
+    assert datasets.MNIST_FILES == {
+        "train-images-idx3-ubyte.gz": "md5:f68b3c2dcbeaaa9fbdd348bbdeb94873",
+        "train-labels-idx1-ubyte.gz": "md5:d53e105ee54ea40749a09fcbcd1e9432",
+        "t10k-images-idx3-ubyte.gz": "md5:9fb629c4189551a2d022fa330f9573f3",
+        "t10k-labels-idx1-ubyte.gz": "md5:ec29112dd5afa0611ce80d1b7f02629c",
+    }
+
+
+def test_locate_mnist_checks_files_placed_by_hand_in_the_cache(data_dir, monkeypatch):
+    files = all_mnist_files()
+    for name, content in files.items():
+        (data_dir / name).write_bytes(content)
+    # Not the published files: refused, before anything reads them, naming the file and both checksums.
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte\.gz is not the published MNIST file \(md5 "):
+        datasets.locate_mnist()
+    monkeypatch.setattr(datasets, "MNIST_FILES", {name: md5(content) for name, content in files.items()})
+    assert datasets.locate_mnist() == data_dir
+    (data_dir / "t10k-labels-idx1-ubyte.gz").write_bytes(b"junk")
+    with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte\.gz is not the published MNIST file"):
+        datasets.locate_mnist()
+
+
+def test_locate_mnist_downloads_what_is_missing_with_checksums(data_dir, monkeypatch):
+    files = all_mnist_files()
+    monkeypatch.setattr(datasets, "MNIST_FILES", {name: md5(content) for name, content in files.items()})
+    (data_dir / "train-images-idx3-ubyte.gz").write_bytes(files["train-images-idx3-ubyte.gz"])
+    requested = serve(monkeypatch, files)
+    assert datasets.locate_mnist() == data_dir
+    assert sorted(url.rpartition("/")[2] for url in requested) == sorted(set(files) - {"train-images-idx3-ubyte.gz"})
+    assert all(url.startswith(datasets.MNIST_MIRRORS[0]) for url in requested)
+
+
+def test_locate_mnist_offline_says_what_to_download_and_where(data_dir):
+    # data_dir's fixture answers every URL with an error, as an offline machine would.
+    with pytest.raises(DownloadError) as info:
+        datasets.locate_mnist()
+    names = ", ".join(datasets.MNIST_FILES)
+    assert f"Download {names} from {datasets.MNIST_MIRRORS[0]} and place them in {data_dir}" in str(info.value)
+    assert list(data_dir.iterdir()) == []
+
+
+def test_locate_mnist_in_a_folder_of_ones_own_checks_the_format(tmp_path):
+    files = all_mnist_files()
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    assert datasets.locate_mnist(tmp_path) == tmp_path  # no checksums for one's own files
+    images, labels, _ = mnist_files(5, "t10k")
+    ds = MNIST(train=False, transform=None, folder=tmp_path)
+    np.testing.assert_array_equal(ds.data[:, 0], images)
+    np.testing.assert_array_equal(ds.label, labels)
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(b"<html>404</html>")
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte\.gz is not a gzip-compressed MNIST file"):
+        datasets.locate_mnist(tmp_path)
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"PK\x03\x04 a zip"))
+    with pytest.raises(ValueError, match="bad magic number"):
+        datasets.locate_mnist(str(tmp_path))
+    (tmp_path / "t10k-images-idx3-ubyte.gz").unlink()
+    with pytest.raises(FileNotFoundError, match=r"missing t10k-images-idx3-ubyte\.gz"):
+        datasets.locate_mnist(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"no t10k-images-idx3-ubyte\.gz in"):
+        MNIST(train=False, folder=tmp_path)
 
 
 # --- CIFAR -------------------------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 Downloaded files are cached in `~/.xdezero` (or the folder named by the environment variable
 `XDEZERO_DATA_DIR`). A download goes to a temporary file in that folder, is checked against its published
 checksum, and only then renamed into place, so an interrupted or corrupt download never leaves a file that
-looks cached. Files already in the folder are trusted as they are: to use a copy fetched by other means,
-put it there under its original name.
+looks cached. The data sets trust files already in the folder, as DeZero does: to use a copy fetched by other
+means, put it there under its original name. `locate_mnist` checks MNIST's files (against their published
+checksums in the cache folder, for format in a folder of your own) before anything reads them.
 
 CIFAR-10/100 are distributed as Python pickles. Unpickling can run arbitrary code, so they are read with
 a restricted unpickler that rebuilds only NumPy arrays, dtypes and plain containers (see `_SafeUnpickler`).
@@ -24,6 +25,7 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,9 @@ __all__ = [
     "get_file",
     "get_spiral",
     "load_cache_npz",
+    "locate_mnist",
+    "MNIST_FILES",
+    "MNIST_MIRRORS",
     "save_cache_npz",
 ]
 
@@ -237,17 +242,84 @@ class SinCurve(Dataset):
 
 # --- MNIST -------------------------------------------------------------------------------------------
 
-_MNIST_MIRRORS = (
+MNIST_MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
     "http://yann.lecun.com/exdb/mnist/",
 )
-_MNIST_FILES = {
+# The published files and their checksums.
+MNIST_FILES = {
     "train-images-idx3-ubyte.gz": "md5:f68b3c2dcbeaaa9fbdd348bbdeb94873",
     "train-labels-idx1-ubyte.gz": "md5:d53e105ee54ea40749a09fcbcd1e9432",
     "t10k-images-idx3-ubyte.gz": "md5:9fb629c4189551a2d022fa330f9573f3",
     "t10k-labels-idx1-ubyte.gz": "md5:ec29112dd5afa0611ce80d1b7f02629c",
 }
+
+
+def _file_digest(path: Path, algorithm: str) -> str:
+    digest = hashlib.new(algorithm, usedforsecurity=False)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_idx_header(path: Path) -> None:
+    """A gzip-compressed IDX file of unsigned bytes (magic 0x0000080N), or ValueError naming the file."""
+    try:
+        with gzip.open(path, "rb") as f:
+            magic = f.read(4)
+    except (OSError, EOFError, zlib.error) as e:
+        raise ValueError(f"{path} is not a gzip-compressed MNIST file ({type(e).__name__}: {e})") from None
+    if len(magic) < 4 or magic[:3] != b"\0\0\x08" or not 1 <= magic[3] <= 4:
+        raise ValueError(f"{path} is gzip data but not an MNIST (IDX) file: bad magic number {magic.hex() or 'none'}")
+
+
+def locate_mnist(folder: str | os.PathLike | None = None) -> Path:
+    """The folder holding MNIST's four files (`MNIST_FILES`), each checked before anything reads it.
+
+    Without `folder`: the cache folder (`data_dir()`), where every file must be the published one: files
+    already there, downloaded or placed by hand, are checked against their MD5; missing ones are downloaded
+    from `MNIST_MIRRORS` and checked. With `folder`: MNIST-format files of your own (a subset, Fashion-MNIST,
+    generated data), checked for format only. `MNIST(folder=...)` reads such a folder.
+
+    Raises FileNotFoundError (a file missing from `folder`), ValueError (not the published file, or not a
+    gzip-compressed IDX file) or DownloadError (the message says what to download and where to put it).
+    """
+    if folder is not None:
+        folder = Path(folder)
+        missing = [name for name in MNIST_FILES if not (folder / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{folder}: missing {', '.join(missing)} (MNIST-format .gz files)")
+    else:
+        folder = data_dir()
+        for name, checksum in MNIST_FILES.items():
+            path = folder / name
+            algorithm, _, expected = checksum.partition(":")
+            if path.exists() and (found := _file_digest(path, algorithm)) != expected:
+                raise ValueError(
+                    f"{path} is not the published MNIST file ({algorithm} {found}, expected {expected}): "
+                    "delete it to download it again"
+                )
+        missing = [name for name in MNIST_FILES if not (folder / name).exists()]
+        for name in missing:
+            try:
+                get_file([m + name for m in MNIST_MIRRORS], name, MNIST_FILES[name])
+            except DownloadError as e:
+                raise DownloadError(
+                    f"cannot download MNIST ({_reason(e)}). Download {', '.join(missing)} "
+                    f"from {MNIST_MIRRORS[0]} and place them in {folder} (or set XDEZERO_DATA_DIR)"
+                ) from None
+    for name in MNIST_FILES:
+        _check_idx_header(folder / name)
+    return folder
+
+
+def _reason(e: DownloadError) -> str:
+    """What went wrong, from get_file's message 'could not download NAME (REASONS). If this machine ...'."""
+    text = str(e)
+    start, end = text.find("("), text.rfind("). If this machine")
+    return text[start + 1 : end] if 0 <= start < end else text
 
 
 # Stateless, so one shared instance serves as the default argument.
@@ -274,7 +346,8 @@ class MNIST(Dataset):
     """MNIST digits: data uint8 (N, 1, 28, 28), label uint8 (N,); 60000 train / 10000 test examples.
 
     The default transform (DeZero's) flattens each image to 784 float32 values in [0, 1]; `transform=None`
-    gives the raw uint8 images.
+    gives the raw uint8 images. The files are downloaded into the cache folder on first use; `folder` reads
+    MNIST-format files of your own instead (see `locate_mnist`, which checks a folder before use).
     """
 
     def __init__(
@@ -282,7 +355,10 @@ class MNIST(Dataset):
         train: bool = True,
         transform: Callable | None = _MNIST_TRANSFORM,
         target_transform: Callable | None = None,
+        *,
+        folder: str | os.PathLike | None = None,
     ) -> None:
+        self.folder = None if folder is None else Path(folder)
         super().__init__(train, transform, target_transform)
 
     def prepare(self) -> None:
@@ -290,7 +366,12 @@ class MNIST(Dataset):
         paths = {}
         for kind in ("images-idx3", "labels-idx1"):
             name = f"{prefix}-{kind}-ubyte.gz"
-            paths[kind] = get_file([m + name for m in _MNIST_MIRRORS], name, _MNIST_FILES[name])
+            if self.folder is None:
+                paths[kind] = get_file([m + name for m in MNIST_MIRRORS], name, MNIST_FILES[name])
+            elif not (self.folder / name).is_file():
+                raise FileNotFoundError(f"MNIST: no {name} in {self.folder}")
+            else:
+                paths[kind] = self.folder / name
         images = _read_idx(paths["images-idx3"], 3)
         labels = _read_idx(paths["labels-idx1"], 1)
         if len(images) != len(labels):
