@@ -16,8 +16,10 @@ from types import ModuleType
 import numpy as np
 import pytest
 
+# DeZero's modules, each also in xdezero under the same name (core_simple: the book's step-by-step core).
 SUBMODULES = (
     "core",
+    "core_simple",
     "functions",
     "functions_conv",
     "layers",

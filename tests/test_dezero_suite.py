@@ -18,17 +18,18 @@ import sys
 
 import pytest
 
+from tests.dezero_oracle import SUBMODULES
+
 EXPECTED_FAILURES = {"test_sum.py::TestSumTo::test_backward3"}
 
-ALIAS = """
+ALIAS = f"""
 import importlib
 import sys
 
 import xdezero
 
 sys.modules["dezero"] = xdezero
-for name in ("core", "functions", "functions_conv", "layers", "models", "optimizers", "utils", "cuda",
-             "datasets", "dataloaders", "transforms"):
+for name in {SUBMODULES!r}:
     sys.modules["dezero." + name] = importlib.import_module("xdezero." + name)
 """
 
