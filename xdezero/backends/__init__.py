@@ -38,6 +38,7 @@ from xdezero.backends._namespace import (
 from xdezero.backends._packing import pack, unpack
 from xdezero.backends._random import seed, uniform
 from xdezero.backends._scatter import flat_positions, scatter_add, segment_sum
+from xdezero.backends._scratch import clear as clear_buffer_pool
 
 __all__ = [
     "allocator_info",
@@ -53,6 +54,7 @@ __all__ = [
     "array_namespace",
     "as_array_data",
     "check_ids",
+    "clear_buffer_pool",
     "check_index_arrays",
     "col2im",
     "col2im_matrix",

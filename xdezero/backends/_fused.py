@@ -7,6 +7,9 @@ in launches than in arithmetic at small batch sizes. Here each hot composite get
 other library, and CuPy arrays of a dtype the kernels do not cover, run the portable array-API code that the op
 itself passes in, unchanged. CuPy is imported only when a CuPy array reaches this table.
 
+On NumPy the table holds the same arithmetic written with `out=` into reused buffers (backends/_scratch.py): a
+training step's large results stop costing fresh pages from the kernel on every step.
+
 An implementation is called as `impl(portable, xp, *args)`: it may hand any call back to `portable(xp, *args)`.
 `LAUNCHES` says how many kernels each CuPy implementation launches (the kernel counter in benchmarks/ reports
 that number for a fused composite).
@@ -17,7 +20,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from xdezero.backends._namespace import library_name
+from xdezero.backends._scratch import MIN_BYTES as REUSED_MIN_BYTES
+from xdezero.backends._scratch import empty as reused_empty
 
 # (library, composite) -> implementation; filled lazily per library by _LOADERS, or by `register`.
 TABLE: dict[tuple[str, str], Callable] = {}
@@ -36,6 +43,8 @@ LAUNCHES = {
     "adam": 1,
     "batch_norm_statistics": 1,
 }
+# Every composite an op routes through the table: the CuPy kernels' above, and those only NumPy has an entry for.
+COMPOSITES = frozenset(LAUNCHES) | {"relu", "matmul"}
 
 
 def fused(name: str, portable: Callable, xp: Any, *args: Any) -> Any:
@@ -59,8 +68,8 @@ def _resolve(name: str, x: Any) -> Callable | None:
 
 def register(library: str, name: str, impl: Callable | None) -> Callable | None:
     """Make `impl` the implementation of composite `name` for `library` (None removes it); returns the previous."""
-    if name not in LAUNCHES:
-        raise ValueError(f"register: unknown composite {name!r}; known: {', '.join(LAUNCHES)}")
+    if name not in COMPOSITES:
+        raise ValueError(f"register: unknown composite {name!r}; known: {', '.join(sorted(COMPOSITES))}")
     previous = TABLE.pop((library, name), None)
     if impl is not None:
         TABLE[(library, name)] = impl
@@ -181,4 +190,55 @@ def _cupy_table() -> dict[str, Callable]:
     }
 
 
-_LOADERS: dict[str, Callable[[], dict[str, Callable]]] = {"cupy": _cupy_table}
+# --- NumPy ---------------------------------------------------------------------------------------------
+# The same arithmetic as the portable code, written into reused buffers (backends/_scratch.py) with `out=`, so
+# that a step's large results stop costing fresh pages; small arrays and other dtypes take the portable path.
+
+
+def _numpy_table() -> dict[str, Callable]:
+    floats = (np.dtype(np.float32), np.dtype(np.float64))
+
+    def large_float(*arrays: Any) -> bool:
+        a = arrays[0]
+        return (
+            a.dtype in floats
+            and a.nbytes >= REUSED_MIN_BYTES
+            and all(b.dtype == a.dtype and b.shape == a.shape for b in arrays[1:])
+        )
+
+    def sigmoid(portable, xp, x):
+        if not large_float(x):
+            return portable(xp, x)
+        y = np.multiply(x, 0.5, out=reused_empty(x.shape, x.dtype))
+        np.tanh(y, out=y)
+        y *= 0.5
+        y += 0.5
+        return y
+
+    def sigmoid_grad(portable, xp, y, gy):
+        if not large_float(y, gy):
+            return portable(xp, y, gy)
+        g = np.subtract(1, y, out=reused_empty(y.shape, y.dtype))
+        g *= y
+        g *= gy
+        return g
+
+    def relu(portable, xp, x):
+        if not large_float(x):
+            return portable(xp, x)
+        y = np.maximum(x, 0, out=reused_empty(x.shape, x.dtype))
+        mask = np.greater(x, 0, out=reused_empty(x.shape, x.dtype), casting="unsafe")  # 1.0 where x > 0
+        return y, mask
+
+    def matmul(portable, xp, a, b):
+        if a.ndim != 2 or b.ndim != 2 or a.dtype != b.dtype or a.dtype not in floats:
+            return portable(xp, a, b)
+        shape = (a.shape[0], b.shape[1])
+        if shape[0] * shape[1] * a.dtype.itemsize < REUSED_MIN_BYTES:
+            return portable(xp, a, b)
+        return np.matmul(a, b, out=reused_empty(shape, a.dtype))
+
+    return {"sigmoid": sigmoid, "sigmoid_grad": sigmoid_grad, "relu": relu, "matmul": matmul}
+
+
+_LOADERS: dict[str, Callable[[], dict[str, Callable]]] = {"cupy": _cupy_table, "numpy": _numpy_table}

@@ -6,7 +6,7 @@ import builtins
 import math
 from typing import Any
 
-from xdezero.backends import check_ids, check_index_arrays, device_of, scatter_add
+from xdezero.backends import check_ids, check_index_arrays, device_of, fused, scatter_add
 from xdezero.core import Function, Variable, as_variable
 from xdezero.functions.arithmetic import broadcast_to, sum_to
 
@@ -316,6 +316,11 @@ def _swap_last(v: Variable) -> Variable:
     return transpose(v, axes)
 
 
+def matmul_arrays(xp: Any, x: Any, W: Any) -> Any:
+    """x @ W on arrays (the portable entry of the "matmul" composite)."""
+    return xp.matmul(x, W)
+
+
 class MatMul(Function):
     """y = x @ W (batched, broadcasting); dy/dx = gy @ Wᵀ, dy/dW = xᵀ @ gy."""
 
@@ -328,7 +333,7 @@ class MatMul(Function):
                 "(the last dimension of the first must equal the second-to-last of the second)"
             )
         self.shapes = (tuple(x.shape), tuple(W.shape))
-        return self.xp.matmul(x, W)
+        return fused("matmul", matmul_arrays, self.xp, x, W)  # NumPy: into a reused buffer
 
     def backward(self, gy):
         x, W = self.inputs
