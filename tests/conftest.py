@@ -52,24 +52,26 @@ class DeviceNamespace:
     CREATION = ("arange", "asarray", "empty", "eye", "full", "linspace", "ones", "zeros")
 
     def __init__(self, namespace: Any, device: Any) -> None:
-        self.namespace = namespace
-        self.device = device
+        # Names no array namespace uses, so that every name of the namespace itself passes through.
+        self.wrapped_namespace = namespace
+        self.default_device = device
         for name in self.CREATION:
             if hasattr(namespace, name):
                 setattr(self, name, self._on_device(getattr(namespace, name)))
 
     def _on_device(self, create):
         def create_on_device(*args, device=None, **kwargs):
-            return create(*args, device=self.device if device is None else device, **kwargs)
+            return create(*args, device=self.default_device if device is None else device, **kwargs)
 
         create_on_device.__name__ = create.__name__
         return create_on_device
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.namespace, name)
+        return getattr(self.wrapped_namespace, name)
 
     def __repr__(self) -> str:
-        return f"<{getattr(self.namespace, '__name__', self.namespace)} on {self.device}>"
+        namespace = self.wrapped_namespace
+        return f"<{getattr(namespace, '__name__', namespace)} on {self.default_device}>"
 
 
 def _no_gpu(why: str) -> RuntimeError:

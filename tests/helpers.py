@@ -29,4 +29,4 @@ def library(xp) -> str:
 
 def fixture_device(xp):
     """The device a device backend's `xp` creates arrays on; None for a backend using its library's default."""
-    return xp.device if isinstance(xp, DeviceNamespace) else None
+    return xp.default_device if isinstance(xp, DeviceNamespace) else None

@@ -158,11 +158,6 @@ def to_device(x: Any, device: Any) -> Any:
     if isinstance(device, str) and device in ("gpu", "cuda"):
         return to_gpu(x)
     x = as_array_data(x, what="to_device argument")
-    if array_api_compat.is_cupy_array(x):
-        if not isinstance(device, sys.modules["cupy"].cuda.Device):
-            raise TypeError(f"to_device: a CuPy array moves to a cupy.cuda.Device, 'cpu' or 'gpu'; got {device!r}")
-        with device:
-            return sys.modules["cupy"].asarray(x)
     try:
         return array_api_compat.to_device(x, device)
     except (TypeError, ValueError, RuntimeError) as e:
@@ -234,7 +229,8 @@ def to_library(x: Any, name: str, device: Any = None) -> Any:
     `device` (that library's default device when None; 'cpu' and 'gpu' are shorthands), same dtype and values.
 
     One explicit move: an array of another library crosses the host once; one of the same library moves with
-    `to_device`. The result never shares memory with `x`.
+    `to_device` (None keeps its device). The result never shares memory with `x`. JAX without `jax_enable_x64`
+    narrows 64-bit dtypes to 32 bits, as it does for every array it makes.
     """
     if x is None:
         return x
