@@ -157,3 +157,19 @@ def test_training_steps_match_numpy_formulas():
         np.testing.assert_allclose(float(loss.data), expected_loss, rtol=1e-12)
     for p, ref in zip((l1.W, l1.b, l2.W, l2.b), (W1, b1, W2, b2)):
         np.testing.assert_allclose(p.data, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_reused_conv_buffers_start_clean():
+    """The padded-image buffers of conv2d come back from the pool holding whatever the last user wrote, also
+    in their margins (the input gradient accumulates there): results must not depend on it."""
+    from tests.test_conv import ref_conv2d
+
+    rng = np.random.default_rng(3)
+    W = Variable(rng.standard_normal((8, 16, 3, 3)).astype(np.float32))
+    for _ in range(3):
+        x = Variable(rng.standard_normal((8, 16, 32, 32)).astype(np.float32))
+        y = F.conv2d(x, W, pad=1)
+        y.backward()  # the input gradient writes its buffer, of the same shape as the padded input's, everywhere
+        expected = ref_conv2d(x.data.astype(np.float64), W.data.astype(np.float64), None, (1, 1), (1, 1))
+        np.testing.assert_allclose(y.data, expected, rtol=1e-4, atol=1e-4)
+        W.cleargrad()

@@ -14,6 +14,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from xdezero.backends._namespace import array_namespace, device_of
+from xdezero.backends._scratch import empty as reused_empty
 
 Pair = tuple[int, int]
 
@@ -266,10 +267,22 @@ class WideColumnPlan(ColumnPlan):
         self.length = n * self.hp * self.wp
         self.reach = (kernel[0] - 1) * self.wp + kernel[1] - 1  # the largest shift
 
-    def _padded(self, channels: int, dtype: Any, reach: int = 0) -> tuple:
-        """A zero (channels, M + reach) buffer and its (channels, N, Hp, Wp) view."""
-        buf = np.zeros((channels, self.length + reach), dtype=dtype)
-        return buf, buf[:, : self.length].reshape(channels, self.shape[0], self.hp, self.wp)
+    def _padded(self, channels: int, dtype: Any, reach: int = 0, filled: tuple | None = None) -> tuple:
+        """A (channels, M + reach) buffer and its (channels, N, Hp, Wp) view, zero everywhere except, when given,
+        in the box `filled` = ((row0, row1), (col0, col1)) of each image, which the caller then writes. The
+        buffer is a reused one (backends/_scratch.py): fresh pages would cost more than clearing."""
+        buf = reused_empty((channels, self.length + reach), np.dtype(dtype))
+        images = buf[:, : self.length].reshape(channels, self.shape[0], self.hp, self.wp)
+        if filled is None:
+            buf.fill(0)
+            return buf, images
+        (r0, r1), (c0, c1) = filled
+        images[:, :, :r0] = 0
+        images[:, :, r1:] = 0
+        images[:, :, r0:r1, :c0] = 0
+        images[:, :, r0:r1, c1:] = 0
+        buf[:, self.length :] = 0
+        return buf, images
 
     def _inner(self, images: Any) -> Any:
         (ph, pw), (h, w) = self.pad, self.shape[2:]
@@ -283,7 +296,7 @@ class WideColumnPlan(ColumnPlan):
         oc, n = y.shape[0], self.shape[0]
         oh, ow = self.out_hw
         y = y.reshape(oc, n, self.hp, self.wp)[:, :, :oh, :ow].transpose(1, 0, 2, 3)
-        out = np.empty((n, oc, oh, ow), dtype=y.dtype if bias is None else np.result_type(y, bias))
+        out = reused_empty((n, oc, oh, ow), y.dtype if bias is None else np.result_type(y, bias))
         if bias is None:
             out[...] = y
         else:
@@ -292,7 +305,7 @@ class WideColumnPlan(ColumnPlan):
 
     def from_images(self, g: Any) -> Any:
         oh, ow = self.out_hw
-        buf, images = self._padded(g.shape[1], g.dtype)
+        buf, images = self._padded(g.shape[1], g.dtype, filled=((0, oh), (0, ow)))
         images[:, :, :oh, :ow] = g.transpose(1, 0, 2, 3)
         return buf
 
@@ -318,7 +331,7 @@ class WideColumnPlan(ColumnPlan):
     def conv(self, Wm: Any, x: Any) -> Any:
         win = self._windows_4d(x)
         k = win.shape[0] * win.shape[1] * win.shape[2]
-        y = np.empty((Wm.shape[0], self.length), dtype=np.result_type(Wm, x))
+        y = reused_empty((Wm.shape[0], self.length), np.result_type(Wm, x))
         for a, b in self._blocks(k):
             np.matmul(Wm, win[..., a:b].reshape(k, b - a), out=y[:, a:b])
         return y
@@ -352,7 +365,8 @@ class WideColumnPlan(ColumnPlan):
         """The column matrix as a (C, KH, KW, M) strided view of the padded batch (no copy)."""
         c = self.shape[1]
         kh, kw = self.kernel
-        buf, images = self._padded(c, x.dtype, self.reach)
+        (ph, pw), (h, w) = self.pad, self.shape[2:]
+        buf, images = self._padded(c, x.dtype, self.reach, filled=((ph, ph + h), (pw, pw + w)))
         self._inner(images)[...] = x.transpose(1, 0, 2, 3)
         s = buf.strides[1]
         return as_strided(buf, (c, kh, kw, self.length), (buf.strides[0], self.wp * s, s, s), writeable=False)
