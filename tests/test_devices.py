@@ -279,6 +279,8 @@ def test_data_loader_to_device_rejects_an_ambiguous_device():
         loader.to_device("cuda:0")
     with pytest.raises(ValueError, match="unknown array library 'tensorflow'"):
         loader.to_device("cpu", library="tensorflow")
+    with pytest.raises(ValueError, match="library 'array_api_strict' has no device 'device1'"):
+        loader.to_device("device1", library="array_api_strict")
     assert loader.device is None  # nothing changed
 
 

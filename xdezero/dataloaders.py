@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from xdezero.backends import library_namespace, library_of_device, to_library
+from xdezero.backends import library_of_device, to_library
 from xdezero.backends import to_gpu as _to_gpu
 from xdezero.transforms import make_rng
 
@@ -126,7 +126,7 @@ class DataLoader:
                 raise ValueError(f"{type(self).__name__}.to_device: NumPy arrays live on 'cpu' only, got {device!r}")
             self.to_cpu()
             return
-        library_namespace(library)  # an unknown or missing library fails here, not at the first batch
+        to_library(np.zeros(0), library, device)  # an unusable library or device fails here, not at the first batch
         self.gpu = False
         self.device, self.library = device, library
 
