@@ -16,6 +16,7 @@ import struct
 import subprocess
 import sys
 import termios
+import types
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -636,3 +637,36 @@ def test_the_cnn_has_its_own_default_width(tmp_path, capsys):
     fake_mnist(tmp_path, n_train=20, n_test=10)
     assert cli.main(["train", "mnist", "--model", "cnn", "--epochs", "1", "--data", str(tmp_path)]) == 0
     assert capsys.readouterr().out.startswith("training CNN(128) on MNIST (20 images)")
+
+
+def _epoch_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(("epoch", "done"))]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_capture_prints_what_eager_training_prints(capsys, optimizer):
+    argv = ["train", "spiral", "--epochs", "8", "--batch-size", "70", "--optimizer", optimizer]  # last batch: 20
+    outputs = []
+    for extra in ([], ["--capture"]):
+        assert cli.main([*argv, *extra]) == 0
+        outputs.append([re.sub(r"in [0-9.]+ s", "in T s", line) for line in _epoch_lines(capsys.readouterr().out)])
+    assert outputs[0] == outputs[1]
+    assert len(outputs[0]) == 9
+
+
+def test_capture_of_the_mnist_cnn_prints_what_eager_training_prints(tmp_path, capsys):
+    fake_mnist(tmp_path / "data", n_train=120, n_test=20)
+    data = str(tmp_path / "data")
+    argv = ["train", "mnist", "--model", "cnn", "--epochs", "2", "--batch-size", "50", "--hidden", "16", "--data", data]
+    outputs = []
+    for extra in ([], ["--capture"]):
+        assert cli.main([*argv, *extra]) == 0
+        outputs.append([re.sub(r"in [0-9.]+ s", "in T s", line) for line in _epoch_lines(capsys.readouterr().out)])
+    assert outputs[0] == outputs[1]
+
+
+def test_capture_refuses_several_processes(monkeypatch, capsys):
+    fake = types.SimpleNamespace(rank=0, size=2, intra_rank=0, intra_size=1, name="fake")
+    monkeypatch.setattr(cli, "_communicator", lambda args: fake)
+    message = usage_error(capsys, ["train", "spiral", "--capture"])
+    assert "--capture runs in one process; this job has 2" in message

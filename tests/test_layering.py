@@ -20,11 +20,12 @@ LAYERS = [
     ("layers", ["xdezero.layers"]),
     ("models", ["xdezero.models"]),
     ("optimizers", ["xdezero.optimizers"]),
+    ("capture", ["xdezero.tape"]),
     ("data", ["xdezero.transforms", "xdezero.datasets", "xdezero.dataloaders", "xdezero.utils", "xdezero.cuda"]),
     ("command", ["xdezero.distributed", "xdezero.cli", "xdezero.__main__", "xdezero"]),
 ]
 # Layers whose functions must not import xdezero modules (they run on every op or every step).
-NO_INNER_IMPORTS = {"backends", "core", "functions", "layers", "optimizers"}
+NO_INNER_IMPORTS = {"backends", "core", "functions", "layers", "optimizers", "capture"}
 
 
 def layer_of(module: str) -> int:

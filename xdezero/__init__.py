@@ -22,6 +22,7 @@ from xdezero.datasets import Dataset
 from xdezero.layers import Layer
 from xdezero.models import Model
 from xdezero.optimizers import Optimizer
+from xdezero.tape import CaptureError, capture
 
 __version__ = "0.1.0"
 
@@ -32,6 +33,7 @@ is_simple_core = False  # DeZero's flag for its step-by-step core (steps 1-32); 
 
 
 __all__ = [
+    "CaptureError",
     "Config",
     "DataLoader",
     "Dataset",
@@ -45,6 +47,7 @@ __all__ = [
     "__version__",
     "as_array",
     "as_variable",
+    "capture",
     "cuda",
     "dataloaders",
     "datasets",

@@ -287,6 +287,11 @@ def train(args: argparse.Namespace, comm: Any, out: TextIO) -> int:
 
     if comm.rank != 0:
         out = io.StringIO()  # only rank 0 reports
+    if args.capture and comm.size > 1:
+        raise UsageError(
+            f"--capture runs in one process; this job has {comm.size} (the gradient exchange happens outside the "
+            "recorded step): drop --capture or run without mpiexec/torchrun"
+        )
     if args.batch_size < comm.size:
         raise UsageError(
             f"--batch-size {args.batch_size} is the global batch: it must be at least {comm.size}, "
@@ -325,6 +330,17 @@ def train(args: argparse.Namespace, comm: Any, out: TextIO) -> int:
             f"backend {args.backend}{on}{threads}{processes}",
             file=out,
         )
+
+    def step(x: Any, t: Any, scale: float, has_rows: bool) -> tuple:
+        y = model(x)
+        loss = F.softmax_cross_entropy(y, t) if has_rows else F.sum(y) * 0.0
+        objective = loss if scale == 1.0 else loss * scale
+        model.cleargrads()
+        objective.backward()
+        optimizer.update()
+        return y, loss
+
+    run_step = xdezero.capture(step) if args.capture else step
     progress = Progress(args.epochs, len(loader), out, bar=wants_bar(out), quiet=args.quiet)
     losses = []
     start = time.perf_counter()
@@ -337,14 +353,9 @@ def train(args: argparse.Namespace, comm: Any, out: TextIO) -> int:
                 rows = _my_rows(batch, comm)
                 x, t = convert(x[rows]), convert(t[rows])
                 mine = rows.stop - rows.start
-                y = model(x)
-                loss = F.softmax_cross_entropy(y, t) if mine else F.sum(y) * 0.0
                 # The optimizer averages the ranks' gradients: weight each by its share of the batch, so that an
                 # uneven split (a last batch smaller than the rest) still gives the gradient of the whole batch.
-                objective = loss if mine * comm.size == batch else loss * (mine * comm.size / batch)
-                model.cleargrads()
-                objective.backward()
-                optimizer.update()
+                y, loss = run_step(x, t, mine * comm.size / batch, mine > 0)
                 batch_loss = float(loss.data)
                 if mine:
                     sum_loss += batch_loss * mine
@@ -535,6 +546,12 @@ def _add_training_options(task: argparse.ArgumentParser, name: str, defaults: di
         help="write the trained weights to FILE (.npz) and what model they belong to to FILE.json (rank 0 only)",
     )
     task.add_argument("--quiet", "-q", action="store_true", help="print only the final result")
+    task.add_argument(
+        "--capture",
+        action="store_true",
+        help="record the training step and replay it (xdezero.capture): same numbers, less Python per step; "
+        "one process only",
+    )
     task.add_argument(
         "--communicator",
         choices=("auto", "mpi", "torch", "nccl", "single"),

@@ -3,7 +3,7 @@
 Nothing else lives here. The ops behind Variable's operators live in `xdezero.functions`, above this module:
 that package hands them to `operators` below when it is imported, which `import xdezero` always does first.
 The engine keeps only the two ops its own backward pass needs: Copy and Cast. It is one concern, kept in
-one file (a little over 500 lines) so that the call path and the backward loop can be read together.
+one file (about 560 lines) so that the call path and the backward loop can be read together.
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ class Variable:
         if self._data is None:
             raise ValueError("backward() called on a Variable with no data")
         if self.grad is None:
-            self.grad = Variable(array_namespace(self._data).ones_like(self._data), requires_grad=False)
+            self.grad = Variable(array_op(_ones_like, self._data), requires_grad=False)
         if self.creator is None:
             return
         with using_config("enable_backprop", create_graph):
@@ -275,7 +275,7 @@ def _run_backward(start: Variable, retain_grad: bool, create_graph: bool) -> Non
         return gx
 
     def accumulate(total: Variable, gx: Variable) -> Variable:
-        return operators.add(total, gx) if create_graph else Variable(total._data + gx._data)
+        return operators.add(total, gx) if create_graph else Variable(array_op(_add, total._data, gx._data))
 
     first = start.creator
     pending[first] = [None] * len(first.outputs)
@@ -347,7 +347,36 @@ def _result(data: Any, requires_grad: bool) -> Variable:
 
 
 def _zeros_like(y: Variable) -> Variable:
-    return Variable(array_namespace(y._data).zeros_like(y._data), requires_grad=False)
+    return Variable(array_op(_zeros, y._data), requires_grad=False)
+
+
+# The backward pass's own array operations, outside any Function: they go through `array_op`, the one place
+# where `xdezero.capture` records them (it swaps `array_op` while it records a step).
+
+
+def array_op(fn: Any, *arrays: Any) -> Any:
+    """fn(*arrays): an array operation of the engine itself (not of a Function)."""
+    return fn(*arrays)
+
+
+def _add(a: Any, b: Any) -> Any:
+    return a + b
+
+
+def _ones_like(a: Any) -> Any:
+    return array_namespace(a).ones_like(a)
+
+
+def _zeros(a: Any) -> Any:
+    return array_namespace(a).zeros_like(a)
+
+
+def _fresh_copy(a: Any) -> Any:
+    return array_namespace(a).asarray(a, copy=True)
+
+
+def _astype(a: Any, dtype: Any) -> Any:
+    return array_namespace(a).astype(a, dtype)
 
 
 _constant = as_variable  # an operand that is not a Variable takes part in the computation, without a gradient
@@ -495,13 +524,13 @@ def _is_inexact(a: Any) -> bool:
 def _cast(x: Variable, dtype: Any) -> Variable:
     if enable_backprop_flag.get():
         return Cast(dtype)(x)
-    return Variable(array_namespace(x._data).astype(x._data, dtype))
+    return Variable(array_op(_astype, x._data, dtype))
 
 
 def _copy(x: Variable) -> Variable:
     if enable_backprop_flag.get():
         return Copy()(x)
-    return Variable(array_namespace(x._data).asarray(x._data, copy=True))
+    return Variable(array_op(_fresh_copy, x._data))
 
 
 # --- DeZero compatibility: the other names `dezero.core` exports ----------------------------------------

@@ -81,9 +81,8 @@ def mean_squared_error_simple(x0: Any, x1: Any) -> Variable:
     return sum(diff * diff) / _batch_size(diff, "mean_squared_error_simple")
 
 
-def _labels(x: Variable, t: Any, where: str) -> Any:
-    """t as a 1-D array of class ids in [0, C) in the default index dtype of x's library, checked against x's
-    batch and its C classes (a negative label is an error, not the last class)."""
+def _checked_labels(x: Variable, t: Any, where: str) -> Any:
+    """t's array, checked to be integer labels matching x's batch (N, C): one per row, shape (N,) or the like."""
     t = t.data if isinstance(t, Variable) else t
     if not hasattr(t, "dtype"):
         raise TypeError(f"{where}: labels t must be an integer array, got {describe(t)}")
@@ -98,8 +97,20 @@ def _labels(x: Variable, t: Any, where: str) -> Any:
             f"{where}: labels t of shape {tuple(t.shape)} do not match the batch of x {x.shape}: "
             f"expected {n} labels, shape ({n},)"
         )
-    index_dtype = xp.arange(0, device=device_of(x.data)).dtype
-    return check_ids(xp.astype(xp.reshape(t, (n,)), index_dtype), 0, x.shape[1], where, "label")
+    return t
+
+
+def _label_ids(xp: Any, t: Any, n_classes: int, where: str) -> Any:
+    """Checked labels t as a 1-D array of class ids in [0, C) in the default index dtype of their library
+    (a negative label is an error, not the last class)."""
+    index_dtype = xp.arange(0, device=device_of(t)).dtype
+    return check_ids(xp.astype(xp.reshape(t, (t.shape[0],)), index_dtype), 0, n_classes, where, "label")
+
+
+def _labels(x: Variable, t: Any, where: str) -> Any:
+    """t as a 1-D array of class ids in [0, C), checked against x's batch and its C classes."""
+    t = _checked_labels(x, t, where)
+    return _label_ids(array_namespace(x.data, t), t, x.shape[1], where)
 
 
 def _log_floor(xp: Any, dtype: Any) -> float:
@@ -144,25 +155,27 @@ class SoftmaxCrossEntropy(Function):
 
     def forward(self, x, t):
         # A primitive: log(softmax(x)) would underflow to log 0 for very negative logits. p = softmax(x) is kept
-        # for the backward, which then costs one pass instead of recomputing softmax.
-        loss, self.p = fused("softmax_cross_entropy", _softmax_cross_entropy, self.xp, x, t)
+        # for the backward, which then costs one pass instead of recomputing softmax. The labels become ids here,
+        # not in the wrapper, so that a captured step checks and converts each new batch's labels.
+        self.t = _label_ids(self.xp, t, x.shape[1], "softmax_cross_entropy")
+        loss, self.p = fused("softmax_cross_entropy", _softmax_cross_entropy, self.xp, x, self.t)
         return loss
 
     def backward(self, gy):
-        x, t = self.inputs
-        return SoftmaxCrossEntropyGrad(self.p, t.data)(x, gy), None
+        return SoftmaxCrossEntropyGrad(self)(self.inputs[0], gy), None
 
 
 class SoftmaxCrossEntropyGrad(Function):
     """gx = (p - onehot(t)) gy / N with p = softmax(x) cached by the forward;
     dgx/dx = softmax's Jacobian applied to ggx · gy / N, dgx/dgy = Σ ggx (p - onehot(t)) / N."""
 
-    def __init__(self, p: Any, t: Any):
-        self.p, self.t = p, t
+    def __init__(self, loss: SoftmaxCrossEntropy):
+        self.loss = loss  # its p and ids, read when this runs (a captured step's replay renews them)
 
     def forward(self, x, gy):
         # A primitive so that the backward of the loss reuses p: one multiply plus a subtraction at the labels.
-        return fused("softmax_cross_entropy_grad", _softmax_cross_entropy_grad, self.xp, self.p, self.t, gy)
+        loss = self.loss
+        return fused("softmax_cross_entropy_grad", _softmax_cross_entropy_grad, self.xp, loss.p, loss.t, gy)
 
     def backward(self, ggx):
         x, gy = self.inputs
@@ -171,7 +184,7 @@ class SoftmaxCrossEntropyGrad(Function):
         scale = gy * (1.0 / n)
         pg = p * ggx
         gx = (pg - p * sum(pg, axis=1, keepdims=True)) * scale
-        onehot = as_variable(_one_hot(array_namespace(x.data), self.t, c, x.dtype))
+        onehot = as_variable(_one_hot(array_namespace(x.data), self.loss.t, c, x.dtype))
         ggy = sum(ggx * (p - onehot)) * (1.0 / n)
         return gx, ggy
 
@@ -179,7 +192,7 @@ class SoftmaxCrossEntropyGrad(Function):
 def softmax_cross_entropy(x: Any, t: Any) -> Variable:
     """Mean over the batch of -log softmax(x)[n, tₙ] for logits x (N, C) and integer labels t (N,)."""
     x = as_variable(x)
-    return SoftmaxCrossEntropy()(x, _labels(x, t, "softmax_cross_entropy"))
+    return SoftmaxCrossEntropy()(x, _checked_labels(x, t, "softmax_cross_entropy"))
 
 
 def softmax_cross_entropy_simple(x: Any, t: Any) -> Variable:

@@ -6,12 +6,34 @@ from typing import Any
 
 import numpy as np
 
-from xdezero._config import Config
+from xdezero._config import Config, no_grad
 from xdezero.backends import array_namespace, describe, fused, uniform
-from xdezero.core import Cast, Variable, as_variable
+from xdezero.core import Cast, Function, Variable, as_variable
 from xdezero.functions.shape import reshape, sum
 
 __all__ = ["dropout", "batch_norm", "batch_nrom", "BatchNorm"]
+
+
+class Dropout(Function):
+    """y = x · mask / (1 - r), mask ~ Bernoulli(1 - r) drawn on each call; dy/dx = mask / (1 - r)."""
+
+    keeps_inputs = False
+
+    def __init__(self, dropout_ratio: float):
+        self.dropout_ratio = dropout_ratio
+
+    def forward(self, x):
+        # The mask is drawn here, inside the op, so that a captured step draws a new one on every replay.
+        if isinstance(x, np.ndarray):
+            keep = np.random.rand(*x.shape) > self.dropout_ratio  # DeZero's draw from NumPy's global generator
+        else:
+            keep = uniform(tuple(x.shape), like=x) > self.dropout_ratio
+        # Scaled once, so that the expected value is unchanged and the backward is one multiply.
+        self.mask = self.xp.astype(keep, x.dtype) * (1.0 / (1.0 - self.dropout_ratio))
+        return x * self.mask
+
+    def backward(self, gy):
+        return gy * self.mask
 
 
 def dropout(x: Any, dropout_ratio: float = 0.5) -> Variable:
@@ -26,14 +48,7 @@ def dropout(x: Any, dropout_ratio: float = 0.5) -> Variable:
         raise ValueError(f"dropout: dropout_ratio must be in [0, 1), got {dropout_ratio!r}")
     if not Config.train:
         return x
-    xp = array_namespace(x.data)
-    if isinstance(x.data, np.ndarray):
-        keep = np.random.rand(*x.shape) > dropout_ratio
-    else:
-        keep = uniform(x.shape, like=x.data) > dropout_ratio
-    # The mask is a constant of the graph, already scaled so that the expected value is unchanged.
-    mask = xp.astype(keep, x.dtype) * (1.0 / (1.0 - dropout_ratio))
-    return x * as_variable(mask)
+    return Dropout(dropout_ratio)(x)
 
 
 def _stat_data(s: Any, name: str) -> Any:
@@ -41,6 +56,11 @@ def _stat_data(s: Any, name: str) -> Any:
     if data is None or not hasattr(data, "shape"):
         raise TypeError(f"batch_norm: {name} must be an array or a Variable holding one, got {describe(data)}")
     return data
+
+
+def _as_statistic(s: Any) -> Variable:
+    """A running statistic as an op input that gets no gradient: the Variable itself, or a constant."""
+    return s if isinstance(s, Variable) else Variable(s, requires_grad=False)
 
 
 def _store(target: Any, value: Any, name: str) -> None:
@@ -55,6 +75,40 @@ def _store(target: Any, value: Any, name: str) -> None:
             f"batch_norm: cannot update the running {name} in place in a {describe(target)} (immutable array); "
             f"pass it wrapped in a Variable (e.g. a Parameter), whose .data is then replaced"
         ) from e
+
+
+class RunningStatistics(Function):
+    """Writes mean ← mean·decay + batch_mean·(1 - decay), var ← var·decay + batch_var·var_scale into the running
+    statistics `mean_target`, `var_target` (Variables or mutable arrays); returns the new mean. Not differentiated:
+    running statistics are not trained. One op, so that a captured step updates them on every replay."""
+
+    def __init__(self, mean_target: Any, var_target: Any, decay: float, var_scale: float):
+        self.mean_target, self.var_target = mean_target, var_target
+        self.decay, self.var_scale = decay, var_scale
+
+    def forward(self, mean, var, mu, sigma2):
+        xp = self.xp
+        c = mean.shape[0]
+        stats = (mean, var, xp.reshape(mu, (c,)), xp.reshape(sigma2, (c,)), self.decay, self.var_scale)
+        new_mean, new_var = fused("batch_norm_statistics", _running_statistics, xp, *stats)
+        _store(self.mean_target, new_mean, "mean")
+        _store(self.var_target, new_var, "var")
+        return new_mean
+
+
+class NormalizeWithStatistics(Function):
+    """y = (x - mean) / √(var + eps) per channel (test mode); dy/dx = 1/√(var + eps), none for the statistics."""
+
+    def __init__(self, per_channel: tuple, eps: float):
+        self.per_channel, self.eps = per_channel, eps
+
+    def forward(self, x, mean, var):
+        xp = self.xp
+        self.inv_std = xp.reshape((xp.astype(var, x.dtype) + self.eps) ** -0.5, self.per_channel)
+        return (x - xp.reshape(xp.astype(mean, x.dtype), self.per_channel)) * self.inv_std
+
+    def backward(self, gy):
+        return gy * self.inv_std, None, None
 
 
 def _running_statistics(xp, mean, var, batch_mean, batch_var, decay, var_scale):
@@ -107,16 +161,12 @@ def batch_norm(
         xc = x - mu
         sigma2 = sum(xc * xc, axes, keepdims=True) / m
         xhat = xc * (sigma2 + eps) ** -0.5
-        batch_mean = xp.reshape(mu.data, (c,))
-        batch_var = xp.reshape(sigma2.data, (c,))
         var_scale = (1 - decay) * (m / max(m - 1.0, 1.0))
-        stats = (mean_data, var_data, batch_mean, batch_var, decay, var_scale)
-        new_mean, new_var = fused("batch_norm_statistics", _running_statistics, xp, *stats)
-        _store(mean, new_mean, "mean")
-        _store(var, new_var, "var")
+        with no_grad():
+            RunningStatistics(mean, var, decay, var_scale)(_as_statistic(mean), _as_statistic(var), mu, sigma2)
     else:
-        inv_std = (xp.astype(var_data, x.dtype) + eps) ** -0.5
-        xhat = (x - xp.reshape(xp.astype(mean_data, x.dtype), per_channel)) * xp.reshape(inv_std, per_channel)
+        # The statistics go in as the op's inputs (a Variable's current data is read when the op runs).
+        xhat = NormalizeWithStatistics(per_channel, eps)(x, _as_statistic(mean), _as_statistic(var))
     y = reshape(gamma, per_channel) * xhat + reshape(beta, per_channel)
     return Cast(x_dtype)(y) if narrow else y
 
