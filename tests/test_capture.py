@@ -326,3 +326,19 @@ def test_lazily_shaped_parameters_created_while_recording():
         np.testing.assert_array_equal(expected, captured(x, t).data)
     for p, q in zip(eager_model.params(), lazy_model.params()):
         np.testing.assert_array_equal(p.data, q.data)
+
+
+def test_a_recurrent_step_carrying_its_state_is_refused():
+    """An RNN keeps its hidden state in the layer between calls (Python state a replay would not update):
+    truncated BPTT runs eagerly."""
+    np.random.seed(0)
+    rnn, fc = L.RNN(8, in_size=1), L.Linear(1, in_size=8)
+
+    def step(x, t):
+        return F.mean_squared_error(fc(rnn(x)), t)
+
+    captured = capture(step)
+    x = np.ones((1, 1))
+    captured(x, x)
+    with pytest.raises(CaptureError):
+        captured(x, x)
