@@ -58,8 +58,10 @@ def _setup(xp, model_name: str, optimizer_name: str):
     model(np.zeros((1, *in_shape), dtype=np.float32))  # lazily shaped layers draw their weights now
     if library(xp) != "numpy":
         model.to_library(library(xp), device=fixture_device(xp))
-    optimizer = OPTIMIZERS[optimizer_name]().setup(model)
+    return model, _train_step(model, OPTIMIZERS[optimizer_name]().setup(model))
 
+
+def _train_step(model, optimizer):
     def step(x, t):
         loss = F.softmax_cross_entropy(model(x), t)
         model.cleargrads()
@@ -67,7 +69,7 @@ def _setup(xp, model_name: str, optimizer_name: str):
         optimizer.update()
         return loss
 
-    return model, step
+    return step
 
 
 def _batches(xp, model_name: str, n: int = 20, batch: int = 12):
@@ -306,19 +308,8 @@ def test_batch_norm_running_statistics_follow_replays_and_test_mode_reads_them()
 def test_lazily_shaped_parameters_created_while_recording():
     eager_model = models.MLP((10, 3), activation=F.sigmoid)  # no weights until the first input
     lazy_model = models.MLP((10, 3), activation=F.sigmoid)
-    optimizers_ = [optimizers.SGD(lr=0.1).setup(m) for m in (eager_model, lazy_model)]
-
-    def make_step(model, optimizer):
-        def step(x, t):
-            loss = F.softmax_cross_entropy(model(x), t)
-            model.cleargrads()
-            loss.backward()
-            optimizer.update()
-            return loss
-
-        return step
-
-    eager, captured = make_step(eager_model, optimizers_[0]), capture(make_step(lazy_model, optimizers_[1]))
+    eager = _train_step(eager_model, optimizers.SGD(lr=0.1).setup(eager_model))
+    captured = capture(_train_step(lazy_model, optimizers.SGD(lr=0.1).setup(lazy_model)))
     for x, t in _batches(np, "mlp", n=6):
         np.random.seed(0)  # the first call draws the weights: the same for both
         expected = eager(x, t).data

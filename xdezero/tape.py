@@ -317,30 +317,33 @@ def _recording_update(original: Callable) -> Callable:
 _patch_lock = threading.Lock()
 
 
+def _recording_data(prop: property) -> property:
+    return prop.setter(_recording_data_setter(prop.fset))
+
+
+# What recording swaps in, and back out: (owner, attribute, the recording version of the original).
+_HOOKS = (
+    (Function, "__call__", _recording_call),
+    (core, "array_op", _recording_array_op),
+    (Variable, "backward", _recording_backward),
+    (Variable, "cleargrad", _recording_cleargrad),
+    (Variable, "__init__", _recording_init),
+    (Variable, "data", _recording_data),
+    (Optimizer, "update", _recording_update),
+)
+
+
 def _record(fn: Callable, args: tuple, kwargs: dict) -> tuple[_Recorder, Any]:
     """Run fn(*args, **kwargs) eagerly while recording what it computes."""
     global _recording
     recorder = _Recorder()
-    originals = (
-        Function.__call__,
-        core.array_op,
-        Variable.backward,
-        Variable.cleargrad,
-        Optimizer.update,
-        Variable.__init__,
-        Variable.data,
-    )
+    originals = [(owner, name, getattr(owner, name)) for owner, name, _ in _HOOKS]
     with _patch_lock:
         if _recording is not None:
             raise CaptureError("capture: another captured step is recording (captured steps do not nest)")
         _recording = recorder
-        Function.__call__ = _recording_call(originals[0])
-        core.array_op = _recording_array_op(originals[1])
-        Variable.backward = _recording_backward(originals[2])
-        Variable.cleargrad = _recording_cleargrad(originals[3])
-        Optimizer.update = _recording_update(originals[4])
-        Variable.__init__ = _recording_init(originals[5])
-        Variable.data = originals[6].setter(_recording_data_setter(originals[6].fset))
+        for (owner, name, original), (_, _, recording_version) in zip(originals, _HOOKS):
+            setattr(owner, name, recording_version(original))
     try:
         for a in _flat_arrays(args, kwargs):
             recorder.new_slot(a)
@@ -348,15 +351,8 @@ def _record(fn: Callable, args: tuple, kwargs: dict) -> tuple[_Recorder, Any]:
         recorder.check_external_data()
     finally:
         with _patch_lock:
-            (
-                Function.__call__,
-                core.array_op,
-                Variable.backward,
-                Variable.cleargrad,
-                Optimizer.update,
-                Variable.__init__,
-                Variable.data,
-            ) = originals
+            for owner, name, original in originals:
+                setattr(owner, name, original)
             _recording = None
     return recorder, result
 
