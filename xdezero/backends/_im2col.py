@@ -328,21 +328,34 @@ class WideColumnPlan(ColumnPlan):
         step = max(256, (1 << 18) // rows)  # about 1 MiB of float32 columns
         return [(s, min(s + step, self.length)) for s in range(0, self.length, step)]
 
+    @staticmethod
+    def _column_block(win: Any, a: int, b: int, out: Any) -> Any:
+        """Columns a:b of the (C·KH·KW, M) column matrix, copied into the reused block buffer `out`."""
+        c, kh, kw, width = win.shape[0], win.shape[1], win.shape[2], out.shape[1]
+        out.reshape(c, kh, kw, width)[..., : b - a] = win[..., a:b]
+        return out[:, : b - a]
+
     def conv(self, Wm: Any, x: Any) -> Any:
         win = self._windows_4d(x)
         k = win.shape[0] * win.shape[1] * win.shape[2]
         y = reused_empty((Wm.shape[0], self.length), np.result_type(Wm, x))
-        for a, b in self._blocks(k):
-            np.matmul(Wm, win[..., a:b].reshape(k, b - a), out=y[:, a:b])
+        blocks = self._blocks(k)
+        block = reused_empty((k, blocks[0][1] - blocks[0][0]), x.dtype)
+        for a, b in blocks:
+            np.matmul(Wm, self._column_block(win, a, b, block), out=y[:, a:b])
         return y
 
     def grad_w(self, x: Any, g: Any) -> Any:
         win = self._windows_4d(x)
         k = win.shape[0] * win.shape[1] * win.shape[2]
-        gt = np.ascontiguousarray(g.T)  # one copy: OpenBLAS runs a block against rows of gᵀ faster than its view
+        # One copy: OpenBLAS runs a block against rows of gᵀ faster than against its view.
+        gt = reused_empty((g.shape[1], g.shape[0]), g.dtype)
+        gt[...] = g.T
+        blocks = self._blocks(k)
+        block = reused_empty((k, blocks[0][1] - blocks[0][0]), x.dtype)
         total = None
-        for a, b in self._blocks(k):
-            part = win[..., a:b].reshape(k, b - a) @ gt[a:b]
+        for a, b in blocks:
+            part = self._column_block(win, a, b, block) @ gt[a:b]
             total = part if total is None else total + part
         return total
 
@@ -352,10 +365,13 @@ class WideColumnPlan(ColumnPlan):
         # are wider than the convolution's: OpenBLAS runs this small inner dimension (OC) slowly on short ones.
         c = self.shape[1]
         kh, kw = self.kernel
-        buf, images = self._padded(c, np.result_type(Wt, g), self.reach)
-        for a in range(0, self.length, self.deconv_block):
-            b = min(a + self.deconv_block, self.length)
-            part = (Wt @ g[:, a:b]).reshape(c, kh * kw, b - a)
+        dtype = np.result_type(Wt, g)
+        buf, images = self._padded(c, dtype, self.reach)
+        step = min(self.deconv_block, self.length)
+        block = reused_empty((Wt.shape[0], step), dtype)
+        for a in range(0, self.length, step):
+            b = min(a + step, self.length)
+            part = np.matmul(Wt, g[:, a:b], out=block[:, : b - a]).reshape(c, kh * kw, b - a)
             for k in range(kh * kw):
                 shift = (k // kw) * self.wp + k % kw
                 buf[:, a + shift : b + shift] += part[:, k]
