@@ -207,3 +207,19 @@ def test_core_simple_accumulates_along_shared_paths_and_frees_intermediate_gradi
     assert x.grad == 8 * 3.0**3
     with np.testing.assert_raises_regex(TypeError, "NumPy array"):
         SimpleVariable(1.0)
+
+
+def test_utils_compare_the_memoryview_of_a_raw_array_with_a_parameter():
+    # DeZero's oracle tests compare Chainer's running statistics, raw NumPy arrays whose `.data` is a memoryview,
+    # with BatchNorm's Parameters: `array_allclose(cl.avg_mean.data, l.avg_mean.data)`.
+    from xdezero.utils import array_allclose, array_equal
+
+    np.random.seed(0)
+    x = np.random.randn(20, 10).astype(np.float32)
+    bn = L.BatchNorm()
+    bn(x)
+    expected = 0.1 * x.mean(axis=0)  # decay 0.9 from zeros, computed here by NumPy
+    assert array_allclose(expected.data, bn.avg_mean.data)
+    assert array_allclose(bn.avg_mean, expected.data)
+    assert array_equal(bn.avg_mean.data.copy().data, bn.avg_mean.data)
+    assert not array_allclose((expected + 1).data, bn.avg_mean.data)

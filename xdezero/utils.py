@@ -58,6 +58,8 @@ def sum_to(x: Any, shape: tuple) -> Any:
 
 
 def _to_numpy(x: Any) -> np.ndarray:
+    if isinstance(x, memoryview):  # `.data` of a NumPy array, e.g. of Chainer's raw running statistics
+        return np.asarray(x)
     return to_numpy(x.data if isinstance(x, Variable) else x)
 
 
