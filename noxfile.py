@@ -137,3 +137,15 @@ def lint(session: nox.Session) -> None:
     session.install("ruff==0.17.6")  # the version the code is formatted with; a newer one may reformat
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHONS[0])
+def dezero_chainer(session: nox.Session) -> None:
+    """DeZero's own test-suite including its Chainer-oracle tests: set XDEZERO_DEZERO_REPO to a checkout of
+    DeZero's repository. Chainer 7.8.1 installs only beside NumPy 1.26, built without build isolation."""
+    if not os.environ.get("XDEZERO_DEZERO_REPO"):
+        session.skip("XDEZERO_DEZERO_REPO is not set (point it at a checkout of DeZero's repository to run this)")
+    session.install("numpy==1.26.*", "setuptools<70", "wheel", "pytest", "array-api-compat")
+    session.install("--no-build-isolation", "chainer==7.8.1")
+    session.install("--no-deps", "-e", ".")  # keeps NumPy 1.26: xdezero needs only numpy>=1.26 and array-api-compat
+    session.run("pytest", "-p", "no:cacheprovider", "tests/test_dezero_suite.py", *session.posargs)
