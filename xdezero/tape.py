@@ -56,13 +56,15 @@ class CaptureError(RuntimeError):
 
 # --- recording -----------------------------------------------------------------------------------------
 
-# An input of a recorded op: ("slot", index) a value computed during the step; ("data", Variable) the data of
-# a Variable that exists before the step, read at replay; ("grad", Variable) that Variable's gradient's data;
-# ("const", value) anything else, fixed when recorded.
+# An input of a recorded op: ("slot", index) a value computed during the step (or an argument, or a gradient
+# read by a 'read_grad' op); ("data", Variable) the data of a Variable that exists before the step, read at
+# replay; ("const", value) anything else, fixed when recorded.
 
 
 class _Op:
-    """One recorded step of the tape: `kind` is 'forward', 'array', 'set_grad', 'clear_grad' or 'call'."""
+    """One recorded operation: `kind` is 'forward' (a Function's forward), 'array' (the backward pass's own),
+    'read_grad', 'set_grad', 'set_data', 'clear_grad' (of a Variable from before the step) or 'call' (an
+    optimizer's update)."""
 
     __slots__ = ("kind", "target", "inputs", "outputs", "attrs", "frees", "signature")
 
@@ -84,7 +86,7 @@ class _Recorder:
         self.external: dict[int, Variable] = {}  # Variables that existed before the step and ops read
         self.first_data: dict[int, tuple] = {}  # their data (and a host copy) when the step first met them
         self.updated: set[int] = set()  # ids of those whose data an optimizer's update or a recorded op sets
-        self.created: set[int] = set()  # ids of Variables made during the step (by Functions)
+        self.created: set[int] = set()  # ids of Variables made during the step (kept alive in `keep`)
         self.paused = 0
 
     def active(self) -> bool:
@@ -120,7 +122,8 @@ class _Recorder:
             if key in self.updated:
                 continue
             data, host = self.first_data.get(key, (v._data, None))
-            changed = v._data is not data or (host is not None and not (to_numpy(v._data) == host).all())
+            same_values = host is None or np.array_equal(to_numpy(v._data), host, equal_nan=True)
+            changed = v._data is not data or not same_values
             if changed:
                 raise CaptureError(
                     f"capture: the data of {_name(v)} changed during the step outside xdezero's functions and "
