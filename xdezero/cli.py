@@ -11,6 +11,9 @@ Every argument is checked before training starts: a bad one is one line on stder
 Under a launcher (`mpiexec -n 2 xdezero train spiral`, `torchrun --nproc-per-node 2 -m xdezero train spiral`)
 training is data-parallel: --batch-size is the global batch, each process computes the gradient of its share of
 every batch, and only rank 0 prints and writes files.
+
+One file (about 620 lines) for the command's one concern: its arguments, their checks and the loops they drive
+are read together; the tasks' data and models live in `_tasks.py`, the progress display in `_progress.py`.
 """
 
 from __future__ import annotations

@@ -30,6 +30,9 @@ Limits: the step's arguments are arrays (or Variables holding them) and hashable
 an array, or a tuple/list/dict of them. A Variable whose gradient the step reads or leaves behind must exist
 before the step (parameters do). `embed_id` and indexing with arrays of indices computed inside the step are
 refused at the confirming call (their indices are fixed when the op is built).
+
+One file (about 640 lines, a third of them docstrings and messages) on purpose: the recording hooks, the op
+records, the comparison of the two recordings and the replay program all read and write the same records.
 """
 
 from __future__ import annotations
