@@ -328,34 +328,30 @@ class WideColumnPlan(ColumnPlan):
         step = max(256, (1 << 18) // rows)  # about 1 MiB of float32 columns
         return [(s, min(s + step, self.length)) for s in range(0, self.length, step)]
 
-    @staticmethod
-    def _column_block(win: Any, a: int, b: int, out: Any) -> Any:
-        """Columns a:b of the (C·KH·KW, M) column matrix, copied into the reused block buffer `out`."""
-        c, kh, kw, width = win.shape[0], win.shape[1], win.shape[2], out.shape[1]
-        out.reshape(c, kh, kw, width)[..., : b - a] = win[..., a:b]
-        return out[:, : b - a]
+    def _column_blocks(self, x: Any):
+        """(a, b, columns a:b of the (C·KH·KW, M) column matrix of x), each block copied into one reused buffer."""
+        win = self._windows_4d(x)
+        c, kh, kw = win.shape[:3]
+        blocks = self._blocks(c * kh * kw)
+        width = blocks[0][1] - blocks[0][0]
+        buffer = reused_empty((c * kh * kw, width), x.dtype)
+        for a, b in blocks:
+            buffer.reshape(c, kh, kw, width)[..., : b - a] = win[..., a:b]
+            yield a, b, buffer[:, : b - a]
 
     def conv(self, Wm: Any, x: Any) -> Any:
-        win = self._windows_4d(x)
-        k = win.shape[0] * win.shape[1] * win.shape[2]
         y = reused_empty((Wm.shape[0], self.length), np.result_type(Wm, x))
-        blocks = self._blocks(k)
-        block = reused_empty((k, blocks[0][1] - blocks[0][0]), x.dtype)
-        for a, b in blocks:
-            np.matmul(Wm, self._column_block(win, a, b, block), out=y[:, a:b])
+        for a, b, columns in self._column_blocks(x):
+            np.matmul(Wm, columns, out=y[:, a:b])
         return y
 
     def grad_w(self, x: Any, g: Any) -> Any:
-        win = self._windows_4d(x)
-        k = win.shape[0] * win.shape[1] * win.shape[2]
         # One copy: OpenBLAS runs a block against rows of gᵀ faster than against its view.
         gt = reused_empty((g.shape[1], g.shape[0]), g.dtype)
         gt[...] = g.T
-        blocks = self._blocks(k)
-        block = reused_empty((k, blocks[0][1] - blocks[0][0]), x.dtype)
         total = None
-        for a, b in blocks:
-            part = self._column_block(win, a, b, block) @ gt[a:b]
+        for a, b, columns in self._column_blocks(x):
+            part = columns @ gt[a:b]
             total = part if total is None else total + part
         return total
 
