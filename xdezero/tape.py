@@ -339,8 +339,9 @@ _HOOKS = (
 )
 
 
-def _record(fn: Callable, args: tuple, kwargs: dict) -> tuple[_Recorder, Any]:
-    """Run fn(*args, **kwargs) eagerly while recording what it computes."""
+def _record(fn: Callable, args: tuple, kwargs: dict, arrays: list) -> tuple[_Recorder, Any]:
+    """Run fn(*args, **kwargs) eagerly while recording what it computes; `arrays`, the array arguments' data,
+    take the first slots."""
     global _recording
     recorder = _Recorder()
     originals = [(owner, name, getattr(owner, name)) for owner, name, _ in _HOOKS]
@@ -351,7 +352,7 @@ def _record(fn: Callable, args: tuple, kwargs: dict) -> tuple[_Recorder, Any]:
         for (owner, name, original), (_, _, recording_version) in zip(originals, _HOOKS):
             setattr(owner, name, recording_version(original))
     try:
-        for a in _flat_arrays(args, kwargs):
+        for a in arrays:
             recorder.new_slot(a)
         result = fn(*args, **kwargs)
         recorder.check_external_data()
@@ -361,11 +362,6 @@ def _record(fn: Callable, args: tuple, kwargs: dict) -> tuple[_Recorder, Any]:
                 setattr(owner, name, original)
             _recording = None
     return recorder, result
-
-
-def _flat_arrays(args: tuple, kwargs: dict) -> list:
-    values = _arguments(args, kwargs)
-    return [v._data if isinstance(v, Variable) else v for v in values if isinstance(v, Variable) or is_array(v)]
 
 
 def _name(v: Variable) -> str:
@@ -578,16 +574,19 @@ def _arguments(args: tuple, kwargs: dict) -> list:
     return [*args, *(kwargs[k] for k in sorted(kwargs))]
 
 
-def _signature(args: tuple, kwargs: dict) -> tuple:
-    """What a tape is recorded for: the arrays' kinds, shapes, dtypes and devices, the other arguments' values,
-    and the configuration."""
+def _signature(args: tuple, kwargs: dict) -> tuple[tuple, list]:
+    """What a tape is recorded for (the arrays' kinds, shapes, dtypes and devices, the other arguments' values,
+    and the configuration), and the array arguments' data in order, from one pass over the arguments."""
     parts: list = [tuple(sorted(kwargs))] if kwargs else []
+    arrays: list = []
     for value in _arguments(args, kwargs) if kwargs else args:
         data = value._data if isinstance(value, Variable) else value
         if type(data) is np.ndarray:  # the common case, kept cheap: NumPy arrays live on the host
             parts.append((np.ndarray, data.shape, data.dtype))
+            arrays.append(data)
         elif is_array(data):
             parts.append((type(data), tuple(data.shape), str(data.dtype), str(device_of(data))))
+            arrays.append(data)
         else:
             try:
                 hash(value)
@@ -597,7 +596,7 @@ def _signature(args: tuple, kwargs: dict) -> tuple:
                     f"{type(value).__name__}"
                 ) from None
             parts.append(("value", value))
-    return (*parts, bool(Config.train), bool(Config.enable_backprop))
+    return (*parts, bool(Config.train), bool(Config.enable_backprop)), arrays
 
 
 class CapturedStep:
@@ -612,12 +611,12 @@ class CapturedStep:
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        key = _signature(args, kwargs)
+        key, arrays = _signature(args, kwargs)
         tape = self.tapes.get(key)
         if tape is not None:
-            return tape.replay(_flat_arrays(args, kwargs))
-        recorder, result = _record(self.fn, args, kwargs)
-        new = _Tape(recorder, len(_flat_arrays(args, kwargs)), result)
+            return tape.replay(arrays)
+        recorder, result = _record(self.fn, args, kwargs, arrays)
+        new = _Tape(recorder, len(arrays), result)
         first = self._first.pop(key, None)
         if first is None:
             self._first[key] = new
