@@ -59,9 +59,11 @@ def xdezero_model(sizes: tuple[int, ...]):
     return _xdezero_cnn() if sizes == CNN else models.MLP(sizes[1:], activation=F.sigmoid)
 
 
-def xdezero_step(sizes: tuple[int, ...], x_np, t_np, move=None, optimizer=None):
+def xdezero_step(sizes: tuple[int, ...], x_np, t_np, move=None, optimizer=None, capture: bool = False):
     """A step function for xdezero; `move` (e.g. xdezero.backends.to_gpu) takes the NumPy data and the
-    parameters created so far to another library or device; `optimizer` defaults to SGD(lr=0.1)."""
+    parameters created so far to another library or device; `optimizer` defaults to SGD(lr=0.1); with
+    `capture`, the step runs through `xdezero.capture` (it records on its first two calls, then replays)."""
+    import xdezero
     from xdezero import functions as F
     from xdezero import optimizers
 
@@ -73,13 +75,15 @@ def xdezero_step(sizes: tuple[int, ...], x_np, t_np, move=None, optimizer=None):
             if p.data is not None:
                 p.data = move(p.data)
 
-    def step():
+    def step_of(x, t):
         loss = F.softmax_cross_entropy(model(x), t)
         model.cleargrads()
         loss.backward()
         optimizer.update()
+        return loss
 
-    return step
+    run = xdezero.capture(step_of) if capture else step_of
+    return lambda: run(x, t)
 
 
 def _torch_cnn(torch):
@@ -120,3 +124,21 @@ def torch_step(sizes: tuple[int, ...], x_np, t_np, device: str):
         optimizer.step()
 
     return step
+
+
+def torch_graph_step(sizes: tuple[int, ...], x_np, t_np):
+    """The PyTorch step on CUDA captured once in a CUDA graph (`torch.cuda.CUDAGraph`); the returned function
+    replays it (one launch per step, on the same input buffers)."""
+    import torch
+
+    step = torch_step(sizes, x_np, t_np, "cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm up outside the graph, as torch's documentation asks
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay

@@ -11,6 +11,10 @@ the two frameworks timed one call each in turn):
   mlp-b100 / mlp-b1000    SGD step of 784 → 1000 → 1000 → 10 (sigmoid, softmax cross-entropy) at batch 100 / 1000
   wide-b4096              SGD step of 784 → 4096 → 4096 → 10 at batch 4096 (with --tf32: again with TF32 matmuls)
   cnn-b128                SGD step of conv 3×3 1→16, relu, conv 3×3 16→32, relu, pool 2×2, linear → 10 at batch 128
+  mlp-b100-captured       the mlp-b100 step through xdezero.capture, against PyTorch eager
+  mlp-b100-vs-graph       the same captured step, against PyTorch's step replayed from a CUDA graph
+  memory-chain-1e7        200 links y = sin(y)·1.01 on 10⁷ elements: GPU memory held at the end of forward (MiB;
+                          CuPy's pool bytes in use against torch.cuda.memory_allocated, each from zero)
 TF32 runs in its own process: CuPy reads CUPY_TF32 when it is imported; torch gets
 torch.backends.cuda.matmul.allow_tf32 = True.
 """
@@ -22,7 +26,7 @@ import json
 import sys
 
 from _harness import interleaved_medians, run_python
-from _workloads import CNN, data, torch_step, xdezero_step
+from _workloads import CNN, data, torch_graph_step, torch_step, xdezero_step
 from bench_core import chain_torch, chain_xdezero
 
 CHAIN_LINKS = 100
@@ -34,6 +38,9 @@ WORKLOADS = {
     "mlp-b1000": ("step", (784, 1000, 1000, 10), 1000),
     "wide-b4096": ("step", (784, 4096, 4096, 10), 4096),
     "cnn-b128": ("step", CNN, 128),
+    "mlp-b100-captured": ("captured", (784, 1000, 1000, 10), 100),
+    "mlp-b100-vs-graph": ("graph", (784, 1000, 1000, 10), 100),
+    "memory-chain-1e7": ("memory", 10**7, None),
 }
 # --smoke: the same code on the CPU with sizes small enough for a test
 SMOKE = {
@@ -43,6 +50,9 @@ SMOKE = {
     "mlp-b1000": ("step", (784, 32, 32, 10), 8),
     "wide-b4096": ("step", (784, 64, 64, 10), 16),
     "cnn-b128": ("step", CNN, 2),
+    "mlp-b100-captured": ("captured", (784, 32, 32, 10), 4),
+    "mlp-b100-vs-graph": ("graph", (784, 32, 32, 10), 4),  # on the CPU: against torch eager (no CUDA graph)
+    "memory-chain-1e7": ("memory", 1000, None),
 }
 
 
@@ -91,8 +101,43 @@ def _pair(kind, size, batch, gpu: bool, links: int):
         ref = chain_torch(size, links, data=torch.from_numpy(host).to(device))
     else:
         x, t = data(size, batch)
-        ours, ref = xdezero_step(size, x, t, move), torch_step(size, x, t, device)
+        ours = xdezero_step(size, x, t, move, capture=kind in ("captured", "graph"))
+        ref = torch_graph_step(size, x, t) if kind == "graph" and gpu else torch_step(size, x, t, device)
     return ours, ref, sync_ours, sync_torch
+
+
+def memory_held(size: int, links: int, gpu: bool) -> tuple[float, float]:
+    """MiB of device memory held at the end of the forward pass of the chain (the graph's saved arrays and
+    the output), xdezero on CuPy and torch on CUDA; on the CPU (smoke) both read 0."""
+    if not gpu:
+        return 0.0, 0.0
+    import cupy
+    import torch
+
+    import xdezero.functions as F
+    from xdezero import Variable
+
+    pool = cupy.get_default_memory_pool()
+    x = Variable(cupy.full(size, 0.5, dtype=cupy.float32))
+    start = pool.used_bytes()
+    y = x
+    for _ in range(links):
+        y = F.sin(y) * 1.01
+    ours = pool.used_bytes() - start
+    del x, y
+    pool.free_all_blocks()
+
+    x = torch.full((size,), 0.5, dtype=torch.float32, device="cuda", requires_grad=True)
+    torch.cuda.synchronize()
+    start = torch.cuda.memory_allocated()
+    y = x
+    for _ in range(links):
+        y = torch.sin(y) * 1.01
+    torch.cuda.synchronize()
+    ref = torch.cuda.memory_allocated() - start
+    del x, y
+    torch.cuda.empty_cache()
+    return ours / 2**20, ref / 2**20
 
 
 def run(names: list[str], repeats: int, smoke: bool, tf32: bool = False) -> list[dict]:
@@ -106,6 +151,11 @@ def run(names: list[str], repeats: int, smoke: bool, tf32: bool = False) -> list
     rows = []
     for name in names:
         kind, size, batch = table[name]
+        if kind == "memory":
+            ours, ref = memory_held(size, 200, not smoke)
+            ratio = ours / ref if ref else float("nan")
+            rows.append({"workload": name, "unit": "MiB held", "xdezero": ours, "torch": ref, "ratio": ratio})
+            continue
         ours, ref, sync_ours, sync_torch = _pair(kind, size, batch, not smoke, links)
         warmup = 1 if smoke else max(5, repeats // 10)
         t_ours, t_ref = interleaved_medians([ours, ref], [sync_ours, sync_torch], repeats, warmup)

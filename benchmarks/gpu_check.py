@@ -26,8 +26,10 @@ import gzip
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -83,17 +85,27 @@ def write_mnist(folder: Path, n_train: int, n_test: int) -> None:
             (folder / f"{prefix}-{kind}-ubyte.gz").write_bytes(gzip.compress(header + array.tobytes(), mtime=0))
 
 
-def run_step(name: str, command: list[str], timeout: int, env: dict[str, str] | None = None) -> dict:
-    """Run one step; its record: status PASS/FAIL, seconds, the command and the tail of its output."""
+def run_step(
+    name: str, command: list[str], timeout: int, env: dict[str, str] | None = None, log: Path | None = None
+) -> dict:
+    """Run one step; its record: status PASS/FAIL, seconds, the command and the tail of its output. With `log`,
+    the output streams into that file as it comes (a step stopped at its time limit keeps what it printed)."""
     print(f"--> {name}: {' '.join(command)}", flush=True)
     t0 = time.perf_counter()
-    try:
-        out = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=_env(env))
-        status = "PASS" if out.returncode == 0 else "FAIL"
-        output = out.stdout + out.stderr
-    except subprocess.TimeoutExpired as e:
-        status = "FAIL"
-        output = f"{(e.stdout or b'').decode(errors='replace')}\n... stopped after {timeout} s (time limit)"
+    with tempfile.TemporaryFile("w+") if log is None else open(log, "w+") as sink:
+        # its own process group, so that a time limit also stops its children (pytest-xdist's workers)
+        child = subprocess.Popen(
+            command, stdout=sink, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=_env(env), start_new_session=True
+        )
+        try:
+            status = "PASS" if child.wait(timeout=timeout) == 0 else "FAIL"
+            stopped = ""
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+            status, stopped = "FAIL", f"\n... stopped after {timeout} s (time limit)"
+        sink.seek(0)
+        output = sink.read() + stopped
     seconds = time.perf_counter() - t0
     tail = "\n".join(output.strip().splitlines()[-25:])
     print(f"    {status} in {seconds:.0f} s", flush=True)
@@ -110,6 +122,11 @@ def main() -> int:
     parser.add_argument("--out", default="gpu-check", help="folder for the results (default ./gpu-check)")
     parser.add_argument("--dry-run", action="store_true", help="skip the GPU even where there is one")
     parser.add_argument("--full", action="store_true", help="the whole test suite, slow tests and default profile")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="pytest-xdist workers for the tests (default: up to 12, if installed)"
+    )
+    parser.add_argument("--test-timeout", type=int, default=200, help="seconds for the test step (default 200)")
+    parser.add_argument("--no-kernel-count", action="store_true", help="skip count_kernels.py (CPU only anyway)")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -130,7 +147,13 @@ def main() -> int:
         if not args.full:
             env["XDEZERO_HYPOTHESIS_PROFILE"] = "quick"
             command[4:4] = ["-m", "not slow"]
-        steps.append(run_step(f"tests on {', '.join(usable)}", command, 200, env))
+        workers = _workers(args.workers)
+        if workers > 1:
+            command[4:4] = ["-n", str(workers)]
+        # a line per test as it ends and one per failure at the end; pytest-benchmark (on some GPU images) warns
+        # under pytest-xdist, and the suite turns warnings into errors
+        command[4:4] = ["-rfE", "-v", "-p", "no:benchmark"]
+        steps.append(run_step(f"tests on {', '.join(usable)}", command, args.test_timeout, env, log=out / "tests.log"))
     else:
         steps.append(
             skipped("tests on cupy, torch_cuda, jax_gpu", "no GPU backend is usable here" + _reasons(backends))
@@ -145,7 +168,7 @@ def main() -> int:
             40,
         )
     )
-    data = out / "mnist-generated"
+    data = Path(tempfile.mkdtemp(prefix="xdezero-mnist-"))  # not in `out`: only the results travel back
     write_mnist(data, 200 if dry else 6000, 50 if dry else 1000)
     mnist = [py, "-m", "xdezero", "train", "mnist", "--data", str(data), "--backend", backend]
     steps.append(
@@ -155,6 +178,21 @@ def main() -> int:
             40,
         )
     )
+    if not dry:  # the CNN and the captured step, on the GPU only (the CPU runs them in the test suite)
+        steps.append(
+            run_step(
+                "xdezero train mnist --model cnn --backend cupy",
+                [*mnist, "--model", "cnn", "--epochs", "1", "--batch-size", "100", "-q"],
+                60,
+            )
+        )
+        steps.append(
+            run_step(
+                "xdezero train spiral --backend cupy --capture",
+                [py, "-m", "xdezero", "train", "spiral", "--backend", "cupy", "--epochs", "100", "--capture", "-q"],
+                40,
+            )
+        )
 
     bench_json, bench_md = out / "bench_gpu.json", out / "bench_gpu.md"
     bench = [py, str(BENCH / "bench_gpu.py"), "--tf32", "--json", str(bench_json), "--markdown", str(bench_md)]
@@ -163,8 +201,9 @@ def main() -> int:
     steps.append(run_step("bench_gpu.py" + (" --smoke (dry run: CPU, shrunken sizes)" if dry else ""), bench, 110))
 
     kernels_json = out / "kernels.json"
-    command = [py, str(BENCH / "count_kernels.py"), "--json", str(kernels_json)] + (["--batch", "8"] if dry else [])
-    steps.append(run_step("count_kernels.py (CPU)", command, 30))
+    if not args.no_kernel_count:
+        command = [py, str(BENCH / "count_kernels.py"), "--json", str(kernels_json)]
+        steps.append(run_step("count_kernels.py (CPU)", command + (["--batch", "8"] if dry else []), 30))
 
     report = {
         "dry_run": dry,
@@ -181,6 +220,17 @@ def main() -> int:
     failed = [s["step"] for s in steps if s["status"] == "FAIL"]
     print(f"summary: {out / 'gpu_check.md'}; {'FAILED: ' + ', '.join(failed) if failed else 'no step failed'}")
     return 1 if failed else 0
+
+
+def _workers(asked: int | None) -> int:
+    """pytest-xdist workers: as asked, else up to 12 (one per core) when pytest-xdist is installed, else 1."""
+    if asked is not None:
+        return asked
+    try:
+        import xdist  # noqa: F401
+    except ImportError:
+        return 1
+    return max(1, min(12, os.cpu_count() or 1))
 
 
 def _reasons(backends: dict) -> str:

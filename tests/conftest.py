@@ -107,7 +107,7 @@ def _load(name: str):
         if name == "torch_cuda":
             if not torch.cuda.is_available():
                 raise _no_gpu("torch.cuda.is_available() is False")
-            xp = DeviceNamespace(xp, torch.device("cuda"))
+            xp = DeviceNamespace(xp, torch.device("cuda", torch.cuda.current_device()))  # as tensors report it
     elif name == "jax":
         xp = _jax("cpu")
     elif name == "jax_gpu":

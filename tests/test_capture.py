@@ -13,6 +13,7 @@ import xdezero.functions as F
 import xdezero.layers as L
 from tests.helpers import asarray, fixture_device, library, to_numpy
 from xdezero import CaptureError, Variable, capture, models, optimizers
+from xdezero.backends import library_name
 
 OPTIMIZERS = {
     "SGD": lambda: optimizers.SGD(lr=0.1),
@@ -303,6 +304,29 @@ def test_batch_norm_running_statistics_follow_replays_and_test_mode_reads_them()
         captured_model.bn.avg_mean.data = captured_model.bn.avg_mean.data + 1.0  # the statistics move on
         got = evaluate(x)  # a replay: it must read the statistics as they are now
         np.testing.assert_array_equal(got.data, captured_model(x).data)
+
+
+@pytest.mark.parametrize("model_name", ["mlp", "cnn"])
+def test_parameters_made_with_numpy_follow_the_first_input_while_recording(xp, model_name):
+    """A layer moves its NumPy-made parameters to the library of its first input (as `xdezero train --backend
+    cupy --capture` relies on): while recording, that move is a placement, not an assignment to refuse."""
+    if library(xp) == "numpy":
+        pytest.skip("the parameters are NumPy's already: nothing moves")
+    steps = []
+    for _ in range(2):
+        np.random.seed(0)
+        model = (
+            SmallCNN() if model_name == "cnn" else models.Sequential(L.Linear(10, in_size=2), L.Linear(3, in_size=10))
+        )
+        steps.append((model, _train_step(model, optimizers.SGD(lr=0.1).setup(model))))
+    (eager_model, eager), (captured_model, step) = steps
+    captured = capture(step)
+    for x, t in _batches(xp, model_name, n=5):
+        _assert_same(xp, to_numpy(eager(x, t)), to_numpy(captured(x, t)))
+    assert captured.recorded == 1
+    for p, q in zip(eager_model.params(), captured_model.params()):
+        assert library_name(q.data) == library(xp)  # moved by the first captured call
+        _assert_same(xp, to_numpy(p.data), to_numpy(q.data))
 
 
 def test_lazily_shaped_parameters_created_while_recording():

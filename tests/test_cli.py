@@ -557,7 +557,8 @@ def test_mnist_cnn_example_offline(tmp_path):
         "urllib.request.urlopen = _offline\n"
     )
     env = {"XDEZERO_DATA_DIR": str(tmp_path / "data")}
-    full = dict(os.environ, PYTHONPATH=os.pathsep.join([str(sitecustomize.parent), str(ROOT)]), **env)
+    path = [str(sitecustomize.parent), str(ROOT), os.environ.get("PYTHONPATH", "")]
+    full = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, path)), **env)
     result = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "train_mnist_cnn.py"), "--epochs", "1"],
         cwd=ROOT,
@@ -643,9 +644,11 @@ def _epoch_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith(("epoch", "done"))]
 
 
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("torch", marks=needs_torch)])
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_capture_prints_what_eager_training_prints(capsys, optimizer):
-    argv = ["train", "spiral", "--epochs", "8", "--batch-size", "70", "--optimizer", optimizer]  # last batch: 20
+def test_capture_prints_what_eager_training_prints(capsys, optimizer, backend):
+    # On torch the parameters are made with NumPy and follow the first batch to torch inside the first call.
+    argv = ["train", "spiral", "--epochs", "8", "--batch-size", "70", "--optimizer", optimizer, "--backend", backend]
     outputs = []
     for extra in ([], ["--capture"]):
         assert cli.main([*argv, *extra]) == 0

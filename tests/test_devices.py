@@ -315,7 +315,9 @@ def collect_with(backends: str | None) -> subprocess.CompletedProcess:
     if backends is not None:
         env["XDEZERO_BACKENDS"] = backends
     test = "tests/test_devices.py::test_the_fixture_creates_arrays_on_its_device"
-    command = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", test]
+    # pytest-benchmark (on some GPU images) warns when it thinks pytest-xdist runs, and warnings are errors here
+    options = ["--collect-only", "-q", "-p", "no:cacheprovider", "-p", "no:benchmark"]
+    command = [sys.executable, "-m", "pytest", *options, test]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 

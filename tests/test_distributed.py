@@ -6,8 +6,10 @@ and test_distributed_dask.py (dask.distributed); they skip when their library is
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,6 +21,7 @@ from xdezero import Variable
 from xdezero import distributed as dist
 from xdezero.backends import library_name
 from xdezero.datasets import Spiral
+from xdezero.distributed.torch_distributed import default_backend
 from xdezero.models import Sequential
 from xdezero.optimizers import SGD, MomentumSGD, WeightDecay
 
@@ -42,6 +45,8 @@ def test_importing_imports_no_transport_library():
         "print(sorted(m for m in ('mpi4py', 'torch', 'cupy', 'jax') if m in sys.modules), c.size)"
     )
     env = {"PATH": "/usr/bin:/bin"}  # no launcher variables: 'auto' means one process
+    if "PYTHONPATH" in os.environ:  # where xdezero and its dependencies come from, on some machines
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["[]", "1"]
@@ -191,3 +196,22 @@ def test_multi_node_evaluator_returns_floats():
     )
     assert evaluate(2) == {"acc": 0.5, "loss": 2.0}
     assert dist.create_multi_node_evaluator(lambda: np.array(0.75), comm)() == 0.75
+
+
+@pytest.mark.parametrize(
+    ("cuda", "nccl", "gpus", "local_size", "expected"),
+    [
+        (True, True, 1, "1", "nccl"),
+        (True, True, 1, "2", "gloo"),  # two processes on a one-GPU machine: the second would have no GPU
+        (True, True, 8, "8", "nccl"),
+        (True, False, 8, "8", "gloo"),
+        (False, True, 0, "1", "gloo"),
+    ],
+)
+def test_torch_default_backend_is_nccl_only_with_a_gpu_per_local_process(
+    monkeypatch, cuda, nccl, gpus, local_size, expected
+):
+    fake_torch = SimpleNamespace(cuda=SimpleNamespace(is_available=lambda: cuda, device_count=lambda: gpus))
+    fake_td = SimpleNamespace(is_nccl_available=lambda: nccl)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", local_size)
+    assert default_backend(fake_torch, fake_td) == expected

@@ -20,7 +20,7 @@ import pytest
 import xdezero.backends._fused as fused_table
 import xdezero.functions as F
 from xdezero import Parameter, optimizers
-from xdezero.backends import fused
+from xdezero.backends import fused, library_name
 from xdezero.layers import Linear
 
 
@@ -51,6 +51,7 @@ class FakeArray:
 
 def test_portable_path_on_every_installed_library(xp, table):
     x = xp.asarray([1.0, -2.0])
+    table.register(library_name(x), "sigmoid", None)  # CuPy and NumPy have their own sigmoid: not this time
     y = fused("sigmoid", _portable_double, xp, x)
     assert [float(v) for v in y] == [2.0, -4.0]
 

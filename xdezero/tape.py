@@ -227,12 +227,17 @@ def _recording_backward(original: Callable) -> Callable:
             if v.grad is not None and id(v.grad._data) not in recorder.slot_of:
                 recorder.ops.append(_Op("read_grad", v, [], [recorder.new_slot(v.grad._data)], signature="read_grad"))
         original(self, retain_grad, create_graph)
+        stored = []
         for v in list(recorder.external.values()):
             if v.grad is not None and v.grad is not held.get(id(v)):
                 slot = recorder.slot_of.get(id(v.grad._data))
                 if slot is None:
                     raise CaptureError(f"capture: the gradient of {_name(v)} was computed outside the recorded ops")
-                recorder.ops.append(_Op("set_grad", v, [("slot", slot)], [], signature="set_grad"))
+                stored.append((slot, v))
+        # in the order the gradients were computed, which every call repeats (the order in which the step met
+        # the Variables may differ between the first call and the next: lazily shaped or moved parameters)
+        for slot, v in sorted(stored, key=lambda pair: pair[0]):
+            recorder.ops.append(_Op("set_grad", v, [("slot", slot)], [], signature="set_grad"))
         return None
 
     return backward
@@ -265,6 +270,12 @@ def _recording_data_setter(original: Callable) -> Callable:
             recorder.external.pop(id(self), None)
             recorder.watch(self)
             return
+        if _moved_off_the_host(previous, self._data):
+            # A layer moves its NumPy-made parameters to the library of its first input, once: the next
+            # recording never sees it, so this one notes nothing (the Variable is met when an op reads it).
+            if id(self) in recorder.external:
+                recorder.first_data[id(self)] = (self._data, recorder.first_data[id(self)][1])
+            return
         recorder.watch(self)
         slot = recorder.slot_of.get(id(self._data))
         if slot is None and self._data is previous:  # `v.data -= ...`: the array was changed in place
@@ -279,6 +290,16 @@ def _recording_data_setter(original: Callable) -> Callable:
         recorder.ops.append(_Op("set_data", self, [("slot", slot)], [], signature="set_data"))
 
     return set_data
+
+
+def _moved_off_the_host(previous: Any, value: Any) -> bool:
+    """Whether `value` is `previous`, a NumPy array, taken to another library (a layer following its input)."""
+    return (
+        isinstance(previous, np.ndarray)
+        and not isinstance(value, np.ndarray)
+        and tuple(value.shape) == previous.shape
+        and np.array_equal(to_numpy(value), previous)
+    )
 
 
 def _recording_cleargrad(original: Callable) -> Callable:

@@ -21,6 +21,8 @@ def child_env(**extra: str) -> dict:
     """This environment without launcher variables, with the repository importable and one thread per process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(_LAUNCHER_PREFIXES) and k not in _TORCH_VARIABLES}
     path = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    if os.geteuid() == 0:  # Open MPI's mpiexec refuses root (containers, GPU machines) unless told twice
+        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     return dict(env, PYTHONPATH=path, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", **extra)
 
 

@@ -1,7 +1,7 @@
 """Scatter-add with accumulation of repeated indices: absent from the array API standard.
 
 `array_api_extra.at(x)[idx].add(v)` does not accumulate duplicates, so each library gets its own
-accumulating primitive (`np.add.at`, `cupyx.scatter_add`, torch `index_add_`, JAX `.at[].add`). The portable
+accumulating primitive (`np.add.at`, `cupy.add.at`, torch `index_add_`, JAX `.at[].add`). The portable
 fallback (array-api-strict, Dask, any other library) sorts the ids and sums each run of equal ids with a
 segmented scan: O(n log n) time, O(n·d) memory, only gathers (no in-place writes), and lazy on Dask.
 A boolean mask selects every element at most once, so its scatter is a gather on every library.
@@ -98,10 +98,13 @@ def scatter_add(shape: tuple, index: Any, values: Any) -> Any:
         np.add.at(out, _host_index(index), values)
         return out
     if array_api_compat.is_cupy_array(values):
-        cupy, cupyx = sys.modules["cupy"], __import__("cupyx")
+        cupy = sys.modules["cupy"]
         with values.device:  # CuPy allocates on the current device, which may not be the values' one
             out = cupy.zeros(shape, dtype=values.dtype)
-            cupyx.scatter_add(out, index, values)
+            if hasattr(cupy.add, "at"):  # CuPy 13+; its older cupyx.scatter_add warns as deprecated since
+                cupy.add.at(out, index, values)
+            else:
+                __import__("cupyx").scatter_add(out, index, values)
         return out
     if array_api_compat.is_jax_array(values):
         import jax.numpy as jnp

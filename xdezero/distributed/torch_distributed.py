@@ -21,8 +21,18 @@ from xdezero.distributed.communicator import Communicator, host_buffer
 __all__ = ["TorchCommunicator"]
 
 
+def default_backend(torch: Any, td: Any) -> str:
+    """nccl when torch sees CUDA, has NCCL and a GPU for every process of this node (LOCAL_WORLD_SIZE), else
+    gloo: two processes on a one-GPU machine would both ask for GPU `LOCAL_RANK` and the second has none."""
+    local_size = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    if torch.cuda.is_available() and td.is_nccl_available() and torch.cuda.device_count() >= local_size:
+        return "nccl"
+    return "gloo"
+
+
 class TorchCommunicator(Communicator):
-    """Collectives over torch.distributed; `backend` defaults to nccl when CUDA is usable, else gloo."""
+    """Collectives over torch.distributed; `backend` defaults to nccl when each local rank has a GPU of its
+    own, else gloo."""
 
     name = "torch"
 
@@ -49,7 +59,7 @@ class TorchCommunicator(Communicator):
                     "torchrun --nproc-per-node N script.py, or call torch.distributed.init_process_group first"
                 )
             if backend is None:
-                backend = "nccl" if torch.cuda.is_available() and td.is_nccl_available() else "gloo"
+                backend = default_backend(torch, td)
             td.init_process_group(backend, timeout=timeout)
             # Left to the interpreter's teardown, a live gloo group can end the process in std::terminate.
             atexit.register(_destroy, td)
