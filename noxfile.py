@@ -111,6 +111,13 @@ def tests(session: nox.Session, backend: str) -> None:
 
 
 @nox.session(python=PYTHONS[0])
+def numpy_oldest(session: nox.Session) -> None:
+    """The suite on NumPy 1.26, the oldest NumPy that pyproject.toml accepts (its promotion rules differ)."""
+    session.install("-e", ".[test,plot,progress]", "numpy==1.26.*")
+    session.run("pytest", *session.posargs, env={"XDEZERO_BACKENDS": "numpy"})
+
+
+@nox.session(python=PYTHONS[0])
 def distributed(session: nox.Session) -> None:
     """Data-parallel training: MPI ranks under mpiexec (mpi4py + MPICH from PyPI), dask.distributed workers."""
     session.install("-e", ".[test,mpi]", "distributed")

@@ -71,3 +71,23 @@ def test_torch_to_gpu_without_cuda_is_a_clear_error():
         pytest.skip("CUDA is available")
     with pytest.raises(RuntimeError, match="CUDA"):
         to_gpu(torch.ones(2))
+
+
+@pytest.mark.parametrize(
+    ("input_dtypes", "expected"),
+    [
+        (["float32", "int64"], "float32"),  # a float32 loss over integer labels
+        (["float16"], "float16"),
+        (["float16", "float32"], "float32"),  # the widest floating input
+        (["float64", "float32"], "float64"),
+        (["int64"], "float64"),  # an integer mean is a float64 on purpose
+    ],
+)
+def test_keep_input_precision_narrows_a_widened_scalar_to_the_widest_floating_input(input_dtypes, expected):
+    """What the engine applies to an op's float64 scalar under NumPy 1.x (whose promotion widened it)."""
+    from xdezero.backends import keep_input_precision
+
+    inputs = [np.ones(2, dtype=d) for d in input_dtypes]
+    narrowed = keep_input_precision(np.float64(1.0) / 3, inputs)
+    assert narrowed.dtype == np.dtype(expected)
+    assert narrowed == np.dtype(expected).type(1.0 / 3)

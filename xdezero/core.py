@@ -18,8 +18,18 @@ from typing import Any
 import numpy as np
 
 from xdezero._config import Config, enable_backprop_flag, no_grad, test_mode, using_config
+from xdezero.backends import (
+    LEGACY_NUMPY,
+    array_namespace,
+    as_array_data,
+    keep_input_precision,
+    memory_key,
+    to_cpu,
+    to_device,
+    to_gpu,
+    to_library,
+)
 from xdezero.backends import NAMESPACES as _NAMESPACES
-from xdezero.backends import array_namespace, as_array_data, memory_key, to_cpu, to_device, to_gpu, to_library
 
 __all__ = ["Variable", "Parameter", "Function", "as_variable", "as_array"]
 
@@ -435,6 +445,8 @@ class Function:
             ys = self.forward(*xs)
             generation = max([x.generation for x in inputs])
         if type(ys) is not tuple:
+            if LEGACY_NUMPY and type(ys) is np.float64:  # NumPy 1.x widened a scalar expression: see backends
+                ys = keep_input_precision(ys, [x._data for x in inputs])
             y = _result(ys, record)
             if record:
                 self.generation = generation

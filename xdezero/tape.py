@@ -46,7 +46,7 @@ import numpy as np
 
 from xdezero import core
 from xdezero._config import Config
-from xdezero.backends import device_of, is_array, to_numpy
+from xdezero.backends import LEGACY_NUMPY, device_of, is_array, keep_input_precision, to_numpy
 from xdezero.core import Function, Variable
 from xdezero.optimizers import Optimizer
 
@@ -454,7 +454,10 @@ def _compile(op: _Op) -> Callable[[list], None]:
         forward, attrs, first = target.forward, op.attrs, outputs[0]
 
         def run(values: list) -> None:
-            ys = forward(*read(values))
+            inputs = read(values)
+            ys = forward(*inputs)
+            if LEGACY_NUMPY and type(ys) is np.float64:  # as Function.__call__ narrows it (NumPy 1.x)
+                ys = keep_input_precision(ys, inputs)
             if len(outputs) == 1:
                 values[first] = ys
             else:

@@ -23,6 +23,7 @@ from xdezero.backends._im2col import (
     pad_images,
     windows,
 )
+from xdezero.backends._legacy_numpy import LEGACY_NUMPY, keep_input_precision
 from xdezero.backends._libraries import BackendUnavailable, cuda_devices, describe_library, library_converter
 from xdezero.backends._namespace import (
     NAMESPACES,
@@ -45,6 +46,8 @@ __all__ = [
     "apply_allocator_setting",
     "tune_allocator",
     "BackendUnavailable",
+    "LEGACY_NUMPY",
+    "keep_input_precision",
     "cuda_devices",
     "describe_library",
     "library_converter",

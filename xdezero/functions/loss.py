@@ -260,4 +260,4 @@ def accuracy(y: Any, t: Any) -> Variable:
     pred = xp.astype(xp.argmax(y.data, axis=1), labels.dtype)
     dtype = y.dtype if xp.isdtype(y.dtype, "real floating") else xp.float64
     hits = xp.sum(xp.astype(pred == labels, dtype))
-    return as_variable(xp.asarray(hits / y.shape[0]))
+    return as_variable(xp.asarray(hits / y.shape[0], dtype=dtype))  # NumPy 1.x would widen a float32 scalar
