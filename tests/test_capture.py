@@ -357,3 +357,87 @@ def test_a_recurrent_step_carrying_its_state_is_refused():
     captured(x, x)
     with pytest.raises(CaptureError):
         captured(x, x)
+
+
+class BagOfEmbeddings(models.Model):
+    """Mean of the embeddings of a row's ids, then a linear layer: ids are a step argument."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = L.EmbedID(20, 4)
+        self.fc = L.Linear(3, in_size=4)
+
+    def forward(self, ids):
+        return self.fc(F.sum(self.embed(ids), axis=1) / ids.shape[1])
+
+
+def _embedding_batches(xp, n: int = 20):
+    rng = np.random.default_rng(2)
+    return [(asarray(xp, rng.integers(0, 20, (6, 5))), asarray(xp, rng.integers(0, 3, 6))) for _ in range(n)]
+
+
+@pytest.mark.parametrize("optimizer_name", ["SGD", "Adam"])
+def test_embed_id_with_new_ids_every_step_is_replayed(xp, optimizer_name):
+    models_and_steps = []
+    for _ in range(2):
+        np.random.seed(0)
+        model = BagOfEmbeddings()
+        if library(xp) != "numpy":
+            model.to_library(library(xp), device=fixture_device(xp))
+        models_and_steps.append((model, _train_step(model, OPTIMIZERS[optimizer_name]().setup(model))))
+    (eager_model, eager), (captured_model, step) = models_and_steps
+    captured = capture(step)
+    for ids, t in _embedding_batches(xp):
+        _assert_same(xp, to_numpy(eager(ids, t)), to_numpy(captured(ids, t)))
+    assert captured.recorded == 1  # the ids are read from each call's arguments, not fixed in the op
+    for p, q in zip(eager_model.params(), captured_model.params()):
+        _assert_same(xp, to_numpy(p.data), to_numpy(q.data))
+
+
+def test_a_replayed_embed_id_still_checks_its_ids():
+    np.random.seed(0)
+    model = BagOfEmbeddings()
+    captured = capture(_train_step(model, optimizers.SGD(lr=0.1).setup(model)))
+    batches = _embedding_batches(np)
+    for ids, t in batches[:3]:
+        captured(ids, t)
+    bad = batches[3][0].copy()
+    bad[0, 0] = 20  # one past the vocabulary
+    with pytest.raises(ValueError, match="embed_id"):
+        captured(bad, batches[3][1])
+    bad[0, 0] = -1  # NumPy's take would read the last row: refused as in eager calls
+    with pytest.raises(ValueError, match="embed_id"):
+        captured(bad, batches[3][1])
+
+
+def test_rows_picked_by_an_index_argument_are_replayed_with_each_calls_rows(xp):
+    """x[rows] with `rows` an argument of the step: the index and its backward's scatter follow each call."""
+    np.random.seed(0)
+    eager_model, captured_model = (models.MLP((5, 3), activation=F.sigmoid) for _ in range(2))
+    for model in (eager_model, captured_model):
+        model(np.zeros((1, 2), dtype=np.float32))
+        if library(xp) != "numpy":
+            model.to_library(library(xp), device=fixture_device(xp))
+
+    def step_of(model, optimizer):
+        def step(x, t, rows):
+            loss = F.softmax_cross_entropy(model(x)[rows], t)
+            model.cleargrads()
+            loss.backward()
+            optimizer.update()
+            return loss
+
+        return step
+
+    for p, q in zip(eager_model.params(), captured_model.params()):
+        q.data = p.data  # the same starting weights (arrays are rebound by the updates, never written into)
+    eager = step_of(eager_model, optimizers.SGD(lr=0.1).setup(eager_model))
+    captured = capture(step_of(captured_model, optimizers.SGD(lr=0.1).setup(captured_model)))
+    rng = np.random.default_rng(3)
+    for x, _ in _batches(xp, "mlp", n=8):
+        rows = asarray(xp, rng.integers(0, 12, 7))  # repeated rows accumulate in backward
+        t = asarray(xp, rng.integers(0, 3, 7))
+        _assert_same(xp, to_numpy(eager(x, t, rows)), to_numpy(captured(x, t, rows)))
+    assert captured.recorded == 1
+    for p, q in zip(eager_model.params(), captured_model.params()):
+        _assert_same(xp, to_numpy(p.data), to_numpy(q.data))

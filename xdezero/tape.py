@@ -28,10 +28,11 @@ while it records, as with `torch.jit.trace`: return what you need (the loss, met
 
 Limits: the step's arguments are arrays (or Variables holding them) and hashable values; it returns a Variable,
 an array, or a tuple/list/dict of them. A Variable whose gradient the step reads or leaves behind must exist
-before the step (parameters do). `embed_id` and indexing with arrays of indices computed inside the step are
-refused at the confirming call (their indices are fixed when the op is built).
+before the step (parameters do). An op built with an array of the step (`embed_id`'s ids, `x[ids]`, the
+index a GetItemGrad scatters to) reads it from this call's values at replay; other arrays an op is built with
+are constants, and must be equal in the two recordings.
 
-One file (about 640 lines, a third of them docstrings and messages) on purpose: the recording hooks, the op
+One file (about 740 lines, a third of them docstrings and messages) on purpose: the recording hooks, the op
 records, the comparison of the two recordings and the replay program all read and write the same records.
 """
 
@@ -69,10 +70,13 @@ class _Op:
     'read_grad', 'set_grad', 'set_data', 'clear_grad' (of a Variable from before the step) or 'call' (an
     optimizer's update)."""
 
-    __slots__ = ("kind", "target", "inputs", "outputs", "attrs", "frees", "signature")
+    __slots__ = ("kind", "target", "inputs", "outputs", "attrs", "bound", "frees", "signature")
 
     def __init__(self, kind: str, target: Any, inputs: list, outputs: list, attrs: list = (), signature: Any = None):
         self.kind, self.target, self.inputs, self.outputs, self.attrs = kind, target, inputs, outputs, list(attrs)
+        # Attributes a forward was built with that hold arrays of the step (`embed_id`'s ids, a GetItemGrad's
+        # index): (name, template); their arrays are the op's inputs after its forward's own (`n_forward`).
+        self.bound: list[tuple[str, Any]] = []
         self.frees: list[int] = []
         self.signature = signature  # what must match between the two recordings
 
@@ -148,6 +152,17 @@ def _recording_call(original: Callable) -> Callable:
         sources = [
             recorder.source(x._data, x) if isinstance(x, Variable) else recorder.source(_as_data(x)) for x in inputs
         ]
+        # Array attributes the op was built with: arrays of this step (they have slots now; a forward may hand
+        # the same array object back as a new result) are read at replay, the others are constants.
+        constants, bound, bound_sources = {}, [], []
+        for name, value in before.items():
+            if _holds_arrays(value):
+                template, found = _bind(recorder, value)
+                if found:
+                    bound.append((name, template))
+                    bound_sources += found
+                    value = template  # what stays fixed: the non-array parts
+                constants[name] = value
         recorder.paused += 1  # a Function calling Functions inside its forward is one op
         try:
             result = original(f, *inputs)
@@ -163,12 +178,44 @@ def _recording_call(original: Callable) -> Callable:
         for name, value in vars(f).items():
             if _holds_arrays(value) and before.get(name) is not value:
                 attrs.append((name, _attr_slots(recorder, value)))
-        constants = {k: v for k, v in before.items() if _holds_arrays(v)}
-        signature = (type(f), tuple(k for k, _ in constants.items()), _fingerprint(list(constants.values())))
-        recorder.ops.append(_Op("forward", f, sources, out_slots, attrs, signature))
+        signature = (type(f), tuple(constants), _fingerprint(list(constants.values())))
+        op = _Op("forward", f, sources + bound_sources, out_slots, attrs, signature)
+        op.bound = bound
+        recorder.ops.append(op)
         return result
 
     return call
+
+
+def _bind(recorder: _Recorder, value: Any) -> tuple[Any, list]:
+    """(template, sources) for an attribute holding arrays: the arrays the step computed or received (they
+    have slots) become sources, read at replay; `_BOUND` marks their places in the template."""
+    if is_array(value):
+        slot = recorder.slot_of.get(id(value))
+        return (_BOUND, [("slot", slot)]) if slot is not None else (value, [])
+    template, found = [], []
+    for v in value:
+        slot = recorder.slot_of.get(id(v)) if is_array(v) else None
+        template.append(_BOUND if slot is not None else v)
+        if slot is not None:
+            found.append(("slot", slot))
+    return (type(value)(template), found) if found else (value, [])
+
+
+class _BoundMarker:
+    def __repr__(self) -> str:  # the fingerprint of a template holds this, the same in both recordings
+        return "<array of the step>"
+
+
+_BOUND = _BoundMarker()
+
+
+def _fill(template: Any, arrays: list) -> Any:
+    """The attribute's value for this replay: `template` with this replay's arrays in the marked places."""
+    if template is _BOUND:
+        return arrays[0]
+    it = iter(arrays)
+    return type(template)(next(it) if v is _BOUND else v for v in template)
 
 
 def _as_data(x: Any) -> Any:
@@ -401,7 +448,9 @@ class _Tape:
         self.n_args = n_args
         self.result = _result_spec(recorder, result)
         self._plan_frees()
-        self.stashed = [(op.target, name) for op in self.ops if op.kind == "forward" for name, _ in op.attrs]
+        self.stashed = [
+            (op.target, name) for op in self.ops if op.kind == "forward" for name, _ in [*op.attrs, *op.bound]
+        ]
         self.program = [_compile(op) for op in self.ops]
         for op in self.ops:  # the graph of the recording call is not needed by the replay
             if op.kind == "forward":
@@ -447,11 +496,33 @@ def _reader(sources: list) -> Callable[[list], list]:
     return read
 
 
+def _count_bound(binding: tuple[str, Any]) -> int:
+    template = binding[1]
+    return 1 if template is _BOUND else sum(v is _BOUND for v in template)
+
+
+def _binding_reader(read: Callable, target: Function, bound: list, n_forward: int) -> Callable[[list], list]:
+    """`read`, which also sets the op's bound attributes from the inputs after its forward's own."""
+    counts = [_count_bound(b) for b in bound]
+
+    def read_and_bind(values: list) -> list:
+        inputs = read(values)
+        start = n_forward
+        for (name, template), n in zip(bound, counts):
+            setattr(target, name, _fill(template, inputs[start : start + n]))
+            start += n
+        return inputs[:n_forward]
+
+    return read_and_bind
+
+
 def _compile(op: _Op) -> Callable[[list], None]:
     """The op as one function of the slot values (the replay loop calls nothing else)."""
     read, frees, outputs, target = _reader(op.inputs), tuple(op.frees), op.outputs, op.target
     if op.kind == "forward":
         forward, attrs, first = target.forward, op.attrs, outputs[0]
+        if op.bound:
+            read = _binding_reader(read, target, op.bound, len(op.inputs) - sum(map(_count_bound, op.bound)))
 
         def run(values: list) -> None:
             inputs = read(values)

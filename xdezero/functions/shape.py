@@ -156,8 +156,9 @@ def _complete_index(index, ndim):
     return index + (Ellipsis,)
 
 
-def _row_ids(xp, x, index, where, checked):
-    """An integer index array checked against axis 0 of x, as non-negative ids of the default index dtype."""
+def _row_ids(xp, x, index, where, checked, ids_only=False):
+    """An integer index array checked against axis 0 of x, as non-negative ids of the default index dtype
+    (`ids_only`: ids in [0, n), a ValueError otherwise, as embed_id wants; else indices in [-n, n))."""
     if x.ndim == 0:
         raise IndexError(f"{where}: a 0-d array cannot be indexed with an integer array")
     if not xp.isdtype(index.dtype, "integral"):
@@ -165,6 +166,8 @@ def _row_ids(xp, x, index, where, checked):
     n = x.shape[0]
     # Small or unsigned index dtypes: torch's `take` wants int32/int64, and `index + n` could overflow them.
     ids = xp.astype(index, xp.arange(0, device=device_of(x)).dtype)
+    if ids_only:
+        return ids if checked else check_ids(ids, 0, n, where)
     if not checked:
         ids = check_ids(ids, -n, n, where, "index", IndexError)
     return xp.where(ids < 0, ids + n, ids)
@@ -214,10 +217,11 @@ class GetItem(Function):
 
     keeps_inputs = False
 
-    def __init__(self, slices: Any, where: str = "get_item", checked: bool = False):
+    def __init__(self, slices: Any, where: str = "get_item", checked: bool = False, ids_only: bool = False):
         self.slices = slices
         self.where = where
-        self.checked = checked  # integer ids already range-checked (by the caller, or by the first-order node)
+        self.checked = checked  # integer ids already range-checked (by the first-order node)
+        self.ids_only = ids_only  # an integer array holds ids in [0, n) (embed_id), not indices in [-n, n)
 
     def forward(self, x):
         xp = self.xp
@@ -235,7 +239,7 @@ class GetItem(Function):
                 )
             return y
         if hasattr(index, "shape"):  # x[int_array]: `take` is the portable spelling
-            self.index = _row_ids(xp, x, index, self.where, self.checked)
+            self.index = _row_ids(xp, x, index, self.where, self.checked, self.ids_only)
             rows = xp.take(x, xp.reshape(self.index, (-1,)), axis=0)
             return xp.reshape(rows, tuple(index.shape) + tuple(x.shape[1:]))
         self.index = _complete_index(index, x.ndim)
