@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,10 @@ def child_env(**extra: str) -> dict:
     path = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     if os.geteuid() == 0:  # Open MPI's mpiexec refuses root (containers, GPU machines) unless told twice
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    if shutil.which("ssh") is None and shutil.which("rsh") is None:
+        # Open MPI's mpiexec looks for ssh or rsh at start-up even for ranks on this machine alone (MPICH does
+        # not); without its rsh launcher it starts local ranks directly (open-mpi/ompi#12386)
+        env["OMPI_MCA_plm"] = "^rsh"
     return dict(env, PYTHONPATH=path, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", **extra)
 
 
