@@ -38,32 +38,12 @@ WORKLOADS = {
 
 def _training_steps(name: str):
     """(eager xdezero, captured xdezero, torch) step functions of no arguments for a training workload."""
-    from _workloads import CNN, data, torch_step, xdezero_model
-
-    import xdezero
-    from xdezero import functions as F
-    from xdezero import optimizers
+    from _workloads import CNN, data, torch_step, xdezero_step
 
     sizes, batch = WORKLOADS[name]
     sizes = CNN if sizes == "cnn" else sizes
     x, t = data(sizes, batch, spiral=name == "mlp-spiral")
-
-    def xdezero_step_of_arguments():
-        model = xdezero_model(sizes)
-        optimizer = optimizers.SGD(lr=0.1).setup(model)
-
-        def step(x, t):
-            loss = F.softmax_cross_entropy(model(x), t)
-            model.cleargrads()
-            loss.backward()
-            optimizer.update()
-            return loss
-
-        return step
-
-    eager, captured = xdezero_step_of_arguments(), xdezero.capture(xdezero_step_of_arguments())
-    theirs = torch_step(sizes, x, t, "cpu")
-    return (lambda: eager(x, t)), (lambda: captured(x, t)), theirs
+    return xdezero_step(sizes, x, t), xdezero_step(sizes, x, t, capture=True), torch_step(sizes, x, t, "cpu")
 
 
 def _chain_steps(n: int):
