@@ -52,7 +52,8 @@ def check_index_arrays(arrays: list, ranges: list, where: str, error: type = Val
         xp = array_namespace(*(e[0] for e in eager))
         dtype = xp.arange(0, device=device_of(eager[0][0])).dtype
         # All bounds in one array, so that a GPU stream is synchronised once, not twice per array.
-        bounds = to_numpy(xp.stack([xp.astype(r(a), dtype) for a, *_ in eager for r in (xp.min, xp.max)]))
+        extremes = [xp.astype(r(a), dtype, copy=False) for a, *_ in eager for r in (xp.min, xp.max)]
+        bounds = to_numpy(xp.stack(extremes))
         for k, (_, low, high, what) in enumerate(eager):
             _raise_if_outside(bounds[2 * k : 2 * k + 2], low, high, where, what, error)
     return out

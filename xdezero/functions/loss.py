@@ -104,7 +104,8 @@ def _label_ids(xp: Any, t: Any, n_classes: int, where: str) -> Any:
     """Checked labels t as a 1-D array of class ids in [0, C) in the default index dtype of their library
     (a negative label is an error, not the last class)."""
     index_dtype = xp.arange(0, device=device_of(t)).dtype
-    return check_ids(xp.astype(xp.reshape(t, (t.shape[0],)), index_dtype), 0, n_classes, where, "label")
+    ids = xp.astype(xp.reshape(t, (t.shape[0],)), index_dtype, copy=False)  # labels are read, never written
+    return check_ids(ids, 0, n_classes, where, "label")
 
 
 def _labels(x: Variable, t: Any, where: str) -> Any:
