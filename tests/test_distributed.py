@@ -215,3 +215,27 @@ def test_torch_default_backend_is_nccl_only_with_a_gpu_per_local_process(
     fake_td = SimpleNamespace(is_nccl_available=lambda: nccl)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", local_size)
     assert default_backend(fake_torch, fake_td) == expected
+
+
+def test_the_watchdog_reports_an_armed_collective_past_its_time_out_and_nothing_else():
+    import threading
+    import time
+
+    from xdezero.distributed._watchdog import Watchdog
+
+    fired, done = [], threading.Event()
+
+    def on_timeout(what, seconds):
+        fired.append((what, seconds))
+        done.set()
+
+    dog = Watchdog(0.2, on_timeout)
+    dog.arm("a barrier")
+    dog.disarm()  # completed in time
+    time.sleep(0.5)
+    assert fired == []
+    dog.arm("an all-reduce")
+    assert done.wait(5)
+    assert fired == [("an all-reduce", 0.2)]
+    with pytest.raises(ValueError, match="time-out must be positive"):
+        Watchdog(0, on_timeout)

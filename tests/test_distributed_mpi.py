@@ -83,6 +83,23 @@ def test_a_rank_raising_ends_the_job_within_seconds(tmp_path):
     assert elapsed < 20, f"the job took {elapsed:.1f} s to end"
 
 
+def test_an_unmatched_collective_times_out_and_ends_the_job():
+    # Rank 1 sleeps for a minute instead of joining rank 0's second all-reduce; a 3 s time-out ends the job.
+    start = time.monotonic()
+    result = mpirun(2, sys.executable, str(SCRIPTS / "unmatched.py"), "mpi", "3", timeout=60)
+    elapsed = time.monotonic() - start
+    assert result.returncode != 0
+    assert "an all-reduce on rank 0 of 2 did not complete within 3 s" in result.stderr
+    assert elapsed < 30, f"the job took {elapsed:.1f} s to end"
+
+
+def test_a_collective_slower_than_nothing_but_within_the_time_out_completes():
+    # Rank 1 joins the second all-reduce after 2 s; a 6 s time-out lets both finish normally.
+    result = mpirun(2, sys.executable, str(SCRIPTS / "unmatched.py"), "mpi", "6", "--late", "2", timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "did not complete" not in result.stderr
+
+
 def _xdezero() -> list[str]:
     script = shutil.which("xdezero", path=str(BIN))
     return [script] if script else [sys.executable, "-m", "xdezero"]

@@ -7,10 +7,12 @@ buffers to MPI directly instead (untested here: this machine has no GPU).
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 from xdezero.backends import array_namespace, device_of
 from xdezero.distributed._abort import install_abort_hook
+from xdezero.distributed._watchdog import Watchdog, report_and_abort
 from xdezero.distributed.communicator import Communicator, host_buffer
 
 __all__ = ["MpiCommunicator"]
@@ -21,13 +23,24 @@ class MpiCommunicator(Communicator):
 
     `abort_on_exception` (default True) installs a `sys.excepthook` that prints the traceback of an uncaught
     exception and calls `MPI_Abort`, so that one failing rank ends the job instead of leaving the others
-    blocked in a collective. MPI collectives have no time-out: a collective that one rank never reaches
-    (a rank that returns early, or runs a different number of steps) waits for ever.
+    blocked in a collective. MPI's collectives have no time-out of their own: a collective that one rank never
+    reaches (a rank that returns early, or runs a different number of steps) would wait for ever, so a watchdog
+    thread ends the job (MPI_Abort, with a line naming the collective and the rank) when a collective has not
+    completed after `timeout` (default 30 minutes, as PyTorch's; None: wait for ever).
     """
 
     name = "mpi"
 
-    def __init__(self, mpi_comm: Any = None, *, abort_on_exception: bool = True, cuda_aware: bool = False) -> None:
+    def __init__(
+        self,
+        mpi_comm: Any = None,
+        *,
+        abort_on_exception: bool = True,
+        cuda_aware: bool = False,
+        timeout: datetime.timedelta | None = datetime.timedelta(minutes=30),
+    ) -> None:
+        if timeout is not None and not isinstance(timeout, datetime.timedelta):
+            raise TypeError(f"MpiCommunicator: timeout must be a datetime.timedelta or None, got {timeout!r}")
         try:
             from mpi4py import MPI
         except ImportError as e:
@@ -46,6 +59,10 @@ class MpiCommunicator(Communicator):
         inter.Free()
         self._ops = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
         self.cuda_aware = cuda_aware
+        self._watchdog = None
+        if timeout is not None and self.size > 1:
+            on_timeout = report_and_abort(self.rank, self.size, self.abort)
+            self._watchdog = Watchdog(timeout.total_seconds(), on_timeout)
         if abort_on_exception:
             install_abort_hook(self.rank, self.size, self.abort)
 
@@ -62,21 +79,32 @@ class MpiCommunicator(Communicator):
             return buf
         return array_namespace(like).asarray(buf, device=device_of(like))
 
+    def _blocking(self, what: str, call: Any, *args: Any, **kwargs: Any) -> Any:
+        """call(*args, **kwargs), a blocking collective, under the watchdog when there is one."""
+        if self._watchdog is None:
+            return call(*args, **kwargs)
+        self._watchdog.arm(what)
+        try:
+            return call(*args, **kwargs)
+        finally:
+            self._watchdog.disarm()
+
     def _allreduce_buffer(self, buf: Any, op: str) -> Any:
-        self.mpi_comm.Allreduce(self._MPI.IN_PLACE, buf, op=self._ops["sum" if op == "mean" else op])
+        mpi_op = self._ops["sum" if op == "mean" else op]
+        self._blocking("an all-reduce", self.mpi_comm.Allreduce, self._MPI.IN_PLACE, buf, op=mpi_op)
         if op == "mean":
             buf /= self.size  # our buffer: dividing in place saves a pass and an allocation per step
         return buf
 
     def _bcast_buffer(self, buf: Any, root: int) -> Any:
-        self.mpi_comm.Bcast(buf, root=root)
+        self._blocking("a broadcast", self.mpi_comm.Bcast, buf, root=root)
         return buf
 
     def bcast_obj(self, obj: Any, root: int = 0) -> Any:
-        return self.mpi_comm.bcast(obj, root=root)
+        return self._blocking("a broadcast", self.mpi_comm.bcast, obj, root=root)
 
     def barrier(self) -> None:
-        self.mpi_comm.Barrier()
+        self._blocking("a barrier", self.mpi_comm.Barrier)
 
     def abort(self, code: int = 1) -> None:
         self.mpi_comm.Abort(code)
