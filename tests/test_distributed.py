@@ -239,3 +239,16 @@ def test_the_watchdog_reports_an_armed_collective_past_its_time_out_and_nothing_
     assert fired == [("an all-reduce", 0.2)]
     with pytest.raises(ValueError, match="time-out must be positive"):
         Watchdog(0, on_timeout)
+
+
+def test_allreduce_persistent_on_one_process_changes_nothing_and_refuses_non_layers():
+    np.random.seed(0)
+    model = Sequential(L.Linear(3, in_size=2), L.BatchNorm())
+    model(np.random.default_rng(0).standard_normal((8, 2)))
+    before = [p.data.copy() for p in model.params()]
+    comm = dist.create_communicator("single")
+    comm.allreduce_persistent(model)
+    for p, b in zip(model.params(), before):
+        np.testing.assert_array_equal(p.data, b)
+    with pytest.raises(TypeError, match="allreduce_persistent: expected a Layer or Model, got list"):
+        dist.communicator._running_statistics([model])

@@ -53,6 +53,22 @@ def check_variables(comm) -> None:
     assert float(m.data) == n - 1
 
 
+def check_running_statistics(comm) -> None:
+    r = comm.rank
+    np.random.seed(0)
+    model = Sequential(L.Linear(3, in_size=2), L.BatchNorm(), L.Linear(2, in_size=3), L.BatchNorm())
+    comm.bcast_data(model)
+    model(np.random.default_rng(r).standard_normal((8, 2)) + r)  # train mode: each rank's own statistics
+    stats = [p for p in model.params() if p.name in ("avg_mean", "avg_var")]
+    assert len(stats) == 4
+    expected = [comm.allreduce(p.data, "mean") for p in stats]
+    gamma = model.layers[1].gamma.data.copy()
+    comm.allreduce_persistent(model)
+    for p, e in zip(stats, expected):
+        np.testing.assert_allclose(p.data, e, rtol=1e-12, err_msg=p.name)
+    np.testing.assert_array_equal(model.layers[1].gamma.data, gamma)  # only the statistics
+
+
 def check_models(comm) -> None:
     r, n = comm.rank, comm.size
     np.random.seed(r)  # different weights on every rank
@@ -128,6 +144,7 @@ def main() -> None:
             check_arrays(comm, importlib.import_module(module), name)
     check_variables(comm)
     check_models(comm)
+    check_running_statistics(comm)
     check_scatter(comm)
     comm.barrier()
     if comm.rank == 0:

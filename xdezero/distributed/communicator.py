@@ -20,6 +20,7 @@ import numpy as np
 
 from xdezero.backends import array_namespace, device_of, is_array, pack, to_numpy, unpack
 from xdezero.core import Function, Parameter, Variable
+from xdezero.layers import BatchNorm, Layer
 
 __all__ = ["Communicator", "ReduceOp", "host_buffer", "named_params"]
 
@@ -222,6 +223,20 @@ class Communicator:
             for p, view, count in zip(group, views, seen):
                 p.grad = Variable(view, requires_grad=False) if count > 0 else None
 
+    def allreduce_persistent(self, model: Any) -> None:
+        """Replace the running statistics of every BatchNorm in `model` (`avg_mean`, `avg_var`) by their mean over
+        all ranks, in one all-reduce per dtype (ChainerMN's name). Each rank's statistics saw only its shard:
+        call this before evaluating or saving the model on one rank. Statistics not created yet are skipped."""
+        if self.size == 1:
+            return
+        stats = [p for p in _running_statistics(model) if p.data is not None]
+        for indices in _grouped(p.data for p in stats).values():
+            group = [stats[i] for i in indices]
+            flat = pack([p.data for p in group], scale=1 / self.size)
+            out = self._from_buffer(self._allreduce_buffer(self._to_buffer(flat), "sum"), flat)
+            for p, view in zip(group, unpack(out, [tuple(p.data.shape) for p in group])):
+                p.data = view
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} rank {self.rank} of {self.size}>"
 
@@ -233,6 +248,22 @@ def named_params(model: Any, where: str) -> list[tuple[str, Parameter]]:
     if callable(getattr(model, "params", None)):
         return [(str(i), p) for i, p in enumerate(model.params())]
     raise TypeError(f"{where}: expected a Layer or Model (anything with params()), got {type(model).__name__}")
+
+
+def _running_statistics(model: Any) -> list[Parameter]:
+    """The running statistics of the BatchNorm layers in `model` (a Layer), each once, in a fixed order."""
+    if not isinstance(model, Layer):
+        raise TypeError(f"allreduce_persistent: expected a Layer or Model, got {type(model).__name__}")
+    found, seen, stack = [], set(), [model]
+    while stack:
+        layer = stack.pop(0)
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        if isinstance(layer, BatchNorm):
+            found += [layer.avg_mean, layer.avg_var]
+        stack += [obj for name in layer.__dict__.get("_params", ()) if isinstance(obj := layer.__dict__[name], Layer)]
+    return found
 
 
 def _grouped(arrays: Iterable[Any]) -> dict[tuple, list[int]]:
