@@ -9,7 +9,7 @@ import pytest
 
 import xdezero.functions as F
 from tests.helpers import asarray, library, to_numpy
-from xdezero import Parameter, Variable, test_mode
+from xdezero import Parameter, Variable, models, test_mode
 from xdezero import layers as L
 from xdezero.backends import is_cupy_available, library_name
 
@@ -359,3 +359,13 @@ def test_failed_move_part_way_changes_nothing(monkeypatch):
     with pytest.raises(RuntimeError, match=r"to_gpu.*'b'.*device lost"):
         layer.to_gpu()
     assert all(p.data is b for p, b in zip(layer.params(), before))
+
+
+def test_sublayers_walks_every_layer_once_in_registration_order():
+    shared = L.Linear(2, in_size=2)
+    inner = models.Sequential(shared, L.BatchNorm())
+    outer = models.Sequential(L.Linear(2, in_size=2), inner, shared)
+    found = list(outer.sublayers())
+    assert found[0] is outer
+    assert found[2] is inner and found[3] is shared  # depth first; `shared` reached through `inner` first
+    assert len(found) == 5 and len({id(x) for x in found}) == 5

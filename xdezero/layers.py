@@ -153,6 +153,18 @@ class Layer:
                 seen.add(id(obj))
                 yield key, obj
 
+    def sublayers(self) -> Iterator[Layer]:
+        """This layer and every layer registered under it, each once, in registration order (depth first)."""
+        return self._sublayers(set())
+
+    def _sublayers(self, seen: set) -> Iterator[Layer]:
+        seen.add(id(self))
+        yield self
+        for name in self.__dict__.get("_params", ()):
+            obj = self.__dict__[name]
+            if isinstance(obj, Layer) and id(obj) not in seen:
+                yield from obj._sublayers(seen)
+
     def params(self) -> Iterator[Parameter]:
         """Every Parameter of this layer and its sublayers, each once."""
         for _, p in self.named_params():

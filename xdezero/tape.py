@@ -501,9 +501,11 @@ def _count_bound(binding: tuple[str, Any]) -> int:
     return 1 if template is _BOUND else sum(v is _BOUND for v in template)
 
 
-def _binding_reader(read: Callable, target: Function, bound: list, n_forward: int) -> Callable[[list], list]:
-    """`read`, which also sets the op's bound attributes from the inputs after its forward's own."""
+def _binding_reader(read: Callable, target: Function, bound: list, n_inputs: int) -> Callable[[list], list]:
+    """`read` (of `n_inputs` values), which also sets the op's bound attributes from the values after its
+    forward's own inputs."""
     counts = [_count_bound(b) for b in bound]
+    n_forward = n_inputs - sum(counts)
 
     def read_and_bind(values: list) -> list:
         inputs = read(values)
@@ -522,7 +524,7 @@ def _compile(op: _Op) -> Callable[[list], None]:
     if op.kind == "forward":
         forward, attrs, first = target.forward, op.attrs, outputs[0]
         if op.bound:
-            read = _binding_reader(read, target, op.bound, len(op.inputs) - sum(map(_count_bound, op.bound)))
+            read = _binding_reader(read, target, op.bound, len(op.inputs))
 
         def run(values: list) -> None:
             inputs = read(values)

@@ -215,10 +215,7 @@ class Communicator:
             arrays = [xp.zeros_like(p.data) if p.grad is None else _grad_like(p) for p in group]
             has_grad = [0.0 if p.grad is None else 1.0 for p in group]
             flags = xp.asarray(has_grad, dtype=arrays[0].dtype, device=device_of(arrays[0]))
-            # The mean's 1/size rides along with the packing copy: one pass, then a plain sum over ranks.
-            flat = pack([*arrays, flags], scale=1 / self.size)
-            out = self._from_buffer(self._allreduce_buffer(self._to_buffer(flat), "sum"), flat)
-            views = unpack(out, [tuple(a.shape) for a in arrays] + [(len(group),)])
+            views = self._packed_mean([*arrays, flags])
             seen = to_numpy(views[-1])
             for p, view, count in zip(group, views, seen):
                 p.grad = Variable(view, requires_grad=False) if count > 0 else None
@@ -232,10 +229,15 @@ class Communicator:
         stats = [p for p in _running_statistics(model) if p.data is not None]
         for indices in _grouped(p.data for p in stats).values():
             group = [stats[i] for i in indices]
-            flat = pack([p.data for p in group], scale=1 / self.size)
-            out = self._from_buffer(self._allreduce_buffer(self._to_buffer(flat), "sum"), flat)
-            for p, view in zip(group, unpack(out, [tuple(p.data.shape) for p in group])):
+            for p, view in zip(group, self._packed_mean([p.data for p in group])):
                 p.data = view
+
+    def _packed_mean(self, arrays: list) -> list:
+        """The mean over all ranks of `arrays` (one library, dtype and device), as views of one reduced buffer.
+        The 1/size rides along with the packing copy: one pass, then a plain sum over ranks."""
+        flat = pack(arrays, scale=1 / self.size)
+        out = self._from_buffer(self._allreduce_buffer(self._to_buffer(flat), "sum"), flat)
+        return unpack(out, [tuple(a.shape) for a in arrays])
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} rank {self.rank} of {self.size}>"
@@ -251,19 +253,10 @@ def named_params(model: Any, where: str) -> list[tuple[str, Parameter]]:
 
 
 def _running_statistics(model: Any) -> list[Parameter]:
-    """The running statistics of the BatchNorm layers in `model` (a Layer), each once, in a fixed order."""
+    """The running statistics of the BatchNorm layers in `model` (a Layer), in a fixed order."""
     if not isinstance(model, Layer):
         raise TypeError(f"allreduce_persistent: expected a Layer or Model, got {type(model).__name__}")
-    found, seen, stack = [], set(), [model]
-    while stack:
-        layer = stack.pop(0)
-        if id(layer) in seen:
-            continue
-        seen.add(id(layer))
-        if isinstance(layer, BatchNorm):
-            found += [layer.avg_mean, layer.avg_var]
-        stack += [obj for name in layer.__dict__.get("_params", ()) if isinstance(obj := layer.__dict__[name], Layer)]
-    return found
+    return [p for layer in model.sublayers() if isinstance(layer, BatchNorm) for p in (layer.avg_mean, layer.avg_var)]
 
 
 def _grouped(arrays: Iterable[Any]) -> dict[tuple, list[int]]:
