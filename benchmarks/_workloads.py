@@ -59,10 +59,13 @@ def xdezero_model(sizes: tuple[int, ...]):
     return _xdezero_cnn() if sizes == CNN else models.MLP(sizes[1:], activation=F.sigmoid)
 
 
-def xdezero_step(sizes: tuple[int, ...], x_np, t_np, move=None, optimizer=None, capture: bool = False):
+def xdezero_step(
+    sizes: tuple[int, ...], x_np, t_np, move=None, optimizer=None, capture: bool = False, cuda_graphs: bool = True
+):
     """A step function for xdezero; `move` (e.g. xdezero.backends.to_gpu) takes the NumPy data and the
     parameters created so far to another library or device; `optimizer` defaults to SGD(lr=0.1); with
-    `capture`, the step runs through `xdezero.capture` (it records on its first two calls, then replays)."""
+    `capture`, the step runs through `xdezero.capture` (it records on its first two calls, then replays; on a
+    GPU as a CUDA graph unless `cuda_graphs` is False), and the returned function's `step` is the CapturedStep."""
     import xdezero
     from xdezero import functions as F
     from xdezero import optimizers
@@ -82,8 +85,13 @@ def xdezero_step(sizes: tuple[int, ...], x_np, t_np, move=None, optimizer=None, 
         optimizer.update()
         return loss
 
-    run = xdezero.capture(step_of) if capture else step_of
-    return lambda: run(x, t)
+    run = xdezero.capture(step_of, cuda_graphs=cuda_graphs) if capture else step_of
+
+    def call():
+        return run(x, t)
+
+    call.step = run
+    return call
 
 
 def _torch_cnn(torch):

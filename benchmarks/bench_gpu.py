@@ -11,12 +11,15 @@ the two frameworks timed one call each in turn):
   mlp-b100 / mlp-b1000    SGD step of 784 → 1000 → 1000 → 10 (sigmoid, softmax cross-entropy) at batch 100 / 1000
   wide-b4096              SGD step of 784 → 4096 → 4096 → 10 at batch 4096 (with --tf32: again with TF32 matmuls)
   cnn-b128                SGD step of conv 3×3 1→16, relu, conv 3×3 16→32, relu, pool 2×2, linear → 10 at batch 128
-  mlp-b100-captured       the mlp-b100 step through xdezero.capture, against PyTorch eager
+  mlp-b100-captured       the mlp-b100 step through xdezero.capture (a CUDA graph from its fourth call), against
+                          PyTorch eager
+  mlp-b100-captured-plain the same, replayed without a CUDA graph (capture(..., cuda_graphs=False))
+  cnn-b128-captured       the cnn-b128 step through xdezero.capture, against PyTorch eager
   mlp-b100-vs-graph       the same captured step, against PyTorch's step replayed from a CUDA graph
   memory-chain-1e7        200 links y = sin(y)·1.01 on 10⁷ elements: GPU memory held at the end of forward (MiB;
                           CuPy's pool bytes in use against torch.cuda.memory_allocated, each from zero)
-TF32 runs in its own process: CuPy reads CUPY_TF32 when it is imported; torch gets
-torch.backends.cuda.matmul.allow_tf32 = True.
+Rows are float32 in both (torch's cuDNN TF32 default is turned off). TF32 (--tf32: wide-b4096 and cnn-b128 again)
+runs in its own process: CuPy reads CUPY_TF32 when it is imported; torch gets TF32 for its matmuls and cuDNN.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ WORKLOADS = {
     "wide-b4096": ("step", (784, 4096, 4096, 10), 4096),
     "cnn-b128": ("step", CNN, 128),
     "mlp-b100-captured": ("captured", (784, 1000, 1000, 10), 100),
+    "mlp-b100-captured-plain": ("plain", (784, 1000, 1000, 10), 100),
+    "cnn-b128-captured": ("captured", CNN, 128),
     "mlp-b100-vs-graph": ("graph", (784, 1000, 1000, 10), 100),
     "memory-chain-1e7": ("memory", 10**7, None),
 }
@@ -51,6 +56,8 @@ SMOKE = {
     "wide-b4096": ("step", (784, 64, 64, 10), 16),
     "cnn-b128": ("step", CNN, 2),
     "mlp-b100-captured": ("captured", (784, 32, 32, 10), 4),
+    "mlp-b100-captured-plain": ("plain", (784, 32, 32, 10), 4),
+    "cnn-b128-captured": ("captured", CNN, 2),
     "mlp-b100-vs-graph": ("graph", (784, 32, 32, 10), 4),  # on the CPU: against torch eager (no CUDA graph)
     "memory-chain-1e7": ("memory", 1000, None),
 }
@@ -101,7 +108,8 @@ def _pair(kind, size, batch, gpu: bool, links: int):
         ref = chain_torch(size, links, data=torch.from_numpy(host).to(device))
     else:
         x, t = data(size, batch)
-        ours = xdezero_step(size, x, t, move, capture=kind in ("captured", "graph"))
+        captured = kind in ("captured", "graph", "plain")
+        ours = xdezero_step(size, x, t, move, capture=captured, cuda_graphs=kind != "plain")
         ref = torch_graph_step(size, x, t) if kind == "graph" and gpu else torch_step(size, x, t, device)
     return ours, ref, sync_ours, sync_torch
 
@@ -143,10 +151,13 @@ def memory_held(size: int, links: int, gpu: bool) -> tuple[float, float]:
 def run(names: list[str], repeats: int, smoke: bool, tf32: bool = False) -> list[dict]:
     """One row per workload: µs per call (per link for the chains) of each framework and their ratio."""
     table = SMOKE if smoke else WORKLOADS
-    if smoke:  # tiny CPU problems: more threads only add scheduling noise
-        import torch
+    import torch
 
+    if smoke:  # tiny CPU problems: more threads only add scheduling noise
         torch.set_num_threads(1)
+    else:  # float32 means float32 in both: torch's cuDNN convolutions default to TF32, its matmuls do not
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cuda.matmul.allow_tf32 = tf32
     links = 10 if smoke else CHAIN_LINKS
     rows = []
     for name in names:
@@ -162,9 +173,12 @@ def run(names: list[str], repeats: int, smoke: bool, tf32: bool = False) -> list
         per = links if kind == "chain" else 1
         unit = "µs/link" if kind == "chain" else "µs/step"
         label = name + (" tf32" if tf32 else "")
-        rows.append(
-            {"workload": label, "unit": unit, "xdezero": t_ours / per, "torch": t_ref / per, "ratio": t_ours / t_ref}
-        )
+        row = {"workload": label, "unit": unit, "xdezero": t_ours / per, "torch": t_ref / per, "ratio": t_ours / t_ref}
+        step = getattr(ours, "step", None)
+        if hasattr(step, "graphs"):  # a captured step: whether it ran as a CUDA graph, and if not, why
+            row["cuda_graph"] = step.graphs == 1
+            row["graph_notes"] = step.graph_notes
+        rows.append(row)
     return rows
 
 
@@ -172,14 +186,17 @@ def markdown(rows: list[dict], title: str) -> str:
     lines = [f"### {title}", "", "| workload | unit | xdezero | torch | ratio |", "|---|---|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['workload']} | {r['unit']} | {r['xdezero']:.1f} | {r['torch']:.1f} | {r['ratio']:.2f} |")
-    return "\n".join(lines) + "\n"
+    notes = [
+        f"- {r['workload']}: CUDA graph {r['cuda_graph']} {r['graph_notes'] or ''}" for r in rows if "cuda_graph" in r
+    ]
+    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=50, help="timed calls per workload (default 50)")
     parser.add_argument("--only", nargs="+", choices=list(WORKLOADS), help="run these workloads only")
-    parser.add_argument("--tf32", action="store_true", help="also run wide-b4096 with TF32 matmuls (own process)")
+    parser.add_argument("--tf32", action="store_true", help="also run wide-b4096 and cnn-b128 with TF32 (own process)")
     parser.add_argument("--smoke", action="store_true", help="CPU, small sizes, 2 repeats: checks the script")
     parser.add_argument("--json", help="write the rows to this JSON file")
     parser.add_argument("--markdown", help="write the table to this Markdown file")
@@ -189,10 +206,7 @@ def main() -> None:
     repeats = 2 if args.smoke else args.repeats
 
     if args.tf32_worker:  # CUPY_TF32=1 is already in this process's environment
-        import torch
-
-        torch.backends.cuda.matmul.allow_tf32 = True
-        print(json.dumps(run(["wide-b4096"], repeats, args.smoke, tf32=True)))
+        print(json.dumps(run(["wide-b4096", "cnn-b128"], repeats, args.smoke, tf32=True)))
         return
     if not args.smoke:
         problems = gpu_problems()

@@ -188,6 +188,13 @@ def main() -> int:
         )
         steps.append(
             run_step(
+                "xdezero train mnist --backend cupy --capture",
+                [*mnist, "--epochs", "3", "--batch-size", "100", "--capture", "-q"],
+                40,
+            )
+        )
+        steps.append(
+            run_step(
                 "xdezero train spiral --backend cupy --capture",
                 [py, "-m", "xdezero", "train", "spiral", "--backend", "cupy", "--epochs", "100", "--capture", "-q"],
                 40,

@@ -47,9 +47,10 @@ import numpy as np
 
 from xdezero import core
 from xdezero._config import Config
-from xdezero.backends import LEGACY_NUMPY, device_of, is_array, keep_input_precision, to_numpy
+from xdezero.backends import LEGACY_NUMPY, device_of, graph_kit, is_array, keep_input_precision, to_numpy
 from xdezero.core import Function, Variable
 from xdezero.optimizers import Optimizer
+from xdezero.tape_graphs import MAX_CAPTURES, NoGraph, capture_graph
 
 __all__ = ["capture", "CaptureError", "CapturedStep"]
 
@@ -447,6 +448,7 @@ class _Tape:
         self.n_slots = recorder.n_slots
         self.n_args = n_args
         self.result = _result_spec(recorder, result)
+        self.result_slots = _result_slots(self.result)
         self._plan_frees()
         self.stashed = [
             (op.target, name) for op in self.ops if op.kind == "forward" for name, _ in [*op.attrs, *op.bound]
@@ -455,6 +457,12 @@ class _Tape:
         for op in self.ops:  # the graph of the recording call is not needed by the replay
             if op.kind == "forward":
                 _release_graph(op.target)
+        # CUDA graphs (tape_graphs.py): the library's graph operations, or None (then replays stay plain)
+        self.kit: Any = None
+        self.graphed: Any = None
+        self.warmed = False
+        self.captures = 0
+        self.graph_note: str | None = None
 
     def _plan_frees(self) -> None:
         last_use: dict[int, int] = {}
@@ -467,14 +475,77 @@ class _Tape:
             if slot not in kept:
                 self.ops[k].frees.append(slot)
 
-    def replay(self, arrays: list) -> Any:
-        values: list = [None] * self.n_slots
-        values[: self.n_args] = arrays
+    def run(self, values: list) -> None:
+        """The recorded ops on `values` (the arguments in the first slots)."""
         for run in self.program:
             run(values)
         for f, name in self.stashed:  # what forwards left for later ops is not held between steps
             setattr(f, name, None)
+
+    def replay(self, arrays: list) -> Any:
+        if self.kit is not None:
+            result = self._graph_replay(arrays)
+            if result is not None:
+                return result
+        values: list = [None] * self.n_slots
+        values[: self.n_args] = arrays
+        self.run(values)
         return _build_result(self.result, values)
+
+    def _graph_replay(self, arrays: list) -> Any:
+        """The call as a CUDA graph: the first replay warms the capture stream up, the second captures; None
+        when the step replays plainly instead (`graph_note` says why)."""
+        kit, graphed = self.kit, self.graphed
+        if graphed is not None and not graphed.current():  # new numbers or new parameter arrays: capture again
+            graphed = self.graphed = None
+            kit.release()
+        if graphed is None:
+            if not self.warmed:
+                self.warmed = True
+                values: list = [None] * self.n_slots
+                values[: self.n_args] = arrays
+                kit.warm(lambda: self.run(values))
+                return _build_result(self.result, values)
+            if self.captures == MAX_CAPTURES:
+                self._no_graph(f"captured {MAX_CAPTURES} times: the numbers its kernels take change on every call")
+                return None
+            self.captures += 1
+            variables, grads_read, owners = self._state_refs()
+            try:
+                graphed = self.graphed = capture_graph(
+                    kit, self.run, arrays, self.n_slots, variables, grads_read, owners
+                )
+            except NoGraph as why:
+                self._no_graph(str(why))
+                return None
+        return _build_result(self.result, graphed.launch(arrays, self.result_slots))
+
+    def _no_graph(self, why: str) -> None:
+        self.graph_note, self.kit, self.graphed = why, None, None
+
+    def _state_refs(self) -> tuple[list, set, list]:
+        """What the step reads or rebinds outside itself: the Variables from before it, the ids of those whose
+        gradient from before it is read, and the optimizers and their hooks."""
+        variables: dict[int, Variable] = {}
+        owners: list = []
+        grads_read: set[int] = set()
+        written: set[int] = set()
+        for op in self.ops:
+            touched = [v for kind, v in op.inputs if kind == "data"]
+            if op.kind in ("set_grad", "set_data", "clear_grad", "read_grad"):
+                touched.append(op.target)
+            if op.kind == "call":
+                params = list(op.target.target.params())
+                touched += params
+                grads_read |= {id(p) for p in params if id(p) not in written}
+                owners += [op.target, *op.target.hooks]
+            elif op.kind == "read_grad" and id(op.target) not in written:
+                grads_read.add(id(op.target))
+            elif op.kind in ("set_grad", "clear_grad"):
+                written.add(id(op.target))
+            for v in touched:
+                variables.setdefault(id(v), v)
+        return list(variables.values()), grads_read, list({id(o): o for o in owners}.values())
 
 
 def _reader(sources: list) -> Callable[[list], list]:
@@ -699,10 +770,13 @@ def _signature(args: tuple, kwargs: dict) -> tuple[tuple, list]:
 class CapturedStep:
     """`fn` recorded per signature of its arguments and replayed (see the module's docstring)."""
 
-    def __init__(self, fn: Callable) -> None:
+    def __init__(self, fn: Callable, cuda_graphs: bool = True) -> None:
         if not callable(fn):
             raise TypeError(f"capture: expected a function, got {type(fn).__name__}")
+        if not isinstance(cuda_graphs, bool):
+            raise TypeError(f"capture: cuda_graphs must be True or False, got {cuda_graphs!r}")
         self.fn = fn
+        self.cuda_graphs = cuda_graphs
         self.tapes: dict[tuple, _Tape] = {}
         self._first: dict[tuple, _Tape] = {}
         functools.update_wrapper(self, fn)
@@ -725,6 +799,8 @@ class CapturedStep:
                 "operations on every call (no branches on array values) and compute every array from its inputs "
                 "with xdezero's functions; call the step uncaptured otherwise"
             )
+        if self.cuda_graphs:
+            new.kit = graph_kit(arrays)
         self.tapes[key] = new
         return result
 
@@ -733,8 +809,22 @@ class CapturedStep:
         """How many signatures have a tape (replay from their third call on)."""
         return len(self.tapes)
 
+    @property
+    def graphs(self) -> int:
+        """How many signatures replay as a CUDA graph (from their fourth call on; CuPy and torch on CUDA)."""
+        return sum(tape.graphed is not None for tape in self.tapes.values())
 
-def capture(fn: Callable) -> CapturedStep:
+    @property
+    def graph_notes(self) -> list[str]:
+        """Why signatures on a CUDA device replay without a CUDA graph (empty when all of them have one)."""
+        return [tape.graph_note for tape in self.tapes.values() if tape.graph_note is not None]
+
+
+def capture(fn: Callable | None = None, *, cuda_graphs: bool = True) -> Any:
     """Record `fn` (a training step) and replay it on later calls with arrays of the same shapes: see
-    `xdezero.capture`'s module documentation. Usable as a decorator."""
-    return CapturedStep(fn)
+    `xdezero.capture`'s module documentation. Usable as a decorator, with or without arguments. On CuPy and
+    torch CUDA arrays the replay runs as one CUDA graph where it can (`cuda_graphs=False`: never; see
+    `xdezero.tape_graphs`)."""
+    if fn is None:
+        return functools.partial(CapturedStep, cuda_graphs=cuda_graphs)
+    return CapturedStep(fn, cuda_graphs=cuda_graphs)

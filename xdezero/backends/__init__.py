@@ -1,7 +1,7 @@
 """The only code that knows array libraries: namespace lookup, device moves, and what the standard lacks."""
 
 from xdezero.backends._allocator import allocator_info, apply_allocator_setting, tune_allocator
-from xdezero.backends._checks import check_ids, check_index_arrays
+from xdezero.backends._checks import check_ids, check_index_arrays, deferring_checks
 from xdezero.backends._devices import (
     is_cupy_available,
     library_namespace,
@@ -13,6 +13,7 @@ from xdezero.backends._devices import (
     to_numpy,
 )
 from xdezero.backends._fused import fused
+from xdezero.backends._graphs import graph_kit
 from xdezero.backends._im2col import (
     add_windows,
     col2im,
@@ -37,6 +38,7 @@ from xdezero.backends._namespace import (
     memory_key,
 )
 from xdezero.backends._packing import pack, unpack
+from xdezero.backends._random import draws as random_draws
 from xdezero.backends._random import seed, uniform
 from xdezero.backends._scatter import flat_positions, scatter_add, segment_sum
 from xdezero.backends._scratch import clear as clear_buffer_pool
@@ -59,6 +61,9 @@ __all__ = [
     "check_ids",
     "clear_buffer_pool",
     "check_index_arrays",
+    "deferring_checks",
+    "graph_kit",
+    "random_draws",
     "col2im",
     "col2im_matrix",
     "describe",

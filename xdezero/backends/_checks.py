@@ -10,6 +10,8 @@ when the graph is computed. Under `jax.jit` the ids are tracers with no value to
 from __future__ import annotations
 
 import sys
+import threading
+from contextlib import contextmanager
 from typing import Any
 
 import array_api_compat
@@ -36,10 +38,29 @@ def _is_tracer(ids: Any) -> bool:
     return array_api_compat.is_jax_array(ids) and isinstance(ids, sys.modules["jax"].core.Tracer)
 
 
+_deferred = threading.local()
+
+
+@contextmanager
+def deferring_checks(into: list):
+    """Inside: `check_index_arrays` appends its arguments to `into` and checks nothing (this thread only). For
+    a CUDA-graph capture, where no value can cross to the host: the capturer checks them at each launch."""
+    previous = getattr(_deferred, "sink", None)
+    _deferred.sink = into
+    try:
+        yield into
+    finally:
+        _deferred.sink = previous
+
+
 def check_index_arrays(arrays: list, ranges: list, where: str, error: type = ValueError) -> list:
     """`arrays` (integer arrays of one library) after checking low <= a < high for each (low, high, what) in
     `ranges`, with one host transfer for all of them; raises `error` naming `where`, `what`, the offending value
     and the accepted range. Use the returned arrays: on Dask they carry the check into the graph."""
+    sink = getattr(_deferred, "sink", None)
+    if sink is not None:
+        sink.append((list(arrays), list(ranges), where, error))
+        return list(arrays)
     out, eager = [], []
     for a, (low, high, what) in zip(arrays, ranges, strict=True):
         if array_api_compat.is_dask_array(a):

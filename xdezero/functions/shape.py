@@ -165,7 +165,7 @@ def _row_ids(xp, x, index, where, checked, ids_only=False):
         raise IndexError(f"{where}: index arrays must have an integer dtype (or bool, for a mask), got {index.dtype}")
     n = x.shape[0]
     # Small or unsigned index dtypes: torch's `take` wants int32/int64, and `index + n` could overflow them.
-    ids = xp.astype(index, xp.arange(0, device=device_of(x)).dtype)
+    ids = xp.astype(index, xp.arange(0, device=device_of(x)).dtype, copy=False)  # read, never written
     if ids_only:
         return ids if checked else check_ids(ids, 0, n, where)
     if not checked:

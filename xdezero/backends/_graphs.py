@@ -1,0 +1,151 @@
+"""CUDA graphs: record the kernels of one Python call once, then launch them all with one call.
+
+What a captured training step needs from a library, for the two libraries that have CUDA graphs (CuPy and
+torch on CUDA): capture a function's kernels on a stream of their own, with the memory it allocates taken from a
+pool of its own (kernels in a graph write to fixed addresses: nothing outside the graph may be given that memory
+while the graph lives); launch the graph on the current stream; copy into a fixed buffer; tell whether two arrays
+are the same memory. `graph_kit(array)` gives these for the array's library, or None (no CUDA graphs there).
+
+The capture runs the function's Python once, but none of its kernels: they run at each launch. A function that
+reads an array's values on the host while it is captured (a `float()`, a transfer) fails the capture with the
+library's error; the caller falls back to running the function.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import array_api_compat
+
+# CuPy pools keep the memory of the graphs captured with them until their arrays are gone; a pool object must
+# outlive its arrays (the arrays hold it weakly), so each one stays here once made. See `CupyGraphs.release`.
+_cupy_pools: list = []
+
+
+class CupyGraphs:
+    """CUDA graphs through `cupy.cuda.Stream.begin_capture`, with a `cupy.cuda.MemoryPool` per capturer."""
+
+    name = "CuPy"
+
+    def __init__(self, device: Any) -> None:
+        cupy = sys.modules["cupy"]
+        self._cupy, self._device = cupy, device
+        with device:
+            self._stream = cupy.cuda.Stream(non_blocking=True)
+        self._pool = cupy.cuda.MemoryPool()
+        _cupy_pools.append(self._pool)
+
+    def capture(self, fn: Callable[[], None]) -> Any:
+        """The graph of `fn`'s kernels (none of which runs now); an error in `fn` ends the capture and is raised."""
+        cupy = self._cupy
+        with self._device, cupy.cuda.using_allocator(self._pool.malloc), self._stream:
+            self._stream.begin_capture()
+            try:
+                fn()
+            except BaseException:
+                try:
+                    self._stream.end_capture()
+                except Exception:  # an invalidated capture ends with an error of its own
+                    pass
+                raise
+            return self._stream.end_capture()
+
+    def warm(self, fn: Callable[[], None]) -> None:
+        """Run `fn` on the capture stream, in order with the current stream's work (what it first meets on that
+        stream, such as a library handle's workspace, is then made outside a capture)."""
+        current = self._cupy.cuda.get_current_stream()
+        self._stream.wait_event(current.record())
+        with self._device, self._stream:
+            fn()
+        current.wait_event(self._stream.record())
+
+    def launch(self, graph: Any) -> None:
+        graph.launch()  # on the current stream
+
+    def copy_into(self, target: Any, source: Any) -> None:
+        self._cupy.copyto(target, source)
+
+    def copy(self, a: Any) -> Any:
+        return a.copy()
+
+    @staticmethod
+    def same_memory(a: Any, b: Any) -> bool:
+        return a.data.ptr == b.data.ptr and a.size == b.size and a.dtype == b.dtype
+
+    def release(self) -> None:
+        """Give the pool's unused memory back (call once no graph captured with it will launch again)."""
+        self._pool.free_all_blocks()
+
+
+class TorchGraphs:
+    """CUDA graphs through `torch.cuda.CUDAGraph`, whose private memory pool torch keeps with the graph."""
+
+    name = "torch"
+
+    def __init__(self, device: Any) -> None:
+        torch = self._torch = sys.modules["torch"]
+        self._device = device
+        self._stream = torch.cuda.Stream(device)
+
+    def warm(self, fn: Callable[[], None]) -> None:
+        """Run `fn` on the capture stream, in order with the current stream's work (torch makes a cuBLAS
+        workspace per stream: made here, outside a capture)."""
+        torch = self._torch
+        current = torch.cuda.current_stream(self._device)
+        self._stream.wait_stream(current)
+        with torch.cuda.stream(self._stream):
+            fn()
+        current.wait_stream(self._stream)
+
+    def capture(self, fn: Callable[[], None]) -> Any:
+        """The graph of `fn`'s kernels (none of which runs now); an error in `fn` ends the capture and is raised."""
+        torch = self._torch
+        graph = torch.cuda.CUDAGraph()
+        self._stream.wait_stream(torch.cuda.current_stream(self._device))
+        with torch.cuda.stream(self._stream):
+            graph.capture_begin(capture_error_mode="relaxed")
+            try:
+                fn()
+            except BaseException:
+                try:
+                    graph.capture_end()
+                except Exception:  # an invalidated capture ends with an error of its own
+                    pass
+                raise
+            graph.capture_end()
+        return graph
+
+    def launch(self, graph: Any) -> None:
+        graph.replay()
+
+    @staticmethod
+    def copy_into(target: Any, source: Any) -> None:
+        target.copy_(source)
+
+    @staticmethod
+    def copy(a: Any) -> Any:
+        return a.clone()
+
+    @staticmethod
+    def same_memory(a: Any, b: Any) -> bool:
+        return a.data_ptr() == b.data_ptr() and a.numel() == b.numel() and a.dtype == b.dtype
+
+    def release(self) -> None:
+        pass  # torch frees a graph's pool with the graph and its tensors
+
+
+def graph_kit(arrays: list) -> CupyGraphs | TorchGraphs | None:
+    """The CUDA-graph operations for `arrays` (a step's arguments), or None where there are none: no arrays,
+    arrays on the host, of JAX or another library, or of more than one library or device."""
+    if not arrays:
+        return None
+    first = arrays[0]
+    if array_api_compat.is_cupy_array(first):
+        if all(array_api_compat.is_cupy_array(a) and a.device == first.device for a in arrays):
+            return CupyGraphs(first.device)
+    elif array_api_compat.is_torch_array(first) and first.is_cuda:
+        if all(array_api_compat.is_torch_array(a) and a.device == first.device for a in arrays):
+            return TorchGraphs(first.device)
+    return None

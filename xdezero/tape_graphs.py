@@ -1,0 +1,205 @@
+"""A captured step replayed as one CUDA graph (CuPy, torch on CUDA): one launch per step instead of one per kernel.
+
+`xdezero.capture` replays a step's recorded ops from Python; on a GPU each op still launches its kernels one by
+one, and a small model's step is bound by those launches. On CuPy and CUDA torch the replay itself is captured
+once into a CUDA graph (on the second replay; the first runs plainly and warms up the capture stream) and later
+calls launch the graph. A graph's kernels read and write fixed memory, so:
+
+- the step's arguments are copied into buffers of the graph before each launch, and its results copied out;
+- every array the step rebinds in state that outlives it (parameters' data and gradients it reads back,
+  optimizers' per-parameter state) is given, at capture, a buffer of the graph's own, and the captured step
+  ends by copying the new values into those buffers: a parameter's `data` is the same array after each step,
+  updated in place (eager steps rebind it to a new array), and nothing outside the step is written into;
+- the ids a step checks (labels, embedding ids) are checked before each launch, on the arguments they come from.
+
+A step that cannot be a graph is replayed plainly, as on other libraries; `CapturedStep.graph_notes` says why.
+It cannot when it draws random numbers (dropout: a graph would repeat the first mask), reads a value on the host
+(a `float()`, a branch), checks ids it computed itself, or changes Python numbers that its kernels take (Adam's
+step count): a graph would repeat the captured value. A step whose optimizer's numbers the user changes between
+calls (a new learning rate) is captured again; so is one whose parameters were given new arrays.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from xdezero.backends import check_index_arrays, deferring_checks, is_array, random_draws
+from xdezero.core import Variable
+
+__all__ = ["GraphedStep", "NoGraph", "capture_graph"]
+
+MAX_CAPTURES = 16  # captures of one step before it stays plain (its numbers change on every call)
+
+
+class NoGraph(Exception):
+    """Why a step cannot run as a CUDA graph (the step then replays plainly)."""
+
+
+class _State:
+    """The state outside the step that its ops read or rebind: Variables' data and gradients, optimizers' and
+    their hooks' per-parameter arrays and numbers."""
+
+    def __init__(self, variables: list[Variable], grads_read: set[int], owners: list[Any]) -> None:
+        self.variables = [(v, v._data, v.grad) for v in variables]
+        self.grads_read = grads_read  # ids of Variables whose gradient from before the step the step reads
+        self.tables, self.numbers = [], []
+        for owner in owners:
+            for name, value in vars(owner).items():
+                if isinstance(value, dict | weakref.WeakKeyDictionary):
+                    entries = [(key, a) for key, a in value.items() if is_array(a)]
+                    if entries:
+                        self.tables.append((value, f"{type(owner).__name__}.{name}", entries, len(value)))
+                elif isinstance(value, int | float):
+                    self.numbers.append((owner, name, value))
+
+    def numbers_now(self) -> list:
+        return [getattr(owner, name) for owner, name, _ in self.numbers]
+
+    def unchanged_numbers(self) -> bool:
+        return all(getattr(owner, name) == value for owner, name, value in self.numbers)
+
+    def own_buffers(self, kit: Any) -> list:
+        """Give every array of the state a copy of its own (the graph writes into these), returning them."""
+        buffers = []
+        for v, data, grad in self.variables:
+            if data is not None:
+                v._data = kit.copy(data)
+                buffers.append(v._data)
+            if grad is not None and id(v) in self.grads_read:
+                v.grad = Variable(kit.copy(grad._data), requires_grad=False)
+                buffers.append(v.grad._data)
+        for table, _, entries, _ in self.tables:
+            for key, a in entries:
+                table[key] = kit.copy(a)
+                buffers.append(table[key])
+        self.owned = [(v, v._data, v.grad) for v, _, _ in self.variables]
+        self.owned_tables = [
+            (table, name, [(key, table[key]) for key, _ in entries], n) for table, name, entries, n in self.tables
+        ]
+        return buffers
+
+    def write_back(self, kit: Any) -> None:
+        """At the end of the captured step: copy what it rebound into the buffers it read, and point the state
+        back at them. Raises NoGraph where that cannot be done."""
+        for v, data, grad in self.owned:
+            if v._data is not data and data is not None:
+                v._data = _copied_back(kit, data, v._data, f"the data of {v.name or 'a Variable'}")
+            if grad is not None and id(v) in self.grads_read and (v.grad is None or v.grad._data is not grad._data):
+                new = None if v.grad is None else v.grad._data
+                v.grad = Variable(_copied_back(kit, grad._data, new, "a gradient"), requires_grad=False)
+        for table, name, entries, n in self.owned_tables:
+            if len(table) != n:
+                raise NoGraph(f"{name} gained entries during the step (state made on a first update)")
+            for key, old in entries:
+                if table.get(key) is not old:
+                    table[key] = _copied_back(kit, old, table.get(key), name)
+        for owner, name, value in self.numbers:
+            now = getattr(owner, name)
+            if now != value:
+                raise NoGraph(
+                    f"{type(owner).__name__}.{name} changed during the step ({value!r} to {now!r}): its kernels "
+                    "take it as a number, which a graph would repeat"
+                )
+
+    def restore(self) -> None:
+        """Everything back as it was before the capture began."""
+        for v, data, grad in self.variables:
+            v._data, v.grad = data, grad
+        for table, _, entries, _size in self.tables:
+            known = {id(key) for key, _ in entries}
+            for key in [k for k in table if id(k) not in known]:
+                del table[key]
+            for key, a in entries:
+                table[key] = a
+        for owner, name, value in self.numbers:
+            setattr(owner, name, value)
+
+    def still_owned(self) -> bool:
+        """Whether the state still holds the graph's buffers (nobody assigned a parameter new data)."""
+        return all(v._data is data for v, data, _ in self.owned)
+
+
+def _copied_back(kit: Any, old: Any, new: Any, what: str) -> Any:
+    if new is None or tuple(new.shape) != tuple(old.shape) or new.dtype != old.dtype:
+        raise NoGraph(f"{what} changed shape or dtype, or was removed, during the step")
+    kit.copy_into(old, new)
+    return old
+
+
+class GraphedStep:
+    """A step captured as a CUDA graph: `launch(arrays)` runs one call."""
+
+    def __init__(self, kit: Any, graph: Any, state: _State, inputs: list, checks: list, values: list) -> None:
+        self.kit, self.graph, self.state, self.inputs, self.checks = kit, graph, state, inputs, checks
+        self.values = values  # the capture's slot values: those of the results are what the graph writes
+        self.numbers = state.numbers_now()
+
+    def current(self) -> bool:
+        """Whether the graph still does what the step would: the same numbers, the same parameter arrays."""
+        return self.state.numbers_now() == self.numbers and self.state.still_owned()
+
+    def launch(self, arrays: list, result_slots: list[int]) -> dict:
+        """Run the step on `arrays`: the result slots and fresh copies of their arrays (the next launch writes
+        over the graph's own)."""
+        for positions, ranges, where, error in self.checks:
+            check_index_arrays([arrays[k] for k in positions], ranges, where, error)
+        kit = self.kit
+        for buffer, a in zip(self.inputs, arrays):
+            kit.copy_into(buffer, a)
+        kit.launch(self.graph)
+        return {slot: kit.copy(self.values[slot]) for slot in result_slots}
+
+
+def capture_graph(
+    kit: Any,
+    run: Callable[[list], None],
+    arrays: list,
+    n_slots: int,
+    variables: list[Variable],
+    grads_read: set[int],
+    owners: list[Any],
+) -> GraphedStep:
+    """Capture `run` (the replay of a step's ops on a list of slot values, the arguments first) as a graph.
+    Nothing of the step runs here; raises NoGraph (with the state as it was) when the step cannot be a graph."""
+    state = _State(variables, grads_read, owners)
+    inputs = [kit.copy(a) for a in arrays]
+    buffers = state.own_buffers(kit)
+    values: list = [None] * n_slots
+    deferred: list = []
+    draws = random_draws()
+
+    def step() -> None:
+        values[: len(inputs)] = inputs  # the replay frees each slot after its last use
+        with deferring_checks(deferred):
+            run(values)
+        state.write_back(kit)
+
+    try:
+        graph = kit.capture(step)
+        if random_draws() != draws:
+            raise NoGraph("the step draws random numbers (dropout), which a graph would repeat at every launch")
+        checks = [_check_positions(kit, entry, inputs) for entry in deferred]
+    except NoGraph:
+        state.restore()
+        raise
+    except Exception as error:  # the library refused an operation while capturing (a host read, a sync)
+        state.restore()
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise NoGraph(f"{kit.name} refused the capture: {type(error).__name__}: {first_line}") from error
+    graphed = GraphedStep(kit, graph, state, inputs, checks, values)
+    graphed.buffers = buffers  # kept with the graph, which writes into them
+    return graphed
+
+
+def _check_positions(kit: Any, entry: tuple, inputs: list) -> tuple:
+    """A deferred id check as the positions of the arguments it reads."""
+    arrays, ranges, where, error = entry
+    positions = []
+    for a in arrays:
+        k = next((k for k, buffer in enumerate(inputs) if kit.same_memory(a, buffer)), None)
+        if k is None:
+            raise NoGraph(f"{where} checks ids that the step computes itself; a graph can check only its arguments")
+        positions.append(k)
+    return positions, ranges, where, error
