@@ -176,16 +176,19 @@ def capture_graph(
             run(values)
         state.write_back(kit)
 
+    random = "the step draws random numbers (dropout), which a graph would repeat at every launch"
     try:
         graph = kit.capture(step)
         if random_draws() != draws:
-            raise NoGraph("the step draws random numbers (dropout), which a graph would repeat at every launch")
+            raise NoGraph(random)
         checks = [_check_positions(kit, entry, inputs) for entry in deferred]
     except NoGraph:
         state.restore()
         raise
-    except Exception as error:  # the library refused an operation while capturing (a host read, a sync)
+    except Exception as error:  # the library refused an operation while capturing (a host read, a draw)
         state.restore()
+        if random_draws() != draws:
+            raise NoGraph(random) from error
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise NoGraph(f"{kit.name} refused the capture: {type(error).__name__}: {first_line}") from error
     graphed = GraphedStep(kit, graph, state, inputs, checks, values)

@@ -2,6 +2,8 @@
 
 from xdezero.backends._allocator import allocator_info, apply_allocator_setting, tune_allocator
 from xdezero.backends._checks import check_ids, check_index_arrays, deferring_checks
+from xdezero.backends._cublas import matmul as graph_safe_matmul
+from xdezero.backends._cublas import stack
 from xdezero.backends._devices import (
     is_cupy_available,
     library_namespace,
@@ -63,6 +65,8 @@ __all__ = [
     "check_index_arrays",
     "deferring_checks",
     "graph_kit",
+    "graph_safe_matmul",
+    "stack",
     "random_draws",
     "col2im",
     "col2im_matrix",

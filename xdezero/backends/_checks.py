@@ -69,7 +69,7 @@ def check_index_arrays(arrays: list, ranges: list, where: str, error: type = Val
         elif array_api_compat.size(a) and not _is_tracer(a):
             eager.append((a, low, high, what))
         out.append(a)
-    if eager:
+    if eager and not (array_api_compat.is_cupy_array(eager[0][0]) and _cupy_all_inside(eager)):
         xp = array_namespace(*(e[0] for e in eager))
         dtype = xp.arange(0, device=device_of(eager[0][0])).dtype
         # All bounds in one array, so that a GPU stream is synchronised once, not twice per array.
@@ -78,6 +78,32 @@ def check_index_arrays(arrays: list, ranges: list, where: str, error: type = Val
         for k, (_, low, high, what) in enumerate(eager):
             _raise_if_outside(bounds[2 * k : 2 * k + 2], low, high, where, what, error)
     return out
+
+
+_cupy_count_outside: list = []
+
+
+def _cupy_all_inside(eager: list) -> bool:
+    """CuPy: whether every id is in range, by one counting kernel per array and one transfer (the minima and
+    maxima cost four kernels more per array; they are computed, for the message, only when an id is outside)."""
+    if not _cupy_count_outside:
+        _cupy_count_outside.append(
+            sys.modules["cupy"].ReductionKernel(
+                "T x, int64 low, int64 high",
+                "int64 n",
+                "(x < low || x >= high) ? 1 : 0",
+                "a + b",
+                "n = a",
+                "0",
+                "xdezero_count_outside",
+            )
+        )
+    count = _cupy_count_outside[0]
+    total = None
+    for a, low, high, _ in eager:
+        n = count(a, low, high)
+        total = n if total is None else total + n
+    return int(total) == 0
 
 
 def check_ids(ids: Any, low: int, high: int, where: str, what: str = "id", error: type = ValueError) -> Any:

@@ -19,6 +19,8 @@ from typing import Any
 
 import array_api_compat
 
+from xdezero.backends._cublas import capturing_cupy, prepare
+
 # CuPy pools keep the memory of the graphs captured with them until their arrays are gone; a pool object must
 # outlive its arrays (the arrays hold it weakly), so each one stays here once made. See `CupyGraphs.release`.
 _cupy_pools: list = []
@@ -40,10 +42,12 @@ class CupyGraphs:
     def capture(self, fn: Callable[[], None]) -> Any:
         """The graph of `fn`'s kernels (none of which runs now); an error in `fn` ends the capture and is raised."""
         cupy = self._cupy
+        prepare(self._device.id)  # cuBLAS's handle and workspace, made outside the capture and its pool
         with self._device, cupy.cuda.using_allocator(self._pool.malloc), self._stream:
             self._stream.begin_capture()
             try:
-                fn()
+                with capturing_cupy():  # CuPy's products and stacks refuse a capture: ours instead
+                    fn()
             except BaseException:
                 try:
                     self._stream.end_capture()

@@ -7,12 +7,14 @@ library gets its fastest spelling here, with a portable fallback built from conc
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import array_api_compat
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from xdezero.backends._cublas import matmul, stack
 from xdezero.backends._namespace import array_namespace, device_of
 from xdezero.backends._scratch import empty as reused_empty
 
@@ -85,22 +87,26 @@ def im2col(x: Any, kernel: Pair, stride: Pair, pad: Pair, value: float = 0.0) ->
             col = tf.unfold(pad_images(x, pad, value), kernel, stride=stride)
         return xp.reshape(col, (n, c, kh, kw, oh, ow))
     # One copy: stacking the strided views writes each (OH, OW) plane once, contiguously.
-    col = xp.stack(windows(x, kernel, stride, pad, value), axis=2)
+    col = stack(xp, windows(x, kernel, stride, pad, value), axis=2)
     return xp.reshape(col, (n, c, kh, kw, oh, ow))
 
 
 def im2col_matrix(x: Any, kernel: Pair, stride: Pair, pad: Pair) -> Any:
     """col (C·KH·KW, N·OH·OW): the layout for one big GEMM, W (OC, C·KH·KW) @ col, in convolutions."""
+    if array_api_compat.is_cupy_array(x):
+        return _cupy_im2col_matrix(x, kernel, stride, pad)
     n, c = x.shape[:2]
     xp = array_namespace(x)
     # The padding copy (or the stack) absorbs the N <-> C swap, so the batch needs no copy of its own.
     parts = windows(xp.permute_dims(x, (1, 0, 2, 3)), kernel, stride, pad)
     oh, ow = parts[0].shape[2:]
-    return xp.reshape(xp.stack(parts, axis=1), (c * kernel[0] * kernel[1], n * oh * ow))
+    return xp.reshape(stack(xp, parts, axis=1), (c * kernel[0] * kernel[1], n * oh * ow))
 
 
 def col2im_matrix(col: Any, shape: tuple, kernel: Pair, stride: Pair, pad: Pair) -> Any:
     """The adjoint of im2col_matrix: col (C·KH·KW, N·OH·OW) summed back into an (N, C, H, W) image."""
+    if array_api_compat.is_cupy_array(col):
+        return _cupy_col2im_matrix(col, shape, kernel, stride, pad)
     n, c, h, w = shape
     kh, kw = kernel
     oh = out_size(h, kh, stride[0], pad[0])
@@ -110,6 +116,84 @@ def col2im_matrix(col: Any, shape: tuple, kernel: Pair, stride: Pair, pad: Pair)
     parts = [col[:, i, j, :, :, :] for i in range(kh) for j in range(kw)]
     # Accumulating in the columns' own (C, N) order reads them contiguously; the result is a (N, C, H, W) view.
     return xp.permute_dims(add_windows(parts, (c, n, h, w), kernel, stride, pad), (1, 0, 2, 3))
+
+
+# CuPy: im2col_matrix and col2im_matrix as one kernel each. The portable spelling costs a padding copy, KH·KW
+# strided copies and a concatenation (whose table of pointers crosses from the host, which a CUDA-graph capture
+# refuses) one way, and KH·KW strided additions the other. col2im gathers: each image pixel sums the columns
+# that cover it, in the portable code's (i, j) order, so the sums are the same and no atomics are needed.
+_GEOMETRY = (
+    "int32 n, int32 c, int32 h, int32 w, int32 kh, int32 kw, int32 sh, int32 sw, int32 ph, int32 pw, int32 oh, int32 ow"
+)
+_CUPY_SOURCES = {
+    "im2col": (
+        "raw T img, " + _GEOMETRY,
+        "T col",
+        """
+        const long long m = (long long)n * oh * ow;
+        const long long row = i / m, at = i % m;
+        const int ch = (int)(row / (kh * kw)), k = (int)(row % (kh * kw));
+        const long long b = at / ((long long)oh * ow);
+        const int p = (int)(at % ((long long)oh * ow));
+        const int y = (p / ow) * sh + k / kw - ph, x = (p % ow) * sw + k % kw - pw;
+        col = (y >= 0 && y < h && x >= 0 && x < w) ? img[((b * c + ch) * h + y) * w + x] : (T)0;
+        """,
+        "xdezero_im2col",
+    ),
+    "col2im": (
+        "raw T col, " + _GEOMETRY,
+        "T img",
+        """
+        const long long m = (long long)n * oh * ow;
+        const int x = (int)(i % w);
+        long long rest = i / w;
+        const int y = (int)(rest % h);
+        rest /= h;
+        const int ch = (int)(rest % c);
+        const long long b = rest / c;
+        T total = (T)0;
+        for (int ki = 0; ki < kh; ++ki) {
+            const int ys = y + ph - ki;
+            if (ys < 0 || ys % sh != 0 || ys / sh >= oh) continue;
+            for (int kj = 0; kj < kw; ++kj) {
+                const int xs = x + pw - kj;
+                if (xs < 0 || xs % sw != 0 || xs / sw >= ow) continue;
+                total += col[((long long)(ch * kh + ki) * kw + kj) * m + (b * oh + ys / sh) * ow + xs / sw];
+            }
+        }
+        img = total;
+        """,
+        "xdezero_col2im",
+    ),
+}
+_CUPY_KERNELS: dict[str, Any] = {}
+
+
+def _cupy_kernel(name: str) -> Any:
+    kernel = _CUPY_KERNELS.get(name)
+    if kernel is None:
+        kernel = _CUPY_KERNELS[name] = sys.modules["cupy"].ElementwiseKernel(*_CUPY_SOURCES[name])
+    return kernel
+
+
+def _cupy_im2col_matrix(x: Any, kernel: Pair, stride: Pair, pad: Pair) -> Any:
+    cupy = sys.modules["cupy"]
+    n, c, h, w = x.shape
+    oh, ow = out_size(h, kernel[0], stride[0], pad[0]), out_size(w, kernel[1], stride[1], pad[1])
+    col = cupy.empty((c * kernel[0] * kernel[1], n * oh * ow), dtype=x.dtype)
+    if col.size:
+        _cupy_kernel("im2col")(cupy.ascontiguousarray(x), n, c, h, w, *kernel, *stride, *pad, oh, ow, col)
+    return col
+
+
+def _cupy_col2im_matrix(col: Any, shape: tuple, kernel: Pair, stride: Pair, pad: Pair) -> Any:
+    cupy = sys.modules["cupy"]
+    n, c, h, w = shape
+    oh, ow = out_size(h, kernel[0], stride[0], pad[0]), out_size(w, kernel[1], stride[1], pad[1])
+    img = cupy.empty((n, c, h, w), dtype=col.dtype)
+    if img.size:
+        _cupy_kernel("col2im")(cupy.ascontiguousarray(col), n, c, h, w, *kernel, *stride, *pad, oh, ow, img)
+    return img
 
 
 def add_windows(parts: list, shape: tuple, kernel: Pair, stride: Pair, pad: Pair) -> Any:
@@ -240,17 +324,17 @@ class ColumnPlan:
 
     def conv(self, Wm: Any, x: Any) -> Any:
         """Wm (OC, C·KH·KW) @ im2col(x): (OC, M)."""
-        return array_namespace(x).matmul(Wm, self.im2col(x))
+        return matmul(array_namespace(x), Wm, self.im2col(x))
 
     def grad_w(self, x: Any, g: Any) -> Any:
         """im2col(x) @ gᵀ for g (OC, M): (C·KH·KW, OC)."""
         xp = array_namespace(x)
         # OpenBLAS runs this orientation fast; g @ colᵀ (long K, transposed B) up to 100x slower.
-        return xp.matmul(self.im2col(x), xp.permute_dims(g, (1, 0)))
+        return matmul(xp, self.im2col(x), xp.permute_dims(g, (1, 0)))
 
     def deconv(self, Wt: Any, g: Any) -> Any:
         """col2im(Wt (C·KH·KW, OC) @ g (OC, M)): images (N, C, H, W)."""
-        return self.col2im(array_namespace(g).matmul(Wt, g))
+        return self.col2im(matmul(array_namespace(g), Wt, g))
 
 
 class WideColumnPlan(ColumnPlan):

@@ -6,7 +6,7 @@ import builtins
 import math
 from typing import Any
 
-from xdezero.backends import check_ids, check_index_arrays, device_of, fused, scatter_add
+from xdezero.backends import check_ids, check_index_arrays, device_of, fused, graph_safe_matmul, scatter_add
 from xdezero.core import Function, Variable, as_variable
 from xdezero.functions.arithmetic import broadcast_to, sum_to
 
@@ -322,7 +322,7 @@ def _swap_last(v: Variable) -> Variable:
 
 def matmul_arrays(xp: Any, x: Any, W: Any) -> Any:
     """x @ W on arrays (the portable entry of the "matmul" composite)."""
-    return xp.matmul(x, W)
+    return graph_safe_matmul(xp, x, W)
 
 
 class MatMul(Function):

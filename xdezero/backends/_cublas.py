@@ -1,0 +1,166 @@
+"""Matrix products that a CUDA-graph capture can hold on CuPy, and stacking without a host-to-device copy.
+
+CuPy refuses every cuBLAS call while a stream captures ("calling cuBLAS API during stream capture is currently
+unsupported"), although cuBLAS itself supports capture when its workspace is set beforehand. So, while a CuPy graph
+is captured (and only then), `matmul` calls cuBLAS's GEMM directly, through ctypes, on a handle of its own whose
+workspace is allocated once outside any capture; everywhere else it is `xp.matmul`. `stack` likewise copies each
+part into its slot while capturing, where CuPy's concatenation would send its table of pointers from the host.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+_OP_N, _OP_T = 0, 1
+_TF32_TENSOR_OP_MATH = 3
+_WORKSPACE_BYTES = 32 * 2**20
+_handles: dict[int, tuple] = {}  # device id -> (handle, workspace array)
+_library: list = []
+_capture = threading.local()  # set on the thread that is capturing a CuPy graph
+
+
+def cupy_capturing() -> bool:
+    """Whether this thread is capturing a CuPy graph."""
+    return getattr(_capture, "cupy", False)
+
+
+@contextmanager
+def capturing_cupy() -> Iterator[None]:
+    """Inside: this thread captures a CuPy graph (`prepare` its device first, outside the capture)."""
+    _capture.cupy = True
+    try:
+        yield
+    finally:
+        _capture.cupy = False
+
+
+def matmul(xp: Any, a: Any, b: Any) -> Any:
+    """a @ b (xp.matmul), through a GEMM a graph can capture while a CuPy graph is captured."""
+    if cupy_capturing():
+        return _captured_matmul(a, b)
+    return xp.matmul(a, b)
+
+
+def stack(xp: Any, arrays: list, axis: int) -> Any:
+    """xp.stack(arrays, axis), copied part by part into its slot while a CuPy graph is captured."""
+    if not cupy_capturing():
+        return xp.stack(arrays, axis=axis)
+    first = arrays[0]
+    axis = axis % (first.ndim + 1)
+    out = xp.empty((*first.shape[:axis], len(arrays), *first.shape[axis:]), dtype=first.dtype)
+    for k, part in enumerate(arrays):
+        out[(slice(None),) * axis + (k,)] = part
+    return out
+
+
+def _cublas() -> ctypes.CDLL:
+    """The cuBLAS library CuPy loaded (found among this process's mapped files), else the system's."""
+    if not _library:
+        path = None
+        try:
+            with open("/proc/self/maps") as maps:
+                for line in maps:
+                    name = line.rsplit(None, 1)[-1]
+                    if "/libcublas.so" in name:
+                        path = name
+                        break
+        except OSError:
+            pass
+        path = path or ctypes.util.find_library("cublas")
+        if path is None:
+            raise NotImplementedError("cuBLAS's library was not found among the loaded ones")
+        lib = ctypes.CDLL(path)
+        for fn in ("cublasSgemm_v2", "cublasDgemm_v2"):
+            getattr(lib, fn).argtypes = (
+                [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+                + [ctypes.c_int] * 3
+                + [
+                    ctypes.c_void_p,
+                    ctypes.c_void_p,
+                    ctypes.c_int,
+                    ctypes.c_void_p,
+                    ctypes.c_int,
+                    ctypes.c_void_p,
+                    ctypes.c_void_p,
+                    ctypes.c_int,
+                ]
+            )
+        lib.cublasSetStream_v2.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        lib.cublasSetWorkspace_v2.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+        lib.cublasSetMathMode.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        _library.append(lib)
+    return _library[0]
+
+
+def _check(status: int, what: str) -> None:
+    if status != 0:
+        raise RuntimeError(f"cuBLAS {what} failed with status {status}")
+
+
+def prepare(device_id: int) -> None:
+    """Create this device's handle and workspace now (before a capture: neither may be made during one)."""
+    if device_id in _handles:
+        return
+    cupy = sys.modules["cupy"]
+    lib = _cublas()
+    handle = ctypes.c_void_p()
+    with cupy.cuda.Device(device_id):
+        _check(lib.cublasCreate_v2(ctypes.byref(handle)), "cublasCreate")
+        workspace = cupy.empty(_WORKSPACE_BYTES, dtype=cupy.uint8)
+        _check(lib.cublasSetWorkspace_v2(handle, workspace.data.ptr, _WORKSPACE_BYTES), "cublasSetWorkspace")
+        if os.environ.get("CUPY_TF32", "0") != "0":  # as CuPy's own products
+            _check(lib.cublasSetMathMode(handle, _TF32_TENSOR_OP_MATH), "cublasSetMathMode")
+    _handles[device_id] = (handle, workspace)
+
+
+def _operand(cupy: Any, x: Any) -> tuple[int, int, Any]:
+    """(op, leading dimension, array) giving xᵀ, x (r, c), as a column-major cuBLAS operand."""
+    if x.flags.c_contiguous:  # column-major (c, r) with ld c: xᵀ as it lies
+        return _OP_N, max(1, x.shape[1]), x
+    if x.flags.f_contiguous:  # column-major (r, c) with ld r: x, transposed by the op
+        return _OP_T, max(1, x.shape[0]), x
+    x = cupy.ascontiguousarray(x)
+    return _OP_N, max(1, x.shape[1]), x
+
+
+def _captured_matmul(a: Any, b: Any) -> Any:
+    """a @ b for 2-D float32/float64 CuPy arrays by one GEMM: (a b)ᵀ = bᵀ aᵀ, in cuBLAS's column-major terms."""
+    cupy = sys.modules["cupy"]
+    if a.ndim != 2 or b.ndim != 2 or a.dtype != b.dtype or a.dtype not in (cupy.float32, cupy.float64):
+        raise NotImplementedError(
+            f"a captured CuPy graph holds 2-D float32/float64 products only, got {a.shape} {a.dtype} @ {b.shape} "
+            f"{b.dtype}"
+        )
+    (m, k), n = a.shape, b.shape[1]
+    out = cupy.empty((m, n), dtype=a.dtype)
+    if m == 0 or n == 0:
+        return out
+    if k == 0:
+        out.fill(0)
+        return out
+    device_id = out.device.id
+    if device_id not in _handles:
+        raise NotImplementedError("cuBLAS was not prepared for this device before the capture")
+    handle = _handles[device_id][0]
+    lib = _cublas()
+    _check(lib.cublasSetStream_v2(handle, cupy.cuda.get_current_stream().ptr), "cublasSetStream")
+    op_b, ld_b, b = _operand(cupy, b)
+    op_a, ld_a, a = _operand(cupy, a)
+    if a.dtype == cupy.float32:
+        gemm, scalar = lib.cublasSgemm_v2, ctypes.c_float
+    else:
+        gemm, scalar = lib.cublasDgemm_v2, ctypes.c_double
+    one, zero = scalar(1.0), scalar(0.0)
+    status = gemm(
+        handle, op_b, op_a, n, m, k, ctypes.byref(one), b.data.ptr, ld_b, a.data.ptr, ld_a, ctypes.byref(zero),
+        out.data.ptr, max(1, n),
+    )  # fmt: skip
+    _check(status, "gemm")
+    return out
