@@ -83,16 +83,18 @@ def test_the_check_costs_one_host_transfer_per_call(xp, monkeypatch):
         return to_numpy(a)
 
     monkeypatch.setattr(checks, "to_numpy", counting)
+    # CuPy moves one count of the ids out of range; the others the minima and maxima of all index arrays together
+    together = (lambda n: ()) if library(xp) == "cupy" else (lambda n: (n,))
     x = Variable(asarray(xp, LOGITS))
     loss = F.softmax_cross_entropy(x, asarray(xp, np.array([2, 0])))
-    assert transfers == [(2,)]  # min and max together
+    assert transfers == [together(2)]
     loss.backward(create_graph=True)
     F.sum(x.grad * x.grad).backward()
-    assert transfers == [(2,)]  # the backward trusts the checked labels
+    assert transfers == [together(2)]  # the backward trusts the checked labels
     F.softmax_cross_entropy_simple(x, asarray(xp, np.array([2, 0]))).backward()
-    assert transfers == [(2,), (2,)]  # its get_item trusts the checked labels
+    assert transfers == [together(2)] * 2  # its get_item trusts the checked labels
     F.get_item(x, (asarray(xp, np.array([1, 0])), asarray(xp, np.array([2, -3]))))
-    assert transfers == [(2,), (2,), (4,)]  # two index arrays, still one transfer
+    assert transfers == [together(2)] * 2 + [together(4)]  # two index arrays, still one transfer
 
 
 # --- embed_id -----------------------------------------------------------------------------------------

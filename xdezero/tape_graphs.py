@@ -143,11 +143,11 @@ class GraphedStep:
     def launch(self, arrays: list, result_slots: list[int]) -> dict:
         """Run the step on `arrays`: the result slots and fresh copies of their arrays (the next launch writes
         over the graph's own)."""
-        for positions, ranges, where, error in self.checks:
-            check_index_arrays([arrays[k] for k in positions], ranges, where, error)
         kit = self.kit
-        for buffer, a in zip(self.inputs, arrays):
+        for buffer, a in zip(self.inputs, arrays):  # first: queued before the checks' wait for the device
             kit.copy_into(buffer, a)
+        for positions, ranges, where, error in self.checks:  # a refused call has updated nothing
+            check_index_arrays([arrays[k] for k in positions], ranges, where, error)
         kit.launch(self.graph)
         return {slot: kit.copy(self.values[slot]) for slot in result_slots}
 

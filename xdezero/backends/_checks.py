@@ -103,7 +103,7 @@ def _cupy_all_inside(eager: list) -> bool:
     for a, low, high, _ in eager:
         n = count(a, low, high)
         total = n if total is None else total + n
-    return int(total) == 0
+    return int(to_numpy(total)) == 0
 
 
 def check_ids(ids: Any, low: int, high: int, where: str, what: str = "id", error: type = ValueError) -> Any:
