@@ -1,12 +1,12 @@
-"""Matrix products on CuPy through cuBLAS directly, and stacking without a host-to-device copy in a graph.
+"""Matrix products that a CUDA-graph capture can hold on CuPy, and stacking without a host-to-device copy.
 
 CuPy refuses every cuBLAS call while a stream captures ("calling cuBLAS API during stream capture is currently
-unsupported"), although cuBLAS itself supports capture when its workspace is set beforehand; and CuPy's matmul
-spends about 35 µs of host time per call (measured on an H200), where a small model's step is bound by the host.
-So 2-D float products of CuPy arrays call cuBLAS's GEMM directly, through ctypes, on a handle of xdezero's own
-whose workspace is allocated once, outside any capture; every other product is `xp.matmul`. `stack` copies each
-part into its slot while a CuPy graph is captured, where CuPy's concatenation would send its table of pointers
-from the host.
+unsupported"), although cuBLAS itself supports capture when its workspace is set beforehand. So, while a CuPy graph
+is captured (and only then), `matmul` calls cuBLAS's GEMM directly, through ctypes, on a handle of xdezero's own
+whose workspace is allocated once, outside any capture; everywhere else it is `xp.matmul`. (Called directly in
+eager steps too, the GEMM made a batch-100 MLP step slower against PyTorch on an H200, not faster: ctypes and its
+checks cost about what CuPy's own call does.) `stack` copies each part into its slot while a CuPy graph is
+captured, where CuPy's concatenation would send its table of pointers from the host.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-
-import array_api_compat
 
 _OP_N, _OP_T = 0, 1
 _TF32_TENSOR_OP_MATH = 3
@@ -46,16 +44,14 @@ def capturing_cupy() -> Iterator[None]:
 
 
 def matmul(xp: Any, a: Any, b: Any) -> Any:
-    """a @ b (xp.matmul); on 2-D float CuPy arrays cuBLAS's GEMM called directly (which a graph can capture)."""
-    if array_api_compat.is_cupy_array(a) and a.ndim == 2 and b.ndim == 2 and a.dtype == b.dtype:
-        if a.dtype.kind == "f" and a.dtype.itemsize in (4, 8):
-            return cupy_gemm(a, b)
-    if cupy_capturing():
-        raise NotImplementedError(
-            f"a captured CuPy graph holds 2-D float32/float64 products only, got {a.shape} {a.dtype} @ {b.shape} "
-            f"{b.dtype}"
-        )
-    return xp.matmul(a, b)
+    """a @ b (xp.matmul), through cuBLAS's GEMM called directly while a CuPy graph is captured."""
+    if not cupy_capturing():
+        return xp.matmul(a, b)
+    if a.ndim == 2 and b.ndim == 2 and a.dtype == b.dtype and a.dtype.kind == "f" and a.dtype.itemsize in (4, 8):
+        return cupy_gemm(a, b)
+    raise NotImplementedError(
+        f"a captured CuPy graph holds 2-D float32/float64 products only, got {a.shape} {a.dtype} @ {b.shape} {b.dtype}"
+    )
 
 
 def stack(xp: Any, arrays: list, axis: int) -> Any:

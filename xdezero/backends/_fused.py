@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from xdezero.backends._cublas import cupy_capturing, cupy_gemm
+from xdezero.backends._cublas import cupy_capturing
 from xdezero.backends._namespace import library_name
 from xdezero.backends._scratch import MIN_BYTES as REUSED_MIN_BYTES
 from xdezero.backends._scratch import empty as reused_empty
@@ -173,12 +173,6 @@ def _cupy_table() -> dict[str, Callable]:
             return portable(xp, p, g, v, momentum, lr)
         return momentum_k(p, g, v, momentum, lr, p, v) if cupy_capturing() else momentum_k(p, g, v, momentum, lr)
 
-    def matmul(portable, xp, a, b):
-        # cuBLAS's GEMM called directly: a third of the host time of CuPy's matmul, which sets up more per call
-        if a.ndim == 2 and b.ndim == 2 and same_float(a, b):
-            return cupy_gemm(a, b)
-        return portable(xp, a, b)
-
     def adam(portable, xp, p, g, m, v, beta1, beta2, lr, eps):
         if not same_float(p, g, m, v):
             return portable(xp, p, g, m, v, beta1, beta2, lr, eps)
@@ -198,7 +192,6 @@ def _cupy_table() -> dict[str, Callable]:
         "momentum_sgd": momentum_sgd,
         "adam": adam,
         "batch_norm_statistics": batch_norm_statistics,
-        "matmul": matmul,
     }
 
 
