@@ -23,7 +23,8 @@ arguments, `Config.train` and `Config.enable_backprop`) run eagerly and record; 
 the same ops, and the same values wherever an op took an array from outside (a constant). A step whose ops or
 constants differ between those calls depends on its inputs in a way a replay cannot repeat (Python control flow
 on array values, an array computed from the inputs outside xdezero's functions): `CaptureError` says which op.
-From the third call on, the step replays. Its Python side effects (printing, appending to lists) happen only
+From the third call on, the step replays (on CuPy and CUDA torch as one CUDA graph from the fourth: see
+`xdezero.tape_graphs`). Its Python side effects (printing, appending to lists) happen only
 while it records, as with `torch.jit.trace`: return what you need (the loss, metrics as Variables).
 
 Limits: the step's arguments are arrays (or Variables holding them) and hashable values; it returns a Variable,
@@ -32,7 +33,7 @@ before the step (parameters do). An op built with an array of the step (`embed_i
 index a GetItemGrad scatters to) reads it from this call's values at replay; other arrays an op is built with
 are constants, and must be equal in the two recordings.
 
-One file (about 740 lines, a third of them docstrings and messages) on purpose: the recording hooks, the op
+One file (about 770 lines, a third of them docstrings and messages) on purpose: the recording hooks, the op
 records, the comparison of the two recordings and the replay program all read and write the same records.
 """
 
@@ -50,7 +51,7 @@ from xdezero._config import Config
 from xdezero.backends import LEGACY_NUMPY, device_of, graph_kit, is_array, keep_input_precision, to_numpy
 from xdezero.core import Function, Variable
 from xdezero.optimizers import Optimizer
-from xdezero.tape_graphs import MAX_CAPTURES, NoGraph, capture_graph
+from xdezero.tape_graphs import GraphReplay
 
 __all__ = ["capture", "CaptureError", "CapturedStep"]
 
@@ -457,12 +458,7 @@ class _Tape:
         for op in self.ops:  # the graph of the recording call is not needed by the replay
             if op.kind == "forward":
                 _release_graph(op.target)
-        # CUDA graphs (tape_graphs.py): the library's graph operations, or None (then replays stay plain)
-        self.kit: Any = None
-        self.graphed: Any = None
-        self.warmed = False
-        self.captures = 0
-        self.graph_note: str | None = None
+        self.graph: GraphReplay | None = None  # set where the arguments' library has CUDA graphs (tape_graphs.py)
 
     def _plan_frees(self) -> None:
         last_use: dict[int, int] = {}
@@ -483,69 +479,14 @@ class _Tape:
             setattr(f, name, None)
 
     def replay(self, arrays: list) -> Any:
-        if self.kit is not None:
-            result = self._graph_replay(arrays)
-            if result is not None:
-                return result
-        values: list = [None] * self.n_slots
+        if self.graph is not None:
+            values = self.graph.replay(arrays)
+            if values is not None:
+                return _build_result(self.result, values)
+        values = [None] * self.n_slots
         values[: self.n_args] = arrays
         self.run(values)
         return _build_result(self.result, values)
-
-    def _graph_replay(self, arrays: list) -> Any:
-        """The call as a CUDA graph: the first replay warms the capture stream up, the second captures; None
-        when the step replays plainly instead (`graph_note` says why)."""
-        kit, graphed = self.kit, self.graphed
-        if graphed is not None and not graphed.current():  # new numbers or new parameter arrays: capture again
-            graphed = self.graphed = None
-            kit.release()
-        if graphed is None:
-            if not self.warmed:
-                self.warmed = True
-                values: list = [None] * self.n_slots
-                values[: self.n_args] = arrays
-                kit.warm(lambda: self.run(values))
-                return _build_result(self.result, values)
-            if self.captures == MAX_CAPTURES:
-                self._no_graph(f"captured {MAX_CAPTURES} times: the numbers its kernels take change on every call")
-                return None
-            self.captures += 1
-            variables, grads_read, owners = self._state_refs()
-            try:
-                graphed = self.graphed = capture_graph(
-                    kit, self.run, arrays, self.n_slots, variables, grads_read, owners
-                )
-            except NoGraph as why:
-                self._no_graph(str(why))
-                return None
-        return _build_result(self.result, graphed.launch(arrays, self.result_slots))
-
-    def _no_graph(self, why: str) -> None:
-        self.graph_note, self.kit, self.graphed = why, None, None
-
-    def _state_refs(self) -> tuple[list, set, list]:
-        """What the step reads or rebinds outside itself: the Variables from before it, the ids of those whose
-        gradient from before it is read, and the optimizers and their hooks."""
-        variables: dict[int, Variable] = {}
-        owners: list = []
-        grads_read: set[int] = set()
-        written: set[int] = set()
-        for op in self.ops:
-            touched = [v for kind, v in op.inputs if kind == "data"]
-            if op.kind in ("set_grad", "set_data", "clear_grad", "read_grad"):
-                touched.append(op.target)
-            if op.kind == "call":
-                params = list(op.target.target.params())
-                touched += params
-                grads_read |= {id(p) for p in params if id(p) not in written}
-                owners += [op.target, *op.target.hooks]
-            elif op.kind == "read_grad" and id(op.target) not in written:
-                grads_read.add(id(op.target))
-            elif op.kind in ("set_grad", "clear_grad"):
-                written.add(id(op.target))
-            for v in touched:
-                variables.setdefault(id(v), v)
-        return list(variables.values()), grads_read, list({id(o): o for o in owners}.values())
 
 
 def _reader(sources: list) -> Callable[[list], list]:
@@ -799,8 +740,9 @@ class CapturedStep:
                 "operations on every call (no branches on array values) and compute every array from its inputs "
                 "with xdezero's functions; call the step uncaptured otherwise"
             )
-        if self.cuda_graphs:
-            new.kit = graph_kit(arrays)
+        kit = graph_kit(arrays) if self.cuda_graphs else None
+        if kit is not None:
+            new.graph = GraphReplay(kit, new)
         self.tapes[key] = new
         return result
 
@@ -812,12 +754,12 @@ class CapturedStep:
     @property
     def graphs(self) -> int:
         """How many signatures replay as a CUDA graph (from their fourth call on; CuPy and torch on CUDA)."""
-        return sum(tape.graphed is not None for tape in self.tapes.values())
+        return sum(tape.graph is not None and tape.graph.graphed is not None for tape in self.tapes.values())
 
     @property
     def graph_notes(self) -> list[str]:
         """Why signatures on a CUDA device replay without a CUDA graph (empty when all of them have one)."""
-        return [tape.graph_note for tape in self.tapes.values() if tape.graph_note is not None]
+        return [tape.graph.note for tape in self.tapes.values() if tape.graph is not None and tape.graph.note]
 
 
 def capture(fn: Callable | None = None, *, cuda_graphs: bool = True) -> Any:

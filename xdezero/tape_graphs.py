@@ -28,7 +28,7 @@ from typing import Any
 from xdezero.backends import check_index_arrays, deferring_checks, is_array, random_draws
 from xdezero.core import Variable
 
-__all__ = ["GraphedStep", "NoGraph", "capture_graph"]
+__all__ = ["GraphReplay", "GraphedStep", "NoGraph", "capture_graph"]
 
 MAX_CAPTURES = 16  # captures of one step before it stays plain (its numbers change on every call)
 
@@ -206,3 +206,67 @@ def _check_positions(kit: Any, entry: tuple, inputs: list) -> tuple:
             raise NoGraph(f"{where} checks ids that the step computes itself; a graph can check only its arguments")
         positions.append(k)
     return positions, ranges, where, error
+
+
+class GraphReplay:
+    """The CUDA-graph side of one recorded tape: the first replay warms the capture stream up, the second
+    captures, later ones launch; `note` says why the tape replays plainly instead (then `replay` gives None)."""
+
+    def __init__(self, kit: Any, tape: Any) -> None:
+        self.kit, self.tape = kit, tape
+        self.graphed: GraphedStep | None = None
+        self.note: str | None = None
+        self.warmed = False
+        self.captures = 0
+
+    def replay(self, arrays: list) -> dict | list | None:
+        """One call on `arrays`: the values of its result slots (indexable by slot), or None: replay plainly."""
+        kit, tape, graphed = self.kit, self.tape, self.graphed
+        if kit is None:
+            return None
+        if graphed is not None and not graphed.current():  # new numbers or new parameter arrays: capture again
+            graphed = self.graphed = None
+            kit.release()
+        if graphed is None:
+            if not self.warmed:
+                self.warmed = True
+                values: list = [None] * tape.n_slots
+                values[: tape.n_args] = arrays
+                kit.warm(lambda: tape.run(values))
+                return values
+            if self.captures == MAX_CAPTURES:
+                return self._no_graph(f"captured {MAX_CAPTURES} times: the numbers its kernels take change every call")
+            self.captures += 1
+            try:
+                graphed = self.graphed = capture_graph(kit, tape.run, arrays, tape.n_slots, *state_refs(tape.ops))
+            except NoGraph as why:
+                return self._no_graph(str(why))
+        return graphed.launch(arrays, tape.result_slots)
+
+    def _no_graph(self, why: str) -> None:
+        self.note, self.kit, self.graphed = why, None, None
+
+
+def state_refs(ops: list) -> tuple[list, set, list]:
+    """What a tape's ops read or rebind outside the step: the Variables from before it, the ids of those whose
+    gradient from before it is read, and the optimizers and their hooks."""
+    variables: dict[int, Variable] = {}
+    owners: list = []
+    grads_read: set[int] = set()
+    written: set[int] = set()
+    for op in ops:
+        touched = [v for kind, v in op.inputs if kind == "data"]
+        if op.kind in ("set_grad", "set_data", "clear_grad", "read_grad"):
+            touched.append(op.target)
+        if op.kind == "call":
+            params = list(op.target.target.params())
+            touched += params
+            grads_read |= {id(p) for p in params if id(p) not in written}
+            owners += [op.target, *op.target.hooks]
+        elif op.kind == "read_grad" and id(op.target) not in written:
+            grads_read.add(id(op.target))
+        elif op.kind in ("set_grad", "clear_grad"):
+            written.add(id(op.target))
+        for v in touched:
+            variables.setdefault(id(v), v)
+    return list(variables.values()), grads_read, list({id(o): o for o in owners}.values())
