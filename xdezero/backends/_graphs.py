@@ -21,8 +21,8 @@ import array_api_compat
 
 from xdezero.backends._cublas import capturing_cupy, prepare
 
-# CuPy pools keep the memory of the graphs captured with them until their arrays are gone; a pool object must
-# outlive its arrays (the arrays hold it weakly), so each one stays here once made. See `CupyGraphs.release`.
+# A CuPy pool must outlive the arrays allocated from it (they hold it weakly), and some of a graph's arrays are
+# handed out (a parameter's gradient): so every pool stays here while any of its memory is in use.
 _cupy_pools: list = []
 
 
@@ -37,7 +37,14 @@ class CupyGraphs:
         with device:
             self._stream = cupy.cuda.Stream(non_blocking=True)
         self._pool = cupy.cuda.MemoryPool()
+        _cupy_pools[:] = [pool for pool in _cupy_pools if pool.used_bytes()]  # no array left: the kit decides
         _cupy_pools.append(self._pool)
+
+    def __del__(self) -> None:
+        try:
+            self._pool.free_all_blocks()  # the unused memory; what arrays still hold stays theirs
+        except Exception:  # at interpreter exit CuPy may be gone already
+            pass
 
     def capture(self, fn: Callable[[], None]) -> Any:
         """The graph of `fn`'s kernels (none of which runs now); an error in `fn` ends the capture and is raised."""
