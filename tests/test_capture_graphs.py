@@ -231,3 +231,45 @@ def test_the_decorator_takes_the_flag():
         return F.sum(x)
 
     assert step.cuda_graphs is False and step.__name__ == "step"
+
+
+# --- the pieces a CuPy capture swaps in, on NumPy ------------------------------------------------------
+
+
+def test_stack_copies_part_by_part_while_a_cupy_graph_is_captured():
+    from xdezero.backends._cublas import capturing_cupy, stack
+
+    parts = [np.full((2, 3), k, dtype=np.float32) for k in range(4)]
+    for axis in (0, 1, 2, -1):
+        with capturing_cupy():
+            got = stack(np, parts, axis)
+        np.testing.assert_array_equal(got, np.stack(parts, axis=axis))
+
+
+def test_a_product_a_captured_cupy_graph_cannot_hold_is_refused():
+    from xdezero.backends._cublas import capturing_cupy, matmul
+
+    a = np.ones((2, 3, 4), dtype=np.float32)
+    with capturing_cupy(), pytest.raises(NotImplementedError, match="2-D float32/float64 products only"):
+        matmul(np, a, np.ones((4, 2), dtype=np.float32))
+    np.testing.assert_array_equal(matmul(np, a, np.ones((4, 2), dtype=np.float32)), np.full((2, 3, 2), 4.0))
+
+
+def test_deferred_id_checks_are_collected_and_checked_later():
+    from xdezero.backends import check_ids, deferring_checks
+
+    bad = np.array([0, 5])
+    deferred = []
+    with deferring_checks(deferred):
+        assert check_ids(bad, 0, 3, "where") is bad  # nothing checked here
+    assert deferred == [([bad], [(0, 3, "id")], "where", ValueError)]
+    with pytest.raises(ValueError, match="where: id 5 is out of range"):
+        check_ids(bad, 0, 3, "where")  # checked again once the context is left
+
+
+def test_random_draws_are_counted():
+    from xdezero.backends import random_draws, uniform
+
+    before = random_draws()
+    uniform((3,), like=np.zeros(1, dtype=np.float32))
+    assert random_draws() == before + 1
