@@ -130,16 +130,21 @@ def torch_step(sizes: tuple[int, ...], x_np, t_np, device: str):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        return loss
 
+    step.inputs = (x, t)
     return step
 
 
 def torch_graph_step(sizes: tuple[int, ...], x_np, t_np):
     """The PyTorch step on CUDA captured once in a CUDA graph (`torch.cuda.CUDAGraph`); the returned function
-    replays it (one launch per step, on the same input buffers)."""
+    runs one step as a training loop does with a graph: the batch copied into the graph's input buffers, one
+    replay, the loss copied out (as `xdezero.capture` does on every call)."""
     import torch
 
     step = torch_step(sizes, x_np, t_np, "cuda")
+    static_x, static_t = step.inputs
+    batch_x, batch_t = static_x.clone(), static_t.clone()  # the batch of each call, arriving on the device
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm up outside the graph, as torch's documentation asks
@@ -148,5 +153,12 @@ def torch_graph_step(sizes: tuple[int, ...], x_np, t_np):
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        step()
-    return graph.replay
+        static_loss = step()
+
+    def replay():
+        static_x.copy_(batch_x)
+        static_t.copy_(batch_t)
+        graph.replay()
+        return static_loss.clone()
+
+    return replay
