@@ -48,7 +48,8 @@ def test_dry_run_without_a_gpu(tmp_path):
     names = [r["workload"] for r in report["bench"]["rows"]]
     assert names == [
         *("chain-1e3", "chain-1e6", "mlp-b100", "mlp-b1000", "wide-b4096", "cnn-b128"),
-        *("mlp-b100-captured", "mlp-b100-vs-graph", "memory-chain-1e7", "wide-b4096 tf32"),
+        *("mlp-b100-captured", "mlp-b100-captured-plain", "cnn-b128-captured", "mlp-b100-vs-graph"),
+        *("memory-chain-1e7", "wide-b4096 tf32", "cnn-b128 tf32"),
     ]
     assert set(report["kernels"]) == {"mlp", "cnn"}
     summary = (tmp_path / "gpu_check.md").read_text()
