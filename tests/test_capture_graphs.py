@@ -140,6 +140,52 @@ def test_a_new_learning_rate_is_captured_again(gxp):
         assert gxp.stand_in_kits[0].captures == 3
 
 
+def test_a_learning_rate_given_as_a_numpy_number_is_captured_again(gxp):
+    def decay(k, eager, graphed):
+        if k == 7:
+            eager[1].lr = np.float32(0.05)
+            graphed[1].lr = np.float32(0.05)
+
+    step, _ = _compare(gxp, "mlp", lambda: optimizers.SGD(lr=np.float32(0.1)), between=decay)
+    assert step.graphs == 1
+    if library(gxp) == "numpy":
+        assert gxp.stand_in_kits[0].captures == 2
+
+
+def test_optimizer_state_replaced_between_calls_is_captured_again(gxp):
+    def reset(k, eager, graphed):
+        if k == 7:  # e.g. a checkpoint loaded: new momentum arrays
+            for opt in (eager[1], graphed[1]):
+                for p in list(opt.vs.keys()):
+                    opt.vs[p] = opt.vs[p] * 0.0
+
+    step, _ = _compare(gxp, "mlp", lambda: optimizers.MomentumSGD(lr=0.1), between=reset)
+    assert step.graphs == 1
+    if library(gxp) == "numpy":
+        assert gxp.stand_in_kits[0].captures == 2
+
+
+def test_a_hook_added_between_calls_is_captured_again(gxp):
+    def add_hook(k, eager, graphed):
+        if k == 7:
+            eager[1].add_hook(optimizers.WeightDecay(0.01))
+            graphed[1].add_hook(optimizers.WeightDecay(0.01))
+
+    step, _ = _compare(gxp, "mlp", OPTIMIZERS["SGD"], between=add_hook)
+    assert step.graphs == 1
+    if library(gxp) == "numpy":
+        assert gxp.stand_in_kits[0].captures == 2
+
+
+def test_gradients_cleared_between_calls_are_set_by_the_next_step(gxp):
+    def clear(k, eager, graphed):
+        if k >= 6:
+            eager[0].cleargrads()
+            graphed[0].cleargrads()
+
+    _compare(gxp, "mlp", OPTIMIZERS["SGD"], between=clear)  # compares the gradients each step leaves
+
+
 def test_parameters_given_new_arrays_are_captured_again(gxp):
     def reset(k, eager, graphed):
         if k == 7:
@@ -237,7 +283,8 @@ def test_the_decorator_takes_the_flag():
 
 
 def test_stack_copies_part_by_part_while_a_cupy_graph_is_captured():
-    from xdezero.backends._cublas import capturing_cupy, stack
+    from xdezero.backends._graphs import capturing_cupy
+    from xdezero.backends._graphs import graph_safe_stack as stack
 
     parts = [np.full((2, 3), k, dtype=np.float32) for k in range(4)]
     for axis in (0, 1, 2, -1):
@@ -247,7 +294,8 @@ def test_stack_copies_part_by_part_while_a_cupy_graph_is_captured():
 
 
 def test_a_product_a_captured_cupy_graph_cannot_hold_is_refused():
-    from xdezero.backends._cublas import capturing_cupy, matmul
+    from xdezero.backends._graphs import capturing_cupy
+    from xdezero.backends._graphs import graph_safe_matmul as matmul
 
     a = np.ones((2, 3, 4), dtype=np.float32)
     with capturing_cupy(), pytest.raises(NotImplementedError, match="2-D float32/float64 products only"):

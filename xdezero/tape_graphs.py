@@ -15,12 +15,15 @@ calls launch the graph. A graph's kernels read and write fixed memory, so:
 A step that cannot be a graph is replayed plainly, as on other libraries; `CapturedStep.graph_notes` says why.
 It cannot when it draws random numbers (dropout: a graph would repeat the first mask), reads a value on the host
 (a `float()`, a branch), checks ids it computed itself, or changes Python numbers that its kernels take (Adam's
-step count): a graph would repeat the captured value. A step whose optimizer's numbers the user changes between
-calls (a new learning rate) is captured again; so is one whose parameters were given new arrays.
+step count): a graph would repeat the captured value. A step is captured again when its optimizer's settings
+change between calls (a new learning rate, an added hook), or its parameters, the gradients it reads or the
+optimizer's state are given new arrays (a loaded checkpoint). The gradients a step leaves are the graph's arrays
+too, set again after each launch and overwritten by the next.
 """
 
 from __future__ import annotations
 
+import numbers
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -38,47 +41,35 @@ class NoGraph(Exception):
 
 
 class _State:
-    """The state outside the step that its ops read or rebind: Variables' data and gradients, optimizers' and
-    their hooks' per-parameter arrays and numbers."""
+    """The state outside the step that its ops read or rebind: Variables' data and gradients, and the optimizers'
+    and their hooks' attributes (per-parameter tables of arrays, and settings such as numbers its kernels take)."""
 
     def __init__(self, variables: list[Variable], grads_read: set[int], owners: list[Any]) -> None:
-        self.variables = [(v, v._data, v.grad) for v in variables]
+        self.before = [(v, v._data, v.grad) for v in variables]  # for `restore`, until a capture succeeds
         self.grads_read = grads_read  # ids of Variables whose gradient from before the step the step reads
-        self.tables, self.numbers = [], []
+        self.tables: list[tuple] = []  # (owner, name, table, [(key, array)], size)
+        self.settings: list[tuple] = []  # (owner, name, value): every other attribute
         for owner in owners:
             for name, value in vars(owner).items():
                 if isinstance(value, dict | weakref.WeakKeyDictionary):
-                    entries = [(key, a) for key, a in value.items() if is_array(a)]
-                    if entries:
-                        self.tables.append((value, f"{type(owner).__name__}.{name}", entries, len(value)))
-                elif isinstance(value, int | float):
-                    self.numbers.append((owner, name, value))
+                    self.tables.append(
+                        (owner, name, value, [(k, a) for k, a in value.items() if is_array(a)], len(value))
+                    )
+                else:
+                    self.settings.append((owner, name, _frozen(value)))
 
-    def numbers_now(self) -> list:
-        return [getattr(owner, name) for owner, name, _ in self.numbers]
-
-    def unchanged_numbers(self) -> bool:
-        return all(getattr(owner, name) == value for owner, name, value in self.numbers)
-
-    def own_buffers(self, kit: Any) -> list:
-        """Give every array of the state a copy of its own (the graph writes into these), returning them."""
-        buffers = []
-        for v, data, grad in self.variables:
+    def own_buffers(self, kit: Any) -> None:
+        """Give every array of the state a copy of its own, which the graph will read and write."""
+        for v, data, grad in self.before:
             if data is not None:
                 v._data = kit.copy(data)
-                buffers.append(v._data)
             if grad is not None and id(v) in self.grads_read:
                 v.grad = Variable(kit.copy(grad._data), requires_grad=False)
-                buffers.append(v.grad._data)
-        for table, _, entries, _ in self.tables:
+        for _, _, table, entries, _ in self.tables:
             for key, a in entries:
                 table[key] = kit.copy(a)
-                buffers.append(table[key])
-        self.owned = [(v, v._data, v.grad) for v, _, _ in self.variables]
-        self.owned_tables = [
-            (table, name, [(key, table[key]) for key, _ in entries], n) for table, name, entries, n in self.tables
-        ]
-        return buffers
+        self.owned = [(v, v._data, v.grad) for v, _, _ in self.before]
+        self.owned_tables = [(o, n, t, [(k, t[k]) for k, _ in e], size) for o, n, t, e, size in self.tables]
 
     def write_back(self, kit: Any) -> None:
         """At the end of the captured step: copy what it rebound into the buffers it read, and point the state
@@ -89,36 +80,81 @@ class _State:
             if grad is not None and id(v) in self.grads_read and (v.grad is None or v.grad._data is not grad._data):
                 new = None if v.grad is None else v.grad._data
                 v.grad = Variable(_copied_back(kit, grad._data, new, "a gradient"), requires_grad=False)
-        for table, name, entries, n in self.owned_tables:
-            if len(table) != n:
-                raise NoGraph(f"{name} gained entries during the step (state made on a first update)")
+        for owner, name, table, entries, size in self.owned_tables:
+            if len(table) != size:
+                raise NoGraph(
+                    f"{type(owner).__name__}.{name} gained entries during the step (state made on a first update)"
+                )
             for key, old in entries:
                 if table.get(key) is not old:
-                    table[key] = _copied_back(kit, old, table.get(key), name)
-        for owner, name, value in self.numbers:
-            now = getattr(owner, name)
-            if now != value:
+                    table[key] = _copied_back(kit, old, table.get(key), f"{type(owner).__name__}.{name}")
+        for owner, name, value in self.settings:
+            now = getattr(owner, name, None)
+            if not _same(_frozen(now), value):
                 raise NoGraph(
-                    f"{type(owner).__name__}.{name} changed during the step ({value!r} to {now!r}): its kernels "
-                    "take it as a number, which a graph would repeat"
+                    f"{type(owner).__name__}.{name} changed during the step ({_shown(value)} to {_shown(now)}): its "
+                    "kernels would repeat the captured value"
                 )
+        # what every launch leaves in the gradients (eager steps set them, so a launch sets them again)
+        self.grads_after = [(v, v.grad) for v, _, _ in self.owned]
 
     def restore(self) -> None:
         """Everything back as it was before the capture began."""
-        for v, data, grad in self.variables:
+        for v, data, grad in self.before:
             v._data, v.grad = data, grad
-        for table, _, entries, _size in self.tables:
+        for _, _, table, entries, _ in self.tables:
             known = {id(key) for key, _ in entries}
             for key in [k for k in table if id(k) not in known]:
                 del table[key]
             for key, a in entries:
                 table[key] = a
-        for owner, name, value in self.numbers:
-            setattr(owner, name, value)
+        for owner, name, value in self.settings:
+            if isinstance(value, numbers.Number) and not _same(getattr(owner, name, None), value):
+                setattr(owner, name, value)  # Adam's step count, advanced by the refused capture
 
-    def still_owned(self) -> bool:
-        """Whether the state still holds the graph's buffers (nobody assigned a parameter new data)."""
-        return all(v._data is data for v, data, _ in self.owned)
+    def captured(self) -> None:
+        """The capture succeeded: the arrays from before it are no longer needed."""
+        self.before, self.tables = [], []
+
+    def current(self) -> bool:
+        """Whether the state still holds the graph's buffers and settings: nobody gave a parameter, a gradient
+        the step reads or an optimizer's table new arrays, or changed a setting (a learning rate, a hook)."""
+        for v, data, grad in self.owned:
+            if v._data is not data:
+                return False
+            if id(v) in self.grads_read and (v.grad is None or v.grad._data is not grad._data):
+                return False
+        for owner, name, table, entries, size in self.owned_tables:
+            if vars(owner).get(name) is not table or len(table) != size:
+                return False
+            if any(table.get(key) is not buffer for key, buffer in entries):
+                return False
+        return all(_same(_frozen(getattr(owner, name, None)), value) for owner, name, value in self.settings)
+
+    def after_launch(self) -> None:
+        for v, grad in self.grads_after:
+            v.grad = grad
+
+
+def _frozen(value: Any) -> Any:
+    """A list as a tuple of its items (a hook added to `hooks` changes it); anything else itself."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _same(a: Any, b: Any) -> bool:
+    """The same setting: the same object, or equal numbers (a learning rate set to an equal value), or tuples
+    of the same objects."""
+    if a is b:
+        return True
+    if isinstance(a, numbers.Number) and isinstance(b, numbers.Number) and not (is_array(a) or is_array(b)):
+        return bool(a == b)
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(x is y for x, y in zip(a, b))
+    return False
+
+
+def _shown(value: Any) -> str:
+    return repr(value) if isinstance(value, numbers.Number) else type(value).__name__
 
 
 def _copied_back(kit: Any, old: Any, new: Any, what: str) -> Any:
@@ -134,11 +170,10 @@ class GraphedStep:
     def __init__(self, kit: Any, graph: Any, state: _State, inputs: list, checks: list, values: list) -> None:
         self.kit, self.graph, self.state, self.inputs, self.checks = kit, graph, state, inputs, checks
         self.values = values  # the capture's slot values: those of the results are what the graph writes
-        self.numbers = state.numbers_now()
 
     def current(self) -> bool:
-        """Whether the graph still does what the step would: the same numbers, the same parameter arrays."""
-        return self.state.numbers_now() == self.numbers and self.state.still_owned()
+        """Whether the graph still does what the step would (see `_State.current`)."""
+        return self.state.current()
 
     def launch(self, arrays: list, result_slots: list[int]) -> dict:
         """Run the step on `arrays`: the result slots and fresh copies of their arrays (the next launch writes
@@ -149,6 +184,7 @@ class GraphedStep:
         for positions, ranges, where, error in self.checks:  # a refused call has updated nothing
             check_index_arrays([arrays[k] for k in positions], ranges, where, error)
         kit.launch(self.graph)
+        self.state.after_launch()
         return {slot: kit.copy(self.values[slot]) for slot in result_slots}
 
 
@@ -163,12 +199,10 @@ def capture_graph(
 ) -> GraphedStep:
     """Capture `run` (the replay of a step's ops on a list of slot values, the arguments first) as a graph.
     Nothing of the step runs here; raises NoGraph (with the state as it was) when the step cannot be a graph."""
-    state = _State(variables, grads_read, owners)
-    inputs = [kit.copy(a) for a in arrays]
-    buffers = state.own_buffers(kit)
     values: list = [None] * n_slots
     deferred: list = []
     draws = random_draws()
+    state: _State | None = None
 
     def step() -> None:
         values[: len(inputs)] = inputs  # the replay frees each slot after its last use
@@ -178,6 +212,9 @@ def capture_graph(
 
     random = "the step draws random numbers (dropout), which a graph would repeat at every launch"
     try:
+        state = _State(variables, grads_read, owners)
+        inputs = [kit.copy(a) for a in arrays]
+        state.own_buffers(kit)
         graph = kit.capture(step)
         if random_draws() != draws:
             raise NoGraph(random)
@@ -186,14 +223,14 @@ def capture_graph(
         state.restore()
         raise
     except Exception as error:  # the library refused an operation while capturing (a host read, a draw)
-        state.restore()
+        if state is not None:
+            state.restore()
         if random_draws() != draws:
             raise NoGraph(random) from error
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise NoGraph(f"{kit.name} refused the capture: {type(error).__name__}: {first_line}") from error
-    graphed = GraphedStep(kit, graph, state, inputs, checks, values)
-    graphed.buffers = buffers  # kept with the graph, which writes into them
-    return graphed
+    state.captured()
+    return GraphedStep(kit, graph, state, inputs, checks, values)
 
 
 def _check_positions(kit: Any, entry: tuple, inputs: list) -> tuple:
@@ -219,12 +256,12 @@ class GraphReplay:
         self.warmed = False
         self.captures = 0
 
-    def replay(self, arrays: list) -> dict | list | None:
-        """One call on `arrays`: the values of its result slots (indexable by slot), or None: replay plainly."""
+    def replay(self, arrays: list) -> dict | None:
+        """One call on `arrays`: its result slots and their arrays, or None: replay plainly."""
         kit, tape, graphed = self.kit, self.tape, self.graphed
         if kit is None:
             return None
-        if graphed is not None and not graphed.current():  # new numbers or new parameter arrays: capture again
+        if graphed is not None and not graphed.current():  # new settings or new arrays in the state: capture again
             graphed = self.graphed = None
             kit.release()
         if graphed is None:
@@ -233,7 +270,7 @@ class GraphReplay:
                 values: list = [None] * tape.n_slots
                 values[: tape.n_args] = arrays
                 kit.warm(lambda: tape.run(values))
-                return values
+                return {slot: values[slot] for slot in tape.result_slots}
             if self.captures == MAX_CAPTURES:
                 return self._no_graph(f"captured {MAX_CAPTURES} times: the numbers its kernels take change every call")
             self.captures += 1

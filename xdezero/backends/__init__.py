@@ -2,8 +2,6 @@
 
 from xdezero.backends._allocator import allocator_info, apply_allocator_setting, tune_allocator
 from xdezero.backends._checks import check_ids, check_index_arrays, deferring_checks
-from xdezero.backends._cublas import matmul as graph_safe_matmul
-from xdezero.backends._cublas import stack
 from xdezero.backends._devices import (
     is_cupy_available,
     library_namespace,
@@ -15,7 +13,7 @@ from xdezero.backends._devices import (
     to_numpy,
 )
 from xdezero.backends._fused import fused
-from xdezero.backends._graphs import graph_kit
+from xdezero.backends._graphs import graph_kit, graph_safe_matmul, graph_safe_stack
 from xdezero.backends._im2col import (
     add_windows,
     col2im,
@@ -66,7 +64,7 @@ __all__ = [
     "deferring_checks",
     "graph_kit",
     "graph_safe_matmul",
-    "stack",
+    "graph_safe_stack",
     "random_draws",
     "col2im",
     "col2im_matrix",

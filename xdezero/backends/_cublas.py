@@ -1,12 +1,11 @@
-"""Matrix products that a CUDA-graph capture can hold on CuPy, and stacking without a host-to-device copy.
+"""cuBLAS's GEMM called directly, through ctypes: the products of a CuPy graph capture.
 
 CuPy refuses every cuBLAS call while a stream captures ("calling cuBLAS API during stream capture is currently
-unsupported"), although cuBLAS itself supports capture when its workspace is set beforehand. So, while a CuPy graph
-is captured (and only then), `matmul` calls cuBLAS's GEMM directly, through ctypes, on a handle of xdezero's own
-whose workspace is allocated once, outside any capture; everywhere else it is `xp.matmul`. (Called directly in
-eager steps too, the GEMM made a batch-100 MLP step slower against PyTorch on an H200, not faster: ctypes and its
-checks cost about what CuPy's own call does.) `stack` copies each part into its slot while a CuPy graph is
-captured, where CuPy's concatenation would send its table of pointers from the host.
+unsupported"), although cuBLAS itself supports capture when its workspace is set beforehand. So while a CuPy graph
+is captured (backends/_graphs.py), 2-D float products run here, on a cuBLAS handle of xdezero's own whose
+workspace is allocated once, outside any capture, and set again after each change of stream (setting the stream
+resets it). Called for every product of eager steps too, the GEMM made a batch-100 MLP step slower against
+PyTorch on an H200, not faster: ctypes and its checks cost about what CuPy's own call does.
 """
 
 from __future__ import annotations
@@ -16,8 +15,6 @@ import ctypes.util
 import os
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 _OP_N, _OP_T = 0, 1
@@ -25,45 +22,7 @@ _TF32_TENSOR_OP_MATH = 3
 _WORKSPACE_BYTES = 32 * 2**20
 _handles: dict[int, tuple] = {}  # device id -> (handle, workspace array)
 _library: list = []
-_capture = threading.local()  # set on the thread that is capturing a CuPy graph
-
-
-def cupy_capturing() -> bool:
-    """Whether this thread is capturing a CuPy graph."""
-    return getattr(_capture, "cupy", False)
-
-
-@contextmanager
-def capturing_cupy() -> Iterator[None]:
-    """Inside: this thread captures a CuPy graph (`prepare` its device first, outside the capture)."""
-    _capture.cupy = True
-    try:
-        yield
-    finally:
-        _capture.cupy = False
-
-
-def matmul(xp: Any, a: Any, b: Any) -> Any:
-    """a @ b (xp.matmul), through cuBLAS's GEMM called directly while a CuPy graph is captured."""
-    if not cupy_capturing():
-        return xp.matmul(a, b)
-    if a.ndim == 2 and b.ndim == 2 and a.dtype == b.dtype and a.dtype.kind == "f" and a.dtype.itemsize in (4, 8):
-        return cupy_gemm(a, b)
-    raise NotImplementedError(
-        f"a captured CuPy graph holds 2-D float32/float64 products only, got {a.shape} {a.dtype} @ {b.shape} {b.dtype}"
-    )
-
-
-def stack(xp: Any, arrays: list, axis: int) -> Any:
-    """xp.stack(arrays, axis), copied part by part into its slot while a CuPy graph is captured."""
-    if not cupy_capturing():
-        return xp.stack(arrays, axis=axis)
-    first = arrays[0]
-    axis = axis % (first.ndim + 1)
-    out = xp.empty((*first.shape[:axis], len(arrays), *first.shape[axis:]), dtype=first.dtype)
-    for k, part in enumerate(arrays):
-        out[(slice(None),) * axis + (k,)] = part
-    return out
+_lock = threading.Lock()  # one handle per device: setting its stream, workspace and running the GEMM go together
 
 
 def _cublas() -> ctypes.CDLL:
@@ -112,8 +71,12 @@ def _check(status: int, what: str) -> None:
 
 def prepare(device_id: int) -> None:
     """Create this device's handle and workspace now (before a capture: neither may be made during one)."""
-    if device_id in _handles:
-        return
+    with _lock:
+        if device_id not in _handles:
+            _prepare(device_id)
+
+
+def _prepare(device_id: int) -> None:
     cupy = sys.modules["cupy"]
     lib = _cublas()
     handle = ctypes.c_void_p()
@@ -127,7 +90,8 @@ def prepare(device_id: int) -> None:
 
 
 def _operand(cupy: Any, x: Any) -> tuple[int, int, Any]:
-    """(op, leading dimension, array) giving xᵀ, x (r, c), as a column-major cuBLAS operand."""
+    """How cuBLAS, which reads matrices column by column, gets xᵀ for a row-major x (r, c): (op, leading
+    dimension, array). A C-ordered x already lies as xᵀ; an F-ordered one lies as x and is transposed by the op."""
     if x.flags.c_contiguous:  # column-major (c, r) with ld c: xᵀ as it lies
         return _OP_N, max(1, x.shape[1]), x
     if x.flags.f_contiguous:  # column-major (r, c) with ld r: x, transposed by the op
@@ -150,13 +114,9 @@ def cupy_gemm(a: Any, b: Any) -> Any:
         out.fill(0)
         return out
     device_id = out.device.id
-    if device_id not in _handles:
-        if cupy_capturing():
-            raise NotImplementedError("cuBLAS was not prepared for this device before the capture")
-        prepare(device_id)
-    handle = _handles[device_id][0]
+    prepare(device_id)  # a capturer prepares first, outside its capture
+    handle, workspace = _handles[device_id]
     lib = _cublas()
-    _check(lib.cublasSetStream_v2(handle, cupy.cuda.get_current_stream().ptr), "cublasSetStream")
     op_b, ld_b, b = _operand(cupy, b)
     op_a, ld_a, a = _operand(cupy, a)
     if a.dtype == cupy.float32:
@@ -164,9 +124,12 @@ def cupy_gemm(a: Any, b: Any) -> Any:
     else:
         gemm, scalar = lib.cublasDgemm_v2, ctypes.c_double
     one, zero = scalar(1.0), scalar(0.0)
-    status = gemm(
-        handle, op_b, op_a, n, m, k, ctypes.byref(one), b.data.ptr, ld_b, a.data.ptr, ld_a, ctypes.byref(zero),
-        out.data.ptr, max(1, n),
-    )  # fmt: skip
+    with _lock:
+        _check(lib.cublasSetStream_v2(handle, cupy.cuda.get_current_stream().ptr), "cublasSetStream")
+        _check(lib.cublasSetWorkspace_v2(handle, workspace.data.ptr, _WORKSPACE_BYTES), "cublasSetWorkspace")
+        status = gemm(
+            handle, op_b, op_a, n, m, k, ctypes.byref(one), b.data.ptr, ld_b, a.data.ptr, ld_a, ctypes.byref(zero),
+            out.data.ptr, max(1, n),
+        )  # fmt: skip
     _check(status, "gemm")
     return out

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from xdezero.backends._cublas import cupy_capturing
+from xdezero.backends._graphs import cupy_capturing
 from xdezero.backends._namespace import library_name
 from xdezero.backends._scratch import MIN_BYTES as REUSED_MIN_BYTES
 from xdezero.backends._scratch import empty as reused_empty

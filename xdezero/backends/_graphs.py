@@ -4,7 +4,7 @@ What a captured training step needs from a library, for the two libraries that h
 torch on CUDA): capture a function's kernels on a stream of their own, with the memory it allocates taken from a
 pool of its own (kernels in a graph write to fixed addresses: nothing outside the graph may be given that memory
 while the graph lives); launch the graph on the current stream; copy into a fixed buffer; tell whether two arrays
-are the same memory. `graph_kit(array)` gives these for the array's library, or None (no CUDA graphs there).
+are the same memory. `graph_kit(arrays)` gives these for the arrays' library, or None (no CUDA graphs there).
 
 The capture runs the function's Python once, but none of its kernels: they run at each launch. A function that
 reads an array's values on the host while it is captured (a `float()`, a transfer) fails the capture with the
@@ -14,16 +14,64 @@ library's error; the caller falls back to running the function.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import array_api_compat
 
-from xdezero.backends._cublas import capturing_cupy, prepare
+from xdezero.backends._cublas import cupy_gemm, prepare
+
+_capture = threading.local()  # set on the thread that is capturing a CuPy graph
+
+
+def cupy_capturing() -> bool:
+    """Whether this thread is capturing a CuPy graph."""
+    return getattr(_capture, "cupy", False)
+
+
+@contextmanager
+def capturing_cupy() -> Iterator[None]:
+    """Inside: this thread captures a CuPy graph (whose device's cuBLAS handle was prepared first)."""
+    _capture.cupy = True
+    try:
+        yield
+    finally:
+        _capture.cupy = False
+
+
+def graph_safe_matmul(xp: Any, a: Any, b: Any) -> Any:
+    """a @ b (xp.matmul); while a CuPy graph is captured, cuBLAS's GEMM called directly (CuPy refuses its own)."""
+    if not cupy_capturing():
+        return xp.matmul(a, b)
+    if a.ndim == 2 and b.ndim == 2 and a.dtype == b.dtype and a.dtype.kind == "f" and a.dtype.itemsize in (4, 8):
+        return cupy_gemm(a, b)
+    raise NotImplementedError(
+        f"a captured CuPy graph holds 2-D float32/float64 products only, got {a.shape} {a.dtype} @ {b.shape} {b.dtype}"
+    )
+
+
+def graph_safe_stack(xp: Any, arrays: list, axis: int) -> Any:
+    """xp.stack(arrays, axis); while a CuPy graph is captured, each part copied into its slot (CuPy's
+    concatenation sends its table of pointers from the host, which a capture refuses)."""
+    if not cupy_capturing():
+        return xp.stack(arrays, axis=axis)
+    first = arrays[0]
+    if any(tuple(a.shape) != tuple(first.shape) for a in arrays):
+        raise ValueError(f"stack: all arrays must have the same shape, got {[tuple(a.shape) for a in arrays]}")
+    axis = axis % (first.ndim + 1)
+    out = xp.empty((*first.shape[:axis], len(arrays), *first.shape[axis:]), dtype=xp.result_type(*arrays))
+    for k, part in enumerate(arrays):
+        out[(slice(None),) * axis + (k,)] = part
+    return out
+
 
 # A CuPy pool must outlive the arrays allocated from it (they hold it weakly), and some of a graph's arrays are
-# handed out (a parameter's gradient): so every pool stays here while any of its memory is in use.
-_cupy_pools: list = []
+# handed out (a parameter's gradient): so every pool stays here, with its kit, while the kit lives or any of its
+# memory is in use.
+_cupy_pools: list = []  # (weak reference to the kit, pool)
 
 
 class CupyGraphs:
@@ -37,8 +85,8 @@ class CupyGraphs:
         with device:
             self._stream = cupy.cuda.Stream(non_blocking=True)
         self._pool = cupy.cuda.MemoryPool()
-        _cupy_pools[:] = [pool for pool in _cupy_pools if pool.used_bytes()]  # no array left: the kit decides
-        _cupy_pools.append(self._pool)
+        _cupy_pools[:] = [(kit, pool) for kit, pool in _cupy_pools if kit() is not None or pool.used_bytes()]
+        _cupy_pools.append((weakref.ref(self), self._pool))
 
     def __del__(self) -> None:
         try:
@@ -68,9 +116,11 @@ class CupyGraphs:
         stream, such as a library handle's workspace, is then made outside a capture)."""
         current = self._cupy.cuda.get_current_stream()
         self._stream.wait_event(current.record())
-        with self._device, self._stream:
-            fn()
-        current.wait_event(self._stream.record())
+        try:
+            with self._device, self._stream:
+                fn()
+        finally:
+            current.wait_event(self._stream.record())
 
     def launch(self, graph: Any) -> None:
         graph.launch()  # on the current stream
@@ -106,9 +156,11 @@ class TorchGraphs:
         torch = self._torch
         current = torch.cuda.current_stream(self._device)
         self._stream.wait_stream(current)
-        with torch.cuda.stream(self._stream):
-            fn()
-        current.wait_stream(self._stream)
+        try:
+            with torch.cuda.stream(self._stream):
+                fn()
+        finally:
+            current.wait_stream(self._stream)
 
     def capture(self, fn: Callable[[], None]) -> Any:
         """The graph of `fn`'s kernels (none of which runs now); an error in `fn` ends the capture and is raised."""

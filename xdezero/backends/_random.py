@@ -22,12 +22,12 @@ _lock = threading.Lock()
 _seed: int | None = None
 _host: np.random.Generator = np.random.default_rng()
 _per_device: dict[tuple[str, str], Any] = {}  # (library, device) -> that library's generator state
-_draws = 0  # how many times `uniform` drew (a CUDA-graph capture must not: its draw would repeat each launch)
+_draws = threading.local()  # how many times `uniform` drew on this thread (a CUDA-graph capture must not)
 
 
 def draws() -> int:
-    """How many draws `uniform` has made in this process (a CUDA-graph capturer compares two readings)."""
-    return _draws
+    """How many draws `uniform` has made on this thread (a CUDA-graph capturer compares two readings)."""
+    return getattr(_draws, "count", 0)
 
 
 def seed(n: int | None) -> None:
@@ -86,9 +86,8 @@ def uniform(shape: tuple, like: Any, dtype: Any = None) -> Any:
     xp = array_namespace(like)
     if not xp.isdtype(dtype, "real floating"):
         raise TypeError(f"uniform: dtype must be a real floating dtype, got {dtype}")
-    global _draws
+    _draws.count = getattr(_draws, "count", 0) + 1
     with _lock:
-        _draws += 1
         if array_api_compat.is_torch_array(like):
             return _torch_uniform(shape, like, dtype)
         if array_api_compat.is_jax_array(like):
