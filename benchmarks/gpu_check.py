@@ -150,9 +150,9 @@ def main() -> int:
         workers = _workers(args.workers)
         if workers > 1:
             command[4:4] = ["-n", str(workers)]
-        # a line per test as it ends and one per failure at the end; pytest-benchmark (on some GPU images) warns
+        # a line per failure and per skip reason at the end; pytest-benchmark (on some GPU images) warns
         # under pytest-xdist, and the suite turns warnings into errors
-        command[4:4] = ["-rfE", "-v", "-p", "no:benchmark"]
+        command[4:4] = ["-rfEs", "-v", "-p", "no:benchmark"]
         steps.append(run_step(f"tests on {', '.join(usable)}", command, args.test_timeout, env, log=out / "tests.log"))
     else:
         steps.append(
