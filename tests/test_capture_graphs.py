@@ -30,7 +30,7 @@ class NumpyGraphs:
         self.launches = 0
 
     def warm(self, fn):
-        fn()
+        return fn()
 
     def capture(self, fn):
         fn()
@@ -321,3 +321,21 @@ def test_random_draws_are_counted():
     before = random_draws()
     uniform((3,), like=np.zeros(1, dtype=np.float32))
     assert random_draws() == before + 1
+
+
+def test_a_capture_that_fails_is_ended_and_its_error_raised():
+    from xdezero.backends._graphs import _capture
+
+    calls = []
+
+    def end():
+        calls.append("end")
+        raise RuntimeError("capture invalidated")  # what CUDA says when a capture's work was refused
+
+    def fails():
+        raise ValueError("a host read")
+
+    with pytest.raises(ValueError, match="a host read"):
+        _capture(lambda: calls.append("begin"), fails, end)
+    assert calls == ["begin", "end"]
+    assert _capture(lambda: None, lambda: None, lambda: "graph") == "graph"

@@ -478,15 +478,16 @@ class _Tape:
         for f, name in self.stashed:  # what forwards left for later ops is not held between steps
             setattr(f, name, None)
 
-    def replay(self, arrays: list) -> Any:
-        if self.graph is not None:
-            values = self.graph.replay(arrays)
-            if values is not None:
-                return _build_result(self.result, values)
-        values = [None] * self.n_slots
+    def run_on(self, arrays: list) -> list:
+        """The slot values after running the recorded ops on `arrays` (the step's array arguments)."""
+        values: list = [None] * self.n_slots
         values[: self.n_args] = arrays
         self.run(values)
-        return _build_result(self.result, values)
+        return values
+
+    def replay(self, arrays: list) -> Any:
+        values = self.graph.replay(arrays) if self.graph is not None else None
+        return _build_result(self.result, self.run_on(arrays) if values is None else values)
 
 
 def _reader(sources: list) -> Callable[[list], list]:

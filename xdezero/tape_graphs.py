@@ -77,7 +77,7 @@ class _State:
         for v, data, grad in self.owned:
             if v._data is not data and data is not None:
                 v._data = _copied_back(kit, data, v._data, f"the data of {v.name or 'a Variable'}")
-            if grad is not None and id(v) in self.grads_read and (v.grad is None or v.grad._data is not grad._data):
+            if grad is not None and self._grad_rebound(v, grad):
                 new = None if v.grad is None else v.grad._data
                 v.grad = Variable(_copied_back(kit, grad._data, new, "a gradient"), requires_grad=False)
         for owner, name, table, entries, size in self.owned_tables:
@@ -88,13 +88,13 @@ class _State:
             for key, old in entries:
                 if table.get(key) is not old:
                     table[key] = _copied_back(kit, old, table.get(key), f"{type(owner).__name__}.{name}")
-        for owner, name, value in self.settings:
-            now = getattr(owner, name, None)
-            if not _same(_frozen(now), value):
-                raise NoGraph(
-                    f"{type(owner).__name__}.{name} changed during the step ({_shown(value)} to {_shown(now)}): its "
-                    "kernels would repeat the captured value"
-                )
+        changed = self._changed_setting()
+        if changed is not None:
+            owner, name, value, now = changed
+            raise NoGraph(
+                f"{type(owner).__name__}.{name} changed during the step ({_shown(value)} to {_shown(now)}): its "
+                "kernels would repeat the captured value"
+            )
         # what every launch leaves in the gradients (eager steps set them, so a launch sets them again)
         self.grads_after = [(v, v.grad) for v, _, _ in self.owned]
 
@@ -120,16 +120,26 @@ class _State:
         """Whether the state still holds the graph's buffers and settings: nobody gave a parameter, a gradient
         the step reads or an optimizer's table new arrays, or changed a setting (a learning rate, a hook)."""
         for v, data, grad in self.owned:
-            if v._data is not data:
-                return False
-            if id(v) in self.grads_read and (v.grad is None or v.grad._data is not grad._data):
+            if v._data is not data or (grad is not None and self._grad_rebound(v, grad)):
                 return False
         for owner, name, table, entries, size in self.owned_tables:
             if vars(owner).get(name) is not table or len(table) != size:
                 return False
             if any(table.get(key) is not buffer for key, buffer in entries):
                 return False
-        return all(_same(_frozen(getattr(owner, name, None)), value) for owner, name, value in self.settings)
+        return self._changed_setting() is None
+
+    def _grad_rebound(self, v: Variable, grad: Variable) -> bool:
+        """Whether `v`, whose gradient `grad` from before the step the step reads, holds another one now."""
+        return id(v) in self.grads_read and (v.grad is None or v.grad._data is not grad._data)
+
+    def _changed_setting(self) -> tuple | None:
+        """The first setting that is no longer what it was: (owner, name, then, now); None when none is."""
+        for owner, name, value in self.settings:
+            now = getattr(owner, name, None)
+            if not _same(_frozen(now), value):
+                return owner, name, value, now
+        return None
 
     def after_launch(self) -> None:
         for v, grad in self.grads_after:
@@ -267,9 +277,7 @@ class GraphReplay:
         if graphed is None:
             if not self.warmed:
                 self.warmed = True
-                values: list = [None] * tape.n_slots
-                values[: tape.n_args] = arrays
-                kit.warm(lambda: tape.run(values))
+                values = kit.warm(lambda: tape.run_on(arrays))
                 return {slot: values[slot] for slot in tape.result_slots}
             if self.captures == MAX_CAPTURES:
                 return self._no_graph(f"captured {MAX_CAPTURES} times: the numbers its kernels take change every call")

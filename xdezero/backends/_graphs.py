@@ -68,6 +68,20 @@ def graph_safe_stack(xp: Any, arrays: list, axis: int) -> Any:
     return out
 
 
+def _capture(begin: Callable[[], None], fn: Callable[[], None], end: Callable[[], Any]) -> Any:
+    """`end()`'s result after `begin()` and `fn()`; when `fn` raises, the capture is ended and the error raised."""
+    begin()
+    try:
+        fn()
+    except BaseException:
+        try:
+            end()
+        except Exception:  # an invalidated capture ends with an error of its own
+            pass
+        raise
+    return end()
+
+
 # A CuPy pool must outlive the arrays allocated from it (they hold it weakly), and some of a graph's arrays are
 # handed out (a parameter's gradient): so every pool stays here, with its kit, while the kit lives or any of its
 # memory is in use.
@@ -98,27 +112,22 @@ class CupyGraphs:
         """The graph of `fn`'s kernels (none of which runs now); an error in `fn` ends the capture and is raised."""
         cupy = self._cupy
         prepare(self._device.id)  # cuBLAS's handle and workspace, made outside the capture and its pool
-        with self._device, cupy.cuda.using_allocator(self._pool.malloc), self._stream:
-            self._stream.begin_capture()
-            try:
-                with capturing_cupy():  # CuPy's products and stacks refuse a capture: ours instead
-                    fn()
-            except BaseException:
-                try:
-                    self._stream.end_capture()
-                except Exception:  # an invalidated capture ends with an error of its own
-                    pass
-                raise
-            return self._stream.end_capture()
 
-    def warm(self, fn: Callable[[], None]) -> None:
-        """Run `fn` on the capture stream, in order with the current stream's work (what it first meets on that
+        def captured() -> None:
+            with capturing_cupy():  # CuPy's products and stacks refuse a capture: ours instead
+                fn()
+
+        with self._device, cupy.cuda.using_allocator(self._pool.malloc), self._stream:
+            return _capture(self._stream.begin_capture, captured, self._stream.end_capture)
+
+    def warm(self, fn: Callable[[], Any]) -> Any:
+        """`fn()` run on the capture stream, in order with the current stream's work (what it first meets on that
         stream, such as a library handle's workspace, is then made outside a capture)."""
         current = self._cupy.cuda.get_current_stream()
         self._stream.wait_event(current.record())
         try:
             with self._device, self._stream:
-                fn()
+                return fn()
         finally:
             current.wait_event(self._stream.record())
 
@@ -150,15 +159,15 @@ class TorchGraphs:
         self._device = device
         self._stream = torch.cuda.Stream(device)
 
-    def warm(self, fn: Callable[[], None]) -> None:
-        """Run `fn` on the capture stream, in order with the current stream's work (torch makes a cuBLAS
+    def warm(self, fn: Callable[[], Any]) -> Any:
+        """`fn()` run on the capture stream, in order with the current stream's work (torch makes a cuBLAS
         workspace per stream: made here, outside a capture)."""
         torch = self._torch
         current = torch.cuda.current_stream(self._device)
         self._stream.wait_stream(current)
         try:
             with torch.cuda.stream(self._stream):
-                fn()
+                return fn()
         finally:
             current.wait_stream(self._stream)
 
@@ -168,16 +177,7 @@ class TorchGraphs:
         graph = torch.cuda.CUDAGraph()
         self._stream.wait_stream(torch.cuda.current_stream(self._device))
         with torch.cuda.stream(self._stream):
-            graph.capture_begin(capture_error_mode="relaxed")
-            try:
-                fn()
-            except BaseException:
-                try:
-                    graph.capture_end()
-                except Exception:  # an invalidated capture ends with an error of its own
-                    pass
-                raise
-            graph.capture_end()
+            _capture(lambda: graph.capture_begin(capture_error_mode="relaxed"), fn, graph.capture_end)
         return graph
 
     def launch(self, graph: Any) -> None:
