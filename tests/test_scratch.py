@@ -173,3 +173,29 @@ def test_reused_conv_buffers_start_clean():
         expected = ref_conv2d(x.data.astype(np.float64), W.data.astype(np.float64), None, (1, 1), (1, 1))
         np.testing.assert_allclose(y.data, expected, rtol=1e-4, atol=1e-4)
         W.cleargrad()
+
+
+@pytest.mark.parametrize("kernel", [2, 3, (2, 3)])
+def test_max_pooling_gradient_written_in_place_matches_a_numpy_formula(kernel):
+    """Large enough for the in-place slot writes (the NumPy table's spread_slots), twice in a row so the second
+    backward gets the first one's buffers back: each input position gets gy of its window where it holds the
+    window's first maximum, 0 elsewhere."""
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    rng = np.random.default_rng(4)
+    for _ in range(2):
+        # Rounded values make ties common; ties go to the first position in row-major window order.
+        x = Variable(np.round(rng.standard_normal((32, 16, 12 * kh, 12 * kw)) * 2).astype(np.float32))
+        y = F.pooling(x, (kh, kw), (kh, kw))
+        gy = rng.standard_normal(y.shape).astype(np.float32)
+        F.sum(y * gy).backward()
+        n, c, h, w = x.shape
+        windows = (
+            x.data.reshape(n, c, h // kh, kh, w // kw, kw)
+            .transpose(0, 1, 2, 4, 3, 5)
+            .reshape(n, c, h // kh, w // kw, -1)
+        )
+        first = windows.argmax(axis=-1)
+        expected = (np.arange(kh * kw) == first[..., None]) * gy[..., None]
+        expected = expected.reshape(n, c, h // kh, w // kw, kh, kw).transpose(0, 1, 2, 4, 3, 5).reshape(x.shape)
+        np.testing.assert_array_equal(y.data, windows.max(axis=-1))
+        np.testing.assert_array_equal(x.grad.data, expected)

@@ -45,7 +45,7 @@ LAUNCHES = {
     "batch_norm_statistics": 1,
 }
 # Every composite an op routes through the table: the CuPy kernels' above, and those only NumPy has an entry for.
-COMPOSITES = frozenset(LAUNCHES) | {"relu", "matmul"}
+COMPOSITES = frozenset(LAUNCHES) | {"relu", "matmul", "spread_slots"}
 
 
 def fused(name: str, portable: Callable, xp: Any, *args: Any) -> Any:
@@ -243,7 +243,22 @@ def _numpy_table() -> dict[str, Callable]:
             return portable(xp, a, b)
         return np.matmul(a, b, out=reused_empty(shape, a.dtype))
 
-    return {"sigmoid": sigmoid, "sigmoid_grad": sigmoid_grad, "relu": relu, "matmul": matmul}
+    def spread_slots(portable, xp, g, index, count, axis):
+        # Each slot written in place, where the portable code multiplies `count` arrays and stacks them.
+        if not large_float(g) or index.shape != g.shape:
+            return portable(xp, g, index, count, axis)
+        out = reused_empty((*g.shape[:axis], count, *g.shape[axis:]), g.dtype)
+        for k in range(count):
+            np.multiply(index == k, g, out=out[(slice(None),) * axis + (k,)])
+        return out
+
+    return {
+        "sigmoid": sigmoid,
+        "sigmoid_grad": sigmoid_grad,
+        "relu": relu,
+        "matmul": matmul,
+        "spread_slots": spread_slots,
+    }
 
 
 _LOADERS: dict[str, Callable[[], dict[str, Callable]]] = {"cupy": _cupy_table, "numpy": _numpy_table}
