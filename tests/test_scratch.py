@@ -199,3 +199,22 @@ def test_max_pooling_gradient_written_in_place_matches_a_numpy_formula(kernel):
         expected = expected.reshape(n, c, h // kh, w // kw, kh, kw).transpose(0, 1, 2, 4, 3, 5).reshape(x.shape)
         np.testing.assert_array_equal(y.data, windows.max(axis=-1))
         np.testing.assert_array_equal(x.grad.data, expected)
+
+
+def test_softmax_cross_entropy_in_reused_buffers_matches_a_numpy_formula():
+    """Large enough for the NumPy table's in-place loss and gradient, twice in a row (the second call gets the
+    first one's buffers back)."""
+    rng = np.random.default_rng(5)
+    for dtype, rtol in ((np.float64, 1e-12), (np.float32, 1e-5), (np.float64, 1e-12)):
+        x64 = rng.standard_normal((1000, 100)) * 5
+        t = rng.integers(0, 100, 1000)
+        x = Variable(x64.astype(dtype))
+        loss = F.softmax_cross_entropy(x, t)
+        loss.backward()
+        z = x.data.astype(np.float64) - x.data.astype(np.float64).max(axis=1, keepdims=True)
+        log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        expected_grad = np.exp(log_p)
+        expected_grad[np.arange(1000), t] -= 1
+        assert loss.dtype == dtype and x.grad.dtype == dtype
+        np.testing.assert_allclose(float(loss.data), -log_p[np.arange(1000), t].mean(), rtol=rtol)
+        np.testing.assert_allclose(x.grad.data, expected_grad / 1000, rtol=rtol, atol=rtol / 1000)

@@ -243,6 +243,31 @@ def _numpy_table() -> dict[str, Callable]:
             return portable(xp, a, b)
         return np.matmul(a, b, out=reused_empty(shape, a.dtype))
 
+    def softmax_cross_entropy(portable, xp, x, t):
+        # The portable arithmetic in place in one reused buffer: z = x - row max, then e = exp z, then p = e / s.
+        if not large_float(x) or x.ndim != 2:
+            return portable(xp, x, t)
+        m = np.max(x, axis=1, keepdims=True)
+        if not np.isfinite(m).all():  # rows of -inf, inf or NaN: the portable code's guards
+            return portable(xp, x, t)
+        n, c = x.shape
+        z = np.subtract(x, m, out=reused_empty(x.shape, x.dtype))
+        picked = z.reshape(-1).take(np.arange(n) * c + t)
+        e = np.exp(z, out=z)
+        s = np.sum(e, axis=1, keepdims=True)  # >= 1: the max's own term is exp(0)
+        loss = (np.sum(np.log(s)) - np.sum(picked)) / n
+        return xp.asarray(loss, dtype=x.dtype), np.divide(e, s, out=e)
+
+    def softmax_cross_entropy_grad(portable, xp, p, t, gy):
+        if not large_float(p):
+            return portable(xp, p, t, gy)
+        n = p.shape[0]
+        scale = gy * (1.0 / n)
+        g = np.multiply(p, scale, out=reused_empty(p.shape, np.result_type(p, scale)))
+        rows = np.arange(n)
+        g[rows, t] = (p[rows, t] - 1.0) * scale  # as the portable (p - 1) * scale, rounding included
+        return g
+
     def spread_slots(portable, xp, g, index, count, axis):
         # Each slot written in place, where the portable code multiplies `count` arrays and stacks them.
         if not large_float(g) or index.shape != g.shape:
@@ -257,6 +282,8 @@ def _numpy_table() -> dict[str, Callable]:
         "sigmoid_grad": sigmoid_grad,
         "relu": relu,
         "matmul": matmul,
+        "softmax_cross_entropy": softmax_cross_entropy,
+        "softmax_cross_entropy_grad": softmax_cross_entropy_grad,
         "spread_slots": spread_slots,
     }
 
