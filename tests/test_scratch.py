@@ -218,3 +218,27 @@ def test_softmax_cross_entropy_in_reused_buffers_matches_a_numpy_formula():
         assert loss.dtype == dtype and x.grad.dtype == dtype
         np.testing.assert_allclose(float(loss.data), -log_p[np.arange(1000), t].mean(), rtol=rtol)
         np.testing.assert_allclose(x.grad.data, expected_grad / 1000, rtol=rtol, atol=rtol / 1000)
+
+
+def test_a_result_reshaped_or_frozen_in_place_is_not_handed_out_again():
+    rng = np.random.default_rng(6)
+    a, b = (rng.standard_normal(LARGE).astype(np.float32) for _ in range(2))
+    y = F.sigmoid(a)
+    y.data.shape = (1, *LARGE)  # NumPy allows this on the array the user holds
+    del y
+    z = F.sigmoid(b)
+    assert z.shape == LARGE
+    np.testing.assert_allclose(z.data, _sigmoid64(b), rtol=1e-6, atol=1e-7)
+    r = F.relu(a)
+    r.data.flags.writeable = False
+    del r
+    np.testing.assert_array_equal(F.relu(b).data, np.maximum(b, 0))  # no "output array is read-only"
+
+
+@pytest.mark.parametrize("shape", [(4, 5), (300, 1000)])
+def test_a_nan_logit_gives_a_nan_loss(shape):
+    """As PyTorch and DeZero give: a NaN logit (not at the label) makes its row's log-sum-exp NaN."""
+    x = np.random.default_rng(7).standard_normal(shape).astype(np.float32)
+    x[2, 3] = np.nan
+    t = np.zeros(shape[0], dtype=np.int64)
+    assert np.isnan(float(F.softmax_cross_entropy(x, t).data))

@@ -27,11 +27,12 @@ From the third call on, the step replays (on CuPy and CUDA torch as one CUDA gra
 `xdezero.tape_graphs`). Its Python side effects (printing, appending to lists) happen only
 while it records, as with `torch.jit.trace`: return what you need (the loss, metrics as Variables).
 
-Limits: the step's arguments are arrays (or Variables holding them) and hashable values; it returns a Variable,
-an array, or a tuple/list/dict of them. A Variable whose gradient the step reads or leaves behind must exist
-before the step (parameters do). An op built with an array of the step (`embed_id`'s ids, `x[ids]`, the
-index a GetItemGrad scatters to) reads it from this call's values at replay; other arrays an op is built with
-are constants, and must be equal in the two recordings.
+Limits: the step's arguments are arrays (or Variables holding them: the gradient a step leaves on such an
+argument goes to each call's own Variable, and the step then replays without a CUDA graph) and hashable values;
+it returns a Variable, an array, or a tuple/list/dict of them. A Variable whose gradient the step reads or leaves
+behind must exist before the step (parameters do). An op built with an array of the step (`embed_id`'s ids,
+`x[ids]`, the index a GetItemGrad scatters to) reads it from this call's values at replay; other arrays an op is
+built with are constants, and must be equal in the two recordings.
 
 One file (about 770 lines, a third of them docstrings and messages) on purpose: the recording hooks, the op
 records, the comparison of the two recordings and the replay program all read and write the same records.
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -57,7 +59,14 @@ __all__ = ["capture", "CaptureError", "CapturedStep"]
 
 
 class CaptureError(RuntimeError):
-    """A step that cannot be replayed: the message names the op and what differed."""
+    """A step that cannot be replayed: the message names the op and what differed. Raised after the step's
+    second recording, `result` holds what that call returned (it ran eagerly, and completely); else None."""
+
+    result: Any = None
+
+
+MAX_SIGNATURES = 16  # signatures kept per captured step (and of first recordings awaiting their confirmation)
+MAX_VARIANTS = 4  # tapes kept per signature, for steps that start from different states (see CapturedStep)
 
 
 # --- recording -----------------------------------------------------------------------------------------
@@ -87,7 +96,6 @@ class _Recorder:
     """Collects the ops of one call of the step on one thread."""
 
     def __init__(self) -> None:
-        self.thread = threading.get_ident()
         self.ops: list[_Op] = []
         self.slot_of: dict[int, int] = {}  # id(array) -> slot
         self.keep: list = []  # every recorded array stays alive while recording, so that ids stay unique
@@ -96,10 +104,12 @@ class _Recorder:
         self.first_data: dict[int, tuple] = {}  # their data (and a host copy) when the step first met them
         self.updated: set[int] = set()  # ids of those whose data an optimizer's update or a recorded op sets
         self.created: set[int] = set()  # ids of Variables made during the step (kept alive in `keep`)
+        self.arguments: dict[int, int] = {}  # id(Variable passed as an argument) -> its place among the arrays
+        self.backward_ran = False
         self.paused = 0
 
     def active(self) -> bool:
-        return not self.paused and threading.get_ident() == self.thread
+        return not self.paused
 
     def new_slot(self, array: Any) -> int:
         slot = self.n_slots
@@ -117,6 +127,12 @@ class _Recorder:
             self.watch(owner)
             return ("data", owner)
         return ("const", value)
+
+    def target(self, v: Variable) -> Any:
+        """What an op on `v` (its gradient or data) acts on at replay: ("argument", k) for the Variable passed
+        as the k-th array argument (each call passes its own), else `v` itself."""
+        k = self.arguments.get(id(v))
+        return v if k is None else ("argument", k)
 
     def watch(self, v: Variable) -> None:
         """Note a Variable from before the step, and what its data was when the step first met it."""
@@ -141,13 +157,15 @@ class _Recorder:
                 )
 
 
-_recording: _Recorder | None = None
+_recorders: dict[int, _Recorder] = {}  # thread id -> the step that thread is recording
+_current = _recorders.get  # _current(threading.get_ident())
+_thread = threading.get_ident
 
 
 def _recording_call(original: Callable) -> Callable:
     @functools.wraps(original)
     def call(f: Function, *inputs: Any) -> Any:
-        recorder = _recording
+        recorder = _current(_thread())
         if recorder is None or not recorder.active():
             return original(f, *inputs)
         before = dict(vars(f))
@@ -158,7 +176,9 @@ def _recording_call(original: Callable) -> Callable:
         # the same array object back as a new result) are read at replay, the others are constants.
         constants, bound, bound_sources = {}, [], []
         for name, value in before.items():
-            if _holds_arrays(value):
+            if isinstance(value, _NUMBERS):  # MulConstant's c, a dropout ratio: fixed in a replay, so compared
+                constants[name] = value
+            elif _holds_arrays(value):
                 template, found = _bind(recorder, value)
                 if found:
                     bound.append((name, template))
@@ -187,6 +207,9 @@ def _recording_call(original: Callable) -> Callable:
         return result
 
     return call
+
+
+_NUMBERS = (int, float, complex, np.generic)
 
 
 def _bind(recorder: _Recorder, value: Any) -> tuple[Any, list]:
@@ -251,7 +274,7 @@ def _fingerprint(values: list) -> tuple:
 
 def _recording_array_op(original: Callable) -> Callable:
     def array_op(fn: Callable, *arrays: Any) -> Any:
-        recorder = _recording
+        recorder = _current(_thread())
         result = original(fn, *arrays)
         if recorder is None or not recorder.active():
             return result
@@ -265,16 +288,20 @@ def _recording_array_op(original: Callable) -> Callable:
 def _recording_backward(original: Callable) -> Callable:
     @functools.wraps(original)
     def backward(self: Variable, retain_grad: bool = False, create_graph: bool = False) -> None:
-        recorder = _recording
+        recorder = _current(_thread())
         if recorder is None or not recorder.active():
             return original(self, retain_grad, create_graph)
         if create_graph:
             raise CaptureError("capture: backward(create_graph=True) inside a captured step is not supported")
+        recorder.backward_ran = True
         # Gradients already held by Variables from before the step are read at replay, not fixed.
         held = {id(v): v.grad for v in recorder.external.values() if v.grad is not None}
         for v in recorder.external.values():
             if v.grad is not None and id(v.grad._data) not in recorder.slot_of:
-                recorder.ops.append(_Op("read_grad", v, [], [recorder.new_slot(v.grad._data)], signature="read_grad"))
+                read = _Op(
+                    "read_grad", recorder.target(v), [], [recorder.new_slot(v.grad._data)], signature="read_grad"
+                )
+                recorder.ops.append(read)
         original(self, retain_grad, create_graph)
         stored = []
         for v in list(recorder.external.values()):
@@ -286,7 +313,7 @@ def _recording_backward(original: Callable) -> Callable:
         # in the order the gradients were computed, which every call repeats (the order in which the step met
         # the Variables may differ between the first call and the next: lazily shaped or moved parameters)
         for slot, v in sorted(stored, key=lambda pair: pair[0]):
-            recorder.ops.append(_Op("set_grad", v, [("slot", slot)], [], signature="set_grad"))
+            recorder.ops.append(_Op("set_grad", recorder.target(v), [("slot", slot)], [], signature="set_grad"))
         return None
 
     return backward
@@ -296,7 +323,7 @@ def _recording_init(original: Callable) -> Callable:
     @functools.wraps(original)
     def init(self: Variable, *args: Any, **kwargs: Any) -> None:
         original(self, *args, **kwargs)
-        recorder = _recording
+        recorder = _current(_thread())
         if recorder is not None and recorder.active():
             recorder.created.add(id(self))  # made during the step: its data is a constant or a computed value
             recorder.keep.append(self)
@@ -307,10 +334,10 @@ def _recording_init(original: Callable) -> Callable:
 def _recording_data_setter(original: Callable) -> Callable:
     @functools.wraps(original)
     def set_data(self: Variable, value: Any) -> None:
-        recorder = _recording
+        recorder = _current(_thread())
         previous = self._data
         original(self, value)
-        if recorder is None or threading.get_ident() != recorder.thread or id(self) in recorder.created:
+        if recorder is None or id(self) in recorder.created:
             return
         if recorder.paused:  # inside a recorded op (batch_norm's running statistics): its replay assigns again
             recorder.updated.add(id(self))
@@ -336,7 +363,7 @@ def _recording_data_setter(original: Callable) -> Callable:
                 "step uncaptured"
             )
         recorder.updated.add(id(self))
-        recorder.ops.append(_Op("set_data", self, [("slot", slot)], [], signature="set_data"))
+        recorder.ops.append(_Op("set_data", recorder.target(self), [("slot", slot)], [], signature="set_data"))
 
     return set_data
 
@@ -354,11 +381,11 @@ def _moved_off_the_host(previous: Any, value: Any) -> bool:
 def _recording_cleargrad(original: Callable) -> Callable:
     @functools.wraps(original)
     def cleargrad(self: Variable) -> None:
-        recorder = _recording
+        recorder = _current(_thread())
         original(self)
         if recorder is not None and recorder.active() and id(self) not in recorder.created:
             recorder.watch(self)
-            recorder.ops.append(_Op("clear_grad", self, [], [], signature="clear_grad"))
+            recorder.ops.append(_Op("clear_grad", recorder.target(self), [], [], signature="clear_grad"))
 
     return cleargrad
 
@@ -366,7 +393,7 @@ def _recording_cleargrad(original: Callable) -> Callable:
 def _recording_update(original: Callable) -> Callable:
     @functools.wraps(original)
     def update(self: Optimizer) -> None:
-        recorder = _recording
+        recorder = _current(_thread())
         if recorder is None or not recorder.active():
             return original(self)
         for p in self.target.params():
@@ -409,28 +436,40 @@ _HOOKS = (
 )
 
 
-def _record(fn: Callable, args: tuple, kwargs: dict, arrays: list) -> tuple[_Recorder, Any]:
+_originals: list = []  # what the hooks replaced, while any thread records
+
+
+def _record(fn: Callable, args: tuple, kwargs: dict, arrays: list, variables: list | None) -> tuple[_Recorder, Any]:
     """Run fn(*args, **kwargs) eagerly while recording what it computes; `arrays`, the array arguments' data,
-    take the first slots."""
-    global _recording
-    recorder = _Recorder()
-    originals = [(owner, name, getattr(owner, name)) for owner, name, _ in _HOOKS]
+    take the first slots. Each thread records its own step; the hooks are in place while any thread records,
+    and pass every call of the other threads straight through."""
+    recorder, thread = _Recorder(), _thread()
     with _patch_lock:
-        if _recording is not None:
-            raise CaptureError("capture: another captured step is recording (captured steps do not nest)")
-        _recording = recorder
-        for (owner, name, original), (_, _, recording_version) in zip(originals, _HOOKS):
-            setattr(owner, name, recording_version(original))
+        if thread in _recorders:
+            raise CaptureError(
+                "capture: a captured step called inside another one while it records (captured steps do not nest)"
+            )
+        if not _recorders:
+            _originals[:] = [(owner, name, getattr(owner, name)) for owner, name, _ in _HOOKS]
+            for (owner, name, original), (_, _, recording_version) in zip(_originals, _HOOKS):
+                setattr(owner, name, recording_version(original))
+        _recorders[thread] = recorder
     try:
         for a in arrays:
             recorder.new_slot(a)
+        for k, v in enumerate(variables or ()):
+            if v is not None:  # its data is argument k; the gradient the step leaves on it goes to each call's own
+                recorder.arguments[id(v)] = k
+                recorder.watch(v)
         result = fn(*args, **kwargs)
         recorder.check_external_data()
     finally:
         with _patch_lock:
-            for owner, name, original in originals:
-                setattr(owner, name, original)
-            _recording = None
+            del _recorders[thread]
+            if not _recorders:
+                for owner, name, original in _originals:
+                    setattr(owner, name, original)
+                _originals.clear()
     return recorder, result
 
 
@@ -449,14 +488,22 @@ class _Tape:
         self.n_slots = recorder.n_slots
         self.n_args = n_args
         self.result = _result_spec(recorder, result)
+        # A step that returns a Variable with a graph and leaves the backward to its caller: the recording calls
+        # keep their graphs, and a replay's results refuse backward (a replay builds no graph).
+        self.graphless = not recorder.backward_ran and bool(Config.enable_backprop) and _needs_grad(result)
         self.result_slots = _result_slots(self.result)
         self._plan_frees()
         self.stashed = [
             (op.target, name) for op in self.ops if op.kind == "forward" for name, _ in [*op.attrs, *op.bound]
         ]
-        self.program = [_compile(op) for op in self.ops]
+        self.arguments: list = []  # the Variables passed as array arguments, during a replay that has them
+        self.on_arguments = any(isinstance(op.target, tuple) for op in self.ops if op.kind != "forward")
+        self.program = [_compile(op, self.arguments) for op in self.ops]
+        self.expected = _expected_state(self.ops, recorder)
+        # The variant of the step (see CapturedStep): which gradients it found present when it first touched them.
+        self.state = tuple(has_grad for _, _, has_grad in self.expected if has_grad is not None)
         for op in self.ops:  # the graph of the recording call is not needed by the replay
-            if op.kind == "forward":
+            if op.kind == "forward" and not self.graphless:
                 _release_graph(op.target)
         self.graph: GraphReplay | None = None  # set where the arguments' library has CUDA graphs (tape_graphs.py)
 
@@ -485,9 +532,50 @@ class _Tape:
         self.run(values)
         return values
 
-    def replay(self, arrays: list) -> Any:
+    def replay(self, arrays: list, variables: list | None) -> Any:
+        if self.on_arguments:
+            self.arguments[:] = variables
+            try:
+                return _build_result(self.result, self.run_on(arrays), self.graphless)
+            finally:
+                self.arguments.clear()  # the caller's Variables are not held between calls
         values = self.graph.replay(arrays) if self.graph is not None else None
-        return _build_result(self.result, self.run_on(arrays) if values is None else values)
+        return _build_result(self.result, self.run_on(arrays) if values is None else values, self.graphless)
+
+    def fits(self, variables: list | None) -> bool:
+        """Whether the Variables the tape acts on are as they were when it was recorded: the same
+        `requires_grad`, and a gradient where the recording read one, none where it set the first."""
+        for target, requires_grad, has_grad in self.expected:
+            v = variables[target[1]] if isinstance(target, tuple) else target
+            if requires_grad is not None and v.requires_grad != requires_grad:
+                return False
+            if has_grad is not None and (v.grad is not None) is not has_grad:
+                return False
+        return True
+
+
+def _needs_grad(result: Any) -> bool:
+    if isinstance(result, tuple | list):
+        return any(_needs_grad(r) for r in result)
+    if isinstance(result, dict):
+        return any(_needs_grad(r) for r in result.values())
+    return isinstance(result, Variable) and result.creator is not None and result.requires_grad
+
+
+def _expected_state(ops: list, recorder: _Recorder) -> list:
+    """(target, requires_grad or None, has a gradient or None) to check before each replay: the flags of the
+    Variables from before the step, and whether each Variable whose gradient the tape touches before clearing it
+    had one (a read means it had, a first set means it had none)."""
+    expected = [(recorder.target(v), v.requires_grad, None) for v in recorder.external.values()]
+    seen: set = set()
+    for op in ops:
+        if op.kind in ("read_grad", "set_grad", "clear_grad"):
+            key = op.target if isinstance(op.target, tuple) else id(op.target)
+            if key not in seen:
+                seen.add(key)
+                if op.kind != "clear_grad":
+                    expected.append((op.target, None, op.kind == "read_grad"))
+    return expected
 
 
 def _reader(sources: list) -> Callable[[list], list]:
@@ -531,8 +619,11 @@ def _binding_reader(read: Callable, target: Function, bound: list, n_inputs: int
     return read_and_bind
 
 
-def _compile(op: _Op) -> Callable[[list], None]:
-    """The op as one function of the slot values (the replay loop calls nothing else)."""
+def _compile(op: _Op, arguments: list) -> Callable[[list], None]:
+    """The op as one function of the slot values (the replay loop calls nothing else); `arguments` holds the
+    Variables passed as array arguments while a replay runs, for ops on ("argument", k)."""
+    if op.kind != "forward" and isinstance(op.target, tuple):
+        return _compile_on_argument(op, arguments)
     read, frees, outputs, target = _reader(op.inputs), tuple(op.frees), op.outputs, op.target
     if op.kind == "forward":
         forward, attrs, first = target.forward, op.attrs, outputs[0]
@@ -601,6 +692,28 @@ def _compile(op: _Op) -> Callable[[list], None]:
     return run
 
 
+def _compile_on_argument(op: _Op, arguments: list) -> Callable[[list], None]:
+    """An op on the gradient or data of the Variable passed as array argument k, which each call passes anew."""
+    k, frees = op.target[1], tuple(op.frees)
+    source = op.inputs[0][1] if op.inputs else None
+    output = op.outputs[0] if op.outputs else None
+
+    def run(values: list) -> None:
+        v = arguments[k]
+        if op.kind == "set_grad":
+            v.grad = Variable(values[source], requires_grad=False)
+        elif op.kind == "set_data":
+            v.data = values[source]
+        elif op.kind == "clear_grad":
+            v.grad = None
+        else:  # read_grad
+            values[output] = v.grad._data
+        for slot in frees:
+            values[slot] = None
+
+    return run
+
+
 def _release_graph(f: Function) -> None:
     for name in ("inputs", "outputs", "_input_refs", "_sources"):
         if name in vars(f):
@@ -616,6 +729,12 @@ def _result_spec(recorder: _Recorder, result: Any) -> Any:
         return None
     data = result._data if isinstance(result, Variable) else result
     slot = recorder.slot_of.get(id(data)) if is_array(data) else None
+    if slot is None and isinstance(result, Variable):
+        raise CaptureError(
+            "capture: the step returns a Variable whose value no recorded operation computed (F.accuracy computes "
+            "its value outside the graph, for one): a replay could not give it; compute it outside the step from a "
+            "returned Variable (e.g. the logits)"
+        )
     if slot is None:
         raise CaptureError(
             "capture: the step must return Variables or arrays it computed with xdezero's functions (or tuples, "
@@ -634,21 +753,46 @@ def _result_slots(spec: Any) -> list:
     return [s for item in items for s in _result_slots(item)]
 
 
-def _build_result(spec: Any, values: list) -> Any:
+def _build_result(spec: Any, values: list, graphless: bool = False) -> Any:
     if spec is None:
         return None
     kind, value = spec
     if kind == "variable":
-        return Variable(values[value], requires_grad=False)
+        return (_GraphlessResult if graphless else Variable)(values[value], requires_grad=False)
     if kind == "array":
         return values[value]
     if kind is dict:
-        return {k: _build_result(v, values) for k, v in value.items()}
-    return kind(_build_result(v, values) for v in value)
+        return {k: _build_result(v, values, graphless) for k, v in value.items()}
+    return kind(_build_result(v, values, graphless) for v in value)
+
+
+class _GraphlessResult(Variable):
+    """A replayed result of a step that ran no backward: its value, without the graph a backward would need."""
+
+    def backward(self, *args: Any, **kwargs: Any) -> None:
+        raise CaptureError(
+            "capture: backward on a result of a replayed step: a replay builds no graph, so the gradient cannot be "
+            "computed outside the step; call backward (and the optimizer's update) inside the captured step"
+        )
+
+
+def _constants_differing(a: _Op, b: _Op) -> str:
+    names, first, second = a.signature[1], a.signature[2], b.signature[2]
+    if len(first) == len(names) == len(second):  # one value per name: say which
+        return ", ".join(
+            f"{n} {x[:60]} then {y[:60]}" for n, x, y in zip(names, first, second) if x != y and isinstance(x, str)
+        )
+    return ", ".join(names)
 
 
 def _same_tapes(first: _Tape, second: _Tape) -> str | None:
     """None when the two recordings did the same thing, else what differed (for CaptureError)."""
+    reads = [sum(op.kind == "read_grad" for op in tape.ops) for tape in (first, second)]
+    if reads[0] != reads[1]:
+        return (
+            "the gradients it adds to were empty on one call and held values on the other (gradients left from "
+            "the previous call: call model.cleargrads() inside the step)"
+        )
     if len(first.ops) != len(second.ops):
         return f"it ran {len(first.ops)} operations the first time and {len(second.ops)} the second"
     for k, (a, b) in enumerate(zip(first.ops, second.ops)):
@@ -657,7 +801,11 @@ def _same_tapes(first: _Tape, second: _Tape) -> str | None:
         if a.kind != b.kind or not same_op:
             return f"operation {k} was {what} the first time and {_describe(b)} the second"
         if a.kind == "forward" and a.signature[2] != b.signature[2]:
-            return f"operation {k} ({what}) was built with different arrays (indices or constants from the inputs)"
+            return (
+                f"operation {k} ({what}) was built with different constants ({_constants_differing(a, b)}): a number "
+                "or an array computed from the inputs outside xdezero's functions (such as w.sum() of a batch) is "
+                "fixed in a replay; compute it with xdezero's functions or pass it as an argument"
+            )
         for i, (sa, sb) in enumerate(zip(a.inputs, b.inputs)):
             if sa[0] != sb[0] or (sa[0] == "slot" and sa[1] != sb[1]) or (sa[0] == "data" and sa[1] is not sb[1]):
                 return f"input {i} of operation {k} ({what}) came from elsewhere the second time"
@@ -684,18 +832,28 @@ def _arguments(args: tuple, kwargs: dict) -> list:
     return [*args, *(kwargs[k] for k in sorted(kwargs))]
 
 
-def _signature(args: tuple, kwargs: dict) -> tuple[tuple, list]:
-    """What a tape is recorded for (the arrays' kinds, shapes, dtypes and devices, the other arguments' values,
-    and the configuration), and the array arguments' data in order, from one pass over the arguments."""
+def _signature(args: tuple, kwargs: dict) -> tuple[tuple, list, list | None]:
+    """What a tape is recorded for (the arrays' kinds, shapes, dtypes and devices, whether each came in a
+    Variable, which arguments are the same array, the other arguments' values, and the configuration); the array
+    arguments' data in order; and the Variables among them (None when there are none), from one pass."""
     parts: list = [tuple(sorted(kwargs))] if kwargs else []
     arrays: list = []
+    variables: list | None = None
     for value in _arguments(args, kwargs) if kwargs else args:
-        data = value._data if isinstance(value, Variable) else value
+        if isinstance(value, Variable):
+            if variables is None:
+                variables = [None] * len(arrays)
+            variables.append(value)
+            data = value._data
+        else:
+            data = value
+            if variables is not None and is_array(data):
+                variables.append(None)
         if type(data) is np.ndarray:  # the common case, kept cheap: NumPy arrays live on the host
-            parts.append((np.ndarray, data.shape, data.dtype))
+            parts.append((np.ndarray, data.shape, data.dtype, data is not value))
             arrays.append(data)
         elif is_array(data):
-            parts.append((type(data), tuple(data.shape), str(data.dtype), str(device_of(data))))
+            parts.append((type(data), tuple(data.shape), str(data.dtype), str(device_of(data)), data is not value))
             arrays.append(data)
         else:
             try:
@@ -706,7 +864,11 @@ def _signature(args: tuple, kwargs: dict) -> tuple[tuple, list]:
                     f"{type(value).__name__}"
                 ) from None
             parts.append(("value", value))
-    return (*parts, bool(Config.train), bool(Config.enable_backprop)), arrays
+    if len(arrays) > 1:
+        ids = [id(a) for a in arrays]
+        if len(set(ids)) < len(ids):  # the same array twice: the tape reads it from one slot
+            parts.append(("same arrays", tuple(ids.index(i) for i in ids)))
+    return (*parts, bool(Config.train), bool(Config.enable_backprop)), arrays, variables
 
 
 class CapturedStep:
@@ -719,48 +881,82 @@ class CapturedStep:
             raise TypeError(f"capture: cuda_graphs must be True or False, got {cuda_graphs!r}")
         self.fn = fn
         self.cuda_graphs = cuda_graphs
-        self.tapes: dict[tuple, _Tape] = {}
-        self._first: dict[tuple, _Tape] = {}
+        self.tapes: dict[tuple, list[_Tape]] = {}  # signature -> its tapes (variants, see __call__)
+        self._first: dict[tuple, list[_Tape]] = {}  # first recordings awaiting their confirmation
+        self._warned = False
+        self.__name__ = getattr(fn, "__name__", type(fn).__name__)
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        key, arrays = _signature(args, kwargs)
-        tape = self.tapes.get(key)
-        if tape is not None:
-            return tape.replay(arrays)
-        recorder, result = _record(self.fn, args, kwargs, arrays)
+        key, arrays, variables = _signature(args, kwargs)
+        variants = self.tapes.get(key)
+        if variants is not None:
+            for tape in variants:
+                if tape.fits(variables):
+                    return tape.replay(arrays, variables)
+        # New arguments, or the state the step starts from differs from every recording's (a gradient left from
+        # an earlier call, a changed requires_grad): record; each such variant gets its own tape.
+        recorder, result = _record(self.fn, args, kwargs, arrays, variables)
         new = _Tape(recorder, len(arrays), result)
-        first = self._first.pop(key, None)
+        pending = self._first.get(key, [])
+        first = next((tape for tape in pending if tape.state == new.state), None)
         if first is None:
-            self._first[key] = new
+            self._keep(self._first, key, new)
             return result
+        pending.remove(first)
         difference = _same_tapes(first, new)
         if difference is not None:
-            raise CaptureError(
+            error = CaptureError(
                 f"capture: the step cannot be replayed: {difference}. Its Python code must run the same "
                 "operations on every call (no branches on array values) and compute every array from its inputs "
-                "with xdezero's functions; call the step uncaptured otherwise"
+                "with xdezero's functions; call the step uncaptured otherwise. This call ran eagerly and is "
+                "complete (its update is applied; its result is this error's `result`): carry on uncaptured from "
+                "the next call"
             )
-        kit = graph_kit(arrays) if self.cuda_graphs else None
+            error.result = result
+            raise error
+        kit = graph_kit(arrays) if self.cuda_graphs and not new.on_arguments else None
         if kit is not None:
             new.graph = GraphReplay(kit, new)
-        self.tapes[key] = new
+        self._keep(self.tapes, key, new)
         return result
+
+    def _keep(self, tapes: dict, key: tuple, tape: _Tape) -> None:
+        """Add `tape` to the variants of `key`, forgetting the oldest beyond MAX_VARIANTS, and the oldest signature
+        beyond MAX_SIGNATURES (with a warning, once)."""
+        variants = tapes.setdefault(key, [])
+        variants.append(tape)
+        del variants[:-MAX_VARIANTS]
+        if len(tapes) > MAX_SIGNATURES:
+            del tapes[next(iter(tapes))]
+            if not self._warned:
+                self._warned = True
+                warnings.warn(
+                    f"capture: {self.__name__!r} was recorded for more than {MAX_SIGNATURES} signatures (shapes, "
+                    "dtypes, or values of its other arguments); only the latest are kept. A number argument that "
+                    "changes on every call (a learning rate, a step count) makes every call record: set it on the "
+                    "optimizer, or pass it as an array",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
 
     @property
     def recorded(self) -> int:
         """How many signatures have a tape (replay from their third call on)."""
-        return len(self.tapes)
+        return sum(map(len, self.tapes.values()))
 
     @property
     def graphs(self) -> int:
         """How many signatures replay as a CUDA graph (from their fourth call on; CuPy and torch on CUDA)."""
-        return sum(tape.graph is not None and tape.graph.graphed is not None for tape in self.tapes.values())
+        return sum(tape.graph is not None and tape.graph.graphed is not None for tape in self._all())
 
     @property
     def graph_notes(self) -> list[str]:
         """Why signatures on a CUDA device replay without a CUDA graph (empty when all of them have one)."""
-        return [tape.graph.note for tape in self.tapes.values() if tape.graph is not None and tape.graph.note]
+        return [tape.graph.note for tape in self._all() if tape.graph is not None and tape.graph.note]
+
+    def _all(self) -> list:
+        return [tape for variants in self.tapes.values() for tape in variants]
 
 
 def capture(fn: Callable | None = None, *, cuda_graphs: bool = True) -> Any:

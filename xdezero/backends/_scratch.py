@@ -59,9 +59,19 @@ def empty(shape: tuple, dtype: np.dtype) -> np.ndarray:
             pool = _pools[key] = []
         else:
             _pools.move_to_end(key)
-            for buffer in pool:
+            stale = None
+            for buffer in pool:  # a plain loop: _FREE was measured in one (see _free_refcount)
                 if _refcount(buffer) == _FREE:
-                    return buffer
+                    if _intact(buffer, shape, dtype):
+                        return buffer
+                    stale = buffer
+                    break
+            if stale is not None:
+                # Its last holder reshaped or froze it in place (`a.shape = ...`, `a.flags.writeable = False`):
+                # forget it rather than hand out an array that no longer fits the key.
+                pool[:] = [b for b in pool if b is not stale]
+                _held -= stale.nbytes
+                del stale
         buffer = np.empty(shape, dtype)
         if len(pool) < PER_SHAPE and nbytes <= MAX_BYTES:
             while _held + nbytes > MAX_BYTES:  # forget the least recently used shapes first
@@ -72,6 +82,11 @@ def empty(shape: tuple, dtype: np.dtype) -> np.ndarray:
             pool.append(buffer)
             _held += nbytes
         return buffer
+
+
+def _intact(buffer: np.ndarray, shape: tuple, dtype: np.dtype) -> bool:
+    flags = buffer.flags
+    return buffer.shape == shape and buffer.dtype == dtype and flags.writeable and flags.c_contiguous
 
 
 def clear() -> None:

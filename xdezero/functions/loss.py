@@ -138,8 +138,9 @@ def _softmax_cross_entropy(xp, x, t):
     z = x - xp.where(xp.isfinite(m), m, 0.0)
     e = xp.exp(z)
     s = xp.sum(e, axis=1, keepdims=True)
-    # log 0 = -inf is the right answer for a row of -inf, so the log is guarded only against the warning.
-    log_s = xp.where(s > 0, xp.log(xp.where(s > 0, s, 1.0)), -math.inf)
+    # log 0 = -inf is the right answer for a row of -inf, so the log is guarded only against the warning; a NaN
+    # sum (a NaN logit) stays NaN.
+    log_s = xp.where(s == 0, -math.inf, xp.log(xp.where(s == 0, 1.0, s)))
     picked = xp.take(xp.reshape(z, (-1,)), _label_positions(xp, t, c))
     return (xp.sum(log_s) - xp.sum(picked)) / n, e / s
 
