@@ -1,0 +1,367 @@
+"""The replay half of `xdezero.capture` (see xdezero/tape.py): a recorded call becomes a `Tape`, a flat program
+of closures over slot values that frees each intermediate after its last use, and `same_tapes` compares the two
+recordings of a signature.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from xdezero._config import Config
+from xdezero.backends import LEGACY_NUMPY, is_array, keep_input_precision
+from xdezero.core import Function, Variable
+from xdezero.tape_graphs import GraphReplay
+from xdezero.tape_record import BOUND, CaptureError, Op, Recorder, fill, fingerprint
+
+__all__ = ["Tape", "same_tapes"]
+
+
+# --- the tape ------------------------------------------------------------------------------------------
+
+
+class Tape:
+    """The ops of one recorded call, with the slots of the arguments and the result's structure."""
+
+    def __init__(self, recorder: Recorder, n_args: int, result: Any) -> None:
+        self.ops = recorder.ops
+        self.n_slots = recorder.n_slots
+        self.n_args = n_args
+        self.result = _result_spec(recorder, result)
+        # A step that returns a Variable with a graph and leaves the backward to its caller: the recording calls
+        # keep their graphs, and a replay's results refuse backward (a replay builds no graph).
+        self.graphless = not recorder.backward_ran and bool(Config.enable_backprop) and _needs_grad(result)
+        self.result_slots = _result_slots(self.result)
+        self._plan_frees()
+        self.stashed = [
+            (op.target, name) for op in self.ops if op.kind == "forward" for name, _ in [*op.attrs, *op.bound]
+        ]
+        self.arguments: list = []  # the Variables passed as array arguments, during a replay that has them
+        self.on_arguments = any(isinstance(op.target, tuple) for op in self.ops if op.kind != "forward")
+        self.program = [_compile(op, self.arguments) for op in self.ops]
+        self.expected = _expected_state(self.ops, recorder)
+        # The variant of the step (see CapturedStep): which gradients it found present when it first touched them.
+        self.state = tuple(has_grad for _, _, has_grad in self.expected if has_grad is not None)
+        for op in self.ops:  # the graph of the recording call is not needed by the replay
+            if op.kind == "forward" and not self.graphless:
+                _release_graph(op.target)
+        self.graph: GraphReplay | None = None  # set where the arguments' library has CUDA graphs (tape_graphs.py)
+
+    def _plan_frees(self) -> None:
+        last_use: dict[int, int] = {}
+        for k, op in enumerate(self.ops):
+            for kind, value in op.inputs:
+                if kind == "slot":
+                    last_use[value] = k
+        kept = set(_result_slots(self.result))
+        for slot, k in last_use.items():
+            if slot not in kept:
+                self.ops[k].frees.append(slot)
+
+    def run(self, values: list) -> None:
+        """The recorded ops on `values` (the arguments in the first slots)."""
+        for run in self.program:
+            run(values)
+        for f, name in self.stashed:  # what forwards left for later ops is not held between steps
+            setattr(f, name, None)
+
+    def run_on(self, arrays: list) -> list:
+        """The slot values after running the recorded ops on `arrays` (the step's array arguments)."""
+        values: list = [None] * self.n_slots
+        values[: self.n_args] = arrays
+        self.run(values)
+        return values
+
+    def replay(self, arrays: list, variables: list | None) -> Any:
+        if self.on_arguments:
+            self.arguments[:] = variables
+            try:
+                return _build_result(self.result, self.run_on(arrays), self.graphless)
+            finally:
+                self.arguments.clear()  # the caller's Variables are not held between calls
+        values = self.graph.replay(arrays) if self.graph is not None else None
+        return _build_result(self.result, self.run_on(arrays) if values is None else values, self.graphless)
+
+    def fits(self, variables: list | None) -> bool:
+        """Whether the Variables the tape acts on are as they were when it was recorded: the same
+        `requires_grad`, and a gradient where the recording read one, none where it set the first."""
+        for target, requires_grad, has_grad in self.expected:
+            v = variables[target[1]] if isinstance(target, tuple) else target
+            if requires_grad is not None and v.requires_grad != requires_grad:
+                return False
+            if has_grad is not None and (v.grad is not None) is not has_grad:
+                return False
+        return True
+
+
+def _needs_grad(result: Any) -> bool:
+    if isinstance(result, tuple | list):
+        return any(_needs_grad(r) for r in result)
+    if isinstance(result, dict):
+        return any(_needs_grad(r) for r in result.values())
+    return isinstance(result, Variable) and result.creator is not None and result.requires_grad
+
+
+def _expected_state(ops: list, recorder: Recorder) -> list:
+    """(target, requires_grad or None, has a gradient or None) to check before each replay: the flags of the
+    Variables from before the step, and whether each Variable whose gradient the tape touches before clearing it
+    had one (a read means it had, a first set means it had none)."""
+    expected = [(recorder.target(v), v.requires_grad, None) for v in recorder.external.values()]
+    seen: set = set()
+    for op in ops:
+        if op.kind in ("read_grad", "set_grad", "clear_grad"):
+            key = op.target if isinstance(op.target, tuple) else id(op.target)
+            if key not in seen:
+                seen.add(key)
+                if op.kind != "clear_grad":
+                    expected.append((op.target, None, op.kind == "read_grad"))
+    return expected
+
+
+def _reader(sources: list) -> Callable[[list], list]:
+    """A function of the slot values giving an op's inputs."""
+    if all(kind == "slot" for kind, _ in sources):
+        slots = [slot for _, slot in sources]
+        if len(slots) == 1:
+            (i,) = slots
+            return lambda values: [values[i]]
+        if len(slots) == 2:
+            i, j = slots
+            return lambda values: [values[i], values[j]]
+        return lambda values: [values[i] for i in slots]
+    parts = [(0 if kind == "slot" else 1 if kind == "data" else 2, value) for kind, value in sources]
+
+    def read(values: list) -> list:
+        return [values[x] if k == 0 else x._data if k == 1 else x for k, x in parts]
+
+    return read
+
+
+def _count_bound(binding: tuple[str, Any]) -> int:
+    template = binding[1]
+    return 1 if template is BOUND else sum(v is BOUND for v in template)
+
+
+def _binding_reader(read: Callable, target: Function, bound: list, n_inputs: int) -> Callable[[list], list]:
+    """`read` (of `n_inputs` values), which also sets the op's bound attributes from the values after its
+    forward's own inputs."""
+    counts = [_count_bound(b) for b in bound]
+    n_forward = n_inputs - sum(counts)
+
+    def read_and_bind(values: list) -> list:
+        inputs = read(values)
+        start = n_forward
+        for (name, template), n in zip(bound, counts):
+            setattr(target, name, fill(template, inputs[start : start + n]))
+            start += n
+        return inputs[:n_forward]
+
+    return read_and_bind
+
+
+def _compile(op: Op, arguments: list) -> Callable[[list], None]:
+    """The op as one function of the slot values (the replay loop calls nothing else); `arguments` holds the
+    Variables passed as array arguments while a replay runs, for ops on ("argument", k)."""
+    if op.kind != "forward" and isinstance(op.target, tuple):
+        return _compile_on_argument(op, arguments)
+    read, frees, outputs, target = _reader(op.inputs), tuple(op.frees), op.outputs, op.target
+    if op.kind == "forward":
+        forward, attrs, first = target.forward, op.attrs, outputs[0]
+        if op.bound:
+            read = _binding_reader(read, target, op.bound, len(op.inputs))
+
+        def run(values: list) -> None:
+            inputs = read(values)
+            ys = forward(*inputs)
+            if LEGACY_NUMPY and type(ys) is np.float64:  # as Function.__call__ narrows it (NumPy 1.x)
+                ys = keep_input_precision(ys, inputs)
+            if len(outputs) == 1:
+                values[first] = ys
+            else:
+                for slot, y in zip(outputs, ys):
+                    values[slot] = y
+            for name, slots in attrs:
+                value = getattr(target, name)
+                if isinstance(slots, list):
+                    for slot, v in zip(slots, value):
+                        if slot is not None:
+                            values[slot] = v
+                else:
+                    values[slots] = value
+            for slot in frees:
+                values[slot] = None
+
+    elif op.kind == "array":
+
+        def run(values: list) -> None:
+            values[outputs[0]] = target(*read(values))
+            for slot in frees:
+                values[slot] = None
+
+    elif op.kind == "set_grad":
+        source = op.inputs[0][1]
+
+        def run(values: list) -> None:
+            target.grad = Variable(values[source], requires_grad=False)
+            for slot in frees:
+                values[slot] = None
+
+    elif op.kind == "set_data":
+        source = op.inputs[0][1]
+
+        def run(values: list) -> None:
+            target.data = values[source]
+            for slot in frees:
+                values[slot] = None
+
+    elif op.kind == "clear_grad":
+
+        def run(values: list) -> None:
+            target.grad = None
+
+    elif op.kind == "read_grad":
+
+        def run(values: list) -> None:
+            values[outputs[0]] = target.grad._data
+
+    else:  # "call": an optimizer's update
+
+        def run(values: list) -> None:
+            target.update()
+
+    return run
+
+
+def _compile_on_argument(op: Op, arguments: list) -> Callable[[list], None]:
+    """An op on the gradient or data of the Variable passed as array argument k, which each call passes anew."""
+    k, frees = op.target[1], tuple(op.frees)
+    source = op.inputs[0][1] if op.inputs else None
+    output = op.outputs[0] if op.outputs else None
+
+    def run(values: list) -> None:
+        v = arguments[k]
+        if op.kind == "set_grad":
+            v.grad = Variable(values[source], requires_grad=False)
+        elif op.kind == "set_data":
+            v.data = values[source]
+        elif op.kind == "clear_grad":
+            v.grad = None
+        else:  # read_grad
+            values[output] = v.grad._data
+        for slot in frees:
+            values[slot] = None
+
+    return run
+
+
+def _release_graph(f: Function) -> None:
+    for name in ("inputs", "outputs", "_input_refs", "_sources"):
+        if name in vars(f):
+            setattr(f, name, None)
+
+
+def _result_spec(recorder: Recorder, result: Any) -> Any:
+    if isinstance(result, tuple | list):
+        return (type(result), [_result_spec(recorder, r) for r in result])
+    if isinstance(result, dict):
+        return (dict, {k: _result_spec(recorder, v) for k, v in result.items()})
+    if result is None:
+        return None
+    data = result._data if isinstance(result, Variable) else result
+    slot = recorder.slot_of.get(id(data)) if is_array(data) else None
+    if slot is None and isinstance(result, Variable):
+        raise CaptureError(
+            "capture: the step returns a Variable whose value no recorded operation computed (F.accuracy computes "
+            "its value outside the graph, for one): a replay could not give it; compute it outside the step from a "
+            "returned Variable (e.g. the logits)"
+        )
+    if slot is None:
+        raise CaptureError(
+            "capture: the step must return Variables or arrays it computed with xdezero's functions (or tuples, "
+            f"lists or dicts of them), got {type(result).__name__}; return the Variable and convert it outside"
+        )
+    return ("variable" if isinstance(result, Variable) else "array", slot)
+
+
+def _result_slots(spec: Any) -> list:
+    if spec is None:
+        return []
+    kind, value = spec
+    if kind in ("variable", "array"):
+        return [value]
+    items = value.values() if isinstance(value, dict) else value
+    return [s for item in items for s in _result_slots(item)]
+
+
+def _build_result(spec: Any, values: list, graphless: bool = False) -> Any:
+    if spec is None:
+        return None
+    kind, value = spec
+    if kind == "variable":
+        return (_GraphlessResult if graphless else Variable)(values[value], requires_grad=False)
+    if kind == "array":
+        return values[value]
+    if kind is dict:
+        return {k: _build_result(v, values, graphless) for k, v in value.items()}
+    return kind(_build_result(v, values, graphless) for v in value)
+
+
+class _GraphlessResult(Variable):
+    """A replayed result of a step that ran no backward: its value, without the graph a backward would need."""
+
+    def backward(self, *args: Any, **kwargs: Any) -> None:
+        raise CaptureError(
+            "capture: backward on a result of a replayed step: a replay builds no graph, so the gradient cannot be "
+            "computed outside the step; call backward (and the optimizer's update) inside the captured step"
+        )
+
+
+def _constants_differing(a: Op, b: Op) -> str:
+    names, first, second = a.signature[1], a.signature[2], b.signature[2]
+    if len(first) == len(names) == len(second):  # one value per name: say which
+        return ", ".join(
+            f"{n} {x[:60]} then {y[:60]}" for n, x, y in zip(names, first, second) if x != y and isinstance(x, str)
+        )
+    return ", ".join(names)
+
+
+def same_tapes(first: Tape, second: Tape) -> str | None:
+    """None when the two recordings did the same thing, else what differed (for CaptureError)."""
+    reads = [sum(op.kind == "read_grad" for op in tape.ops) for tape in (first, second)]
+    if reads[0] != reads[1]:
+        return (
+            "the gradients it adds to were empty on one call and held values on the other (gradients left from "
+            "the previous call: call model.cleargrads() inside the step)"
+        )
+    if len(first.ops) != len(second.ops):
+        return f"it ran {len(first.ops)} operations the first time and {len(second.ops)} the second"
+    for k, (a, b) in enumerate(zip(first.ops, second.ops)):
+        what = _describe(a)
+        same_op = a.signature[:2] == b.signature[:2] if a.kind == "forward" else a.signature == b.signature
+        if a.kind != b.kind or not same_op:
+            return f"operation {k} was {what} the first time and {_describe(b)} the second"
+        if a.kind == "forward" and a.signature[2] != b.signature[2]:
+            return (
+                f"operation {k} ({what}) was built with different constants ({_constants_differing(a, b)}): a number "
+                "or an array computed from the inputs outside xdezero's functions (such as w.sum() of a batch) is "
+                "fixed in a replay; compute it with xdezero's functions or pass it as an argument"
+            )
+        for i, (sa, sb) in enumerate(zip(a.inputs, b.inputs)):
+            if sa[0] != sb[0] or (sa[0] == "slot" and sa[1] != sb[1]) or (sa[0] == "data" and sa[1] is not sb[1]):
+                return f"input {i} of operation {k} ({what}) came from elsewhere the second time"
+            if sa[0] == "const" and fingerprint([sa[1]]) != fingerprint([sb[1]]):
+                return (
+                    f"input {i} of operation {k} ({what}) is an array that changed between the calls: it was "
+                    "computed from the inputs outside xdezero's functions, or drawn at random outside an op"
+                )
+    return None
+
+
+def _describe(op: Op) -> str:
+    if op.kind == "forward":
+        return type(op.target).__name__
+    if op.kind == "array":
+        return f"the backward pass's {op.target.__name__.strip('_')}"
+    return op.kind.replace("_", " ")
