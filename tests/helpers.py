@@ -6,6 +6,7 @@ import numpy as np
 
 from tests.conftest import DeviceNamespace
 from xdezero import Variable, backends
+from xdezero import functions as F
 from xdezero.backends import library_name
 
 
@@ -30,3 +31,18 @@ def library(xp) -> str:
 def fixture_device(xp):
     """The device a device backend's `xp` creates arrays on; None for a backend using its library's default."""
     return xp.default_device if isinstance(xp, DeviceNamespace) else None
+
+
+def train_step(model, optimizer, loss=None):
+    """A training step function: forward, loss (softmax cross-entropy unless given), cleargrads, backward,
+    update; returns the loss."""
+    loss_of = loss or F.softmax_cross_entropy
+
+    def step(x, t):
+        value = loss_of(model(x), t)
+        model.cleargrads()
+        value.backward()
+        optimizer.update()
+        return value
+
+    return step

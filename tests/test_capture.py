@@ -11,7 +11,7 @@ import pytest
 import xdezero
 import xdezero.functions as F
 import xdezero.layers as L
-from tests.helpers import asarray, fixture_device, library, to_numpy
+from tests.helpers import asarray, fixture_device, library, to_numpy, train_step
 from xdezero import CaptureError, Variable, capture, models, optimizers
 from xdezero.backends import library_name
 
@@ -59,18 +59,7 @@ def _setup(xp, model_name: str, optimizer_name: str):
     model(np.zeros((1, *in_shape), dtype=np.float32))  # lazily shaped layers draw their weights now
     if library(xp) != "numpy":
         model.to_library(library(xp), device=fixture_device(xp))
-    return model, _train_step(model, OPTIMIZERS[optimizer_name]().setup(model))
-
-
-def _train_step(model, optimizer):
-    def step(x, t):
-        loss = F.softmax_cross_entropy(model(x), t)
-        model.cleargrads()
-        loss.backward()
-        optimizer.update()
-        return loss
-
-    return step
+    return model, train_step(model, OPTIMIZERS[optimizer_name]().setup(model))
 
 
 def _batches(xp, model_name: str, n: int = 20, batch: int = 12):
@@ -318,7 +307,7 @@ def test_parameters_made_with_numpy_follow_the_first_input_while_recording(xp, m
         model = (
             SmallCNN() if model_name == "cnn" else models.Sequential(L.Linear(10, in_size=2), L.Linear(3, in_size=10))
         )
-        steps.append((model, _train_step(model, optimizers.SGD(lr=0.1).setup(model))))
+        steps.append((model, train_step(model, optimizers.SGD(lr=0.1).setup(model))))
     (eager_model, eager), (captured_model, step) = steps
     captured = capture(step)
     for x, t in _batches(xp, model_name, n=5):
@@ -332,8 +321,8 @@ def test_parameters_made_with_numpy_follow_the_first_input_while_recording(xp, m
 def test_lazily_shaped_parameters_created_while_recording():
     eager_model = models.MLP((10, 3), activation=F.sigmoid)  # no weights until the first input
     lazy_model = models.MLP((10, 3), activation=F.sigmoid)
-    eager = _train_step(eager_model, optimizers.SGD(lr=0.1).setup(eager_model))
-    captured = capture(_train_step(lazy_model, optimizers.SGD(lr=0.1).setup(lazy_model)))
+    eager = train_step(eager_model, optimizers.SGD(lr=0.1).setup(eager_model))
+    captured = capture(train_step(lazy_model, optimizers.SGD(lr=0.1).setup(lazy_model)))
     for x, t in _batches(np, "mlp", n=6):
         np.random.seed(0)  # the first call draws the weights: the same for both
         expected = eager(x, t).data
@@ -384,7 +373,7 @@ def test_embed_id_with_new_ids_every_step_is_replayed(xp, optimizer_name):
         model = BagOfEmbeddings()
         if library(xp) != "numpy":
             model.to_library(library(xp), device=fixture_device(xp))
-        models_and_steps.append((model, _train_step(model, OPTIMIZERS[optimizer_name]().setup(model))))
+        models_and_steps.append((model, train_step(model, OPTIMIZERS[optimizer_name]().setup(model))))
     (eager_model, eager), (captured_model, step) = models_and_steps
     captured = capture(step)
     for ids, t in _embedding_batches(xp):
@@ -397,7 +386,7 @@ def test_embed_id_with_new_ids_every_step_is_replayed(xp, optimizer_name):
 def test_a_replayed_embed_id_still_checks_its_ids():
     np.random.seed(0)
     model = BagOfEmbeddings()
-    captured = capture(_train_step(model, optimizers.SGD(lr=0.1).setup(model)))
+    captured = capture(train_step(model, optimizers.SGD(lr=0.1).setup(model)))
     batches = _embedding_batches(np)
     for ids, t in batches[:3]:
         captured(ids, t)

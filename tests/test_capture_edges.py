@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import xdezero.functions as F
+from tests.helpers import train_step
 from xdezero import CaptureError, Variable, capture, models, optimizers
 
 
@@ -29,20 +30,9 @@ def _same_params(a, b) -> bool:
     return all(np.array_equal(p.data, q.data) for p, q in zip(a.params(), b.params()))
 
 
-def _train_step(model, optimizer):
-    def step(x, t):
-        loss = F.softmax_cross_entropy(model(x), t)
-        model.cleargrads()
-        loss.backward()
-        optimizer.update()
-        return loss
-
-    return step
-
-
 def test_a_variable_argument_gets_its_gradient_on_every_call():
     (me, oe), (mc, oc) = _model(), _model()
-    eager, captured = _train_step(me, oe), capture(_train_step(mc, oc))
+    eager, captured = train_step(me, oe), capture(train_step(mc, oc))
     for x, t in _batches(5):
         xe, xc = Variable(x), Variable(x.copy())
         le, lc = eager(xe, t), captured(xc, t)
@@ -110,7 +100,7 @@ def test_two_threads_record_their_own_steps_at_the_same_time():
 
     def run(k):
         (me, oe), (mc, oc) = pairs[k]
-        eager, captured = _train_step(me, oe), capture(_train_step(mc, oc))
+        eager, captured = train_step(me, oe), capture(train_step(mc, oc))
         try:
             for x, t in batches:
                 barrier.wait(timeout=10)  # both threads inside their steps together, recording included
@@ -144,7 +134,7 @@ def test_backward_on_a_replayed_forward_is_refused_clearly():
 
 def test_requires_grad_changed_after_capture_is_followed():
     (me, oe), (mc, oc) = _model(), _model()
-    eager, captured = _train_step(me, oe), capture(_train_step(mc, oc))
+    eager, captured = train_step(me, oe), capture(train_step(mc, oc))
     for call, (x, t) in enumerate(_batches(7)):
         if call == 4:
             for model in (me, mc):
@@ -161,16 +151,7 @@ def test_the_same_array_passed_twice_is_its_own_signature():
         np.random.seed(3)
         model = models.MLP((4, 3))
         model(np.zeros((1, 3), np.float32))
-        optimizer = optimizers.SGD(lr=0.1).setup(model)
-
-        def step(x, target):
-            loss = F.mean_squared_error(model(x), target)
-            model.cleargrads()
-            loss.backward()
-            optimizer.update()
-            return loss
-
-        return model, step
+        return model, train_step(model, optimizers.SGD(lr=0.1).setup(model), F.mean_squared_error)
 
     (me, eager), (mc, step) = make(), make()
     captured = capture(step)
