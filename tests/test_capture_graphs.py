@@ -12,8 +12,8 @@ import pytest
 
 import xdezero.functions as F
 import xdezero.tape
-from tests.helpers import asarray, fixture_device, library, to_numpy
-from tests.test_capture import MODELS, OPTIMIZERS, BagOfEmbeddings, _batches, _embedding_batches, _train_step
+from tests.helpers import asarray, fixture_device, library, to_numpy, train_step
+from tests.test_capture import MODELS, OPTIMIZERS, BagOfEmbeddings, _batches, _embedding_batches
 from xdezero import capture, optimizers
 from xdezero.backends import graph_kit
 
@@ -81,7 +81,7 @@ def _model_and_step(xp, model_name, make_optimizer):
     if library(xp) != "numpy":
         model.to_library(library(xp), device=fixture_device(xp))
     optimizer = make_optimizer().setup(model)
-    return model, optimizer, _train_step(model, optimizer)
+    return model, optimizer, train_step(model, optimizer)
 
 
 def _same(xp, a, b):
@@ -235,8 +235,8 @@ def test_embedding_ids_are_read_and_checked_at_each_launch(gxp):
             model.to_library(library(gxp), device=fixture_device(gxp))
     for p, q in zip(eager_model.params(), graphed_model.params()):
         q.data = p.data + 0  # the same start
-    eager = _train_step(eager_model, optimizers.SGD(lr=0.1).setup(eager_model))
-    step = capture(_train_step(graphed_model, optimizers.SGD(lr=0.1).setup(graphed_model)))
+    eager = train_step(eager_model, optimizers.SGD(lr=0.1).setup(eager_model))
+    step = capture(train_step(graphed_model, optimizers.SGD(lr=0.1).setup(graphed_model)))
     batches = _embedding_batches(gxp)
     for ids, t in batches:
         _same(gxp, to_numpy(eager(ids, t)), to_numpy(step(ids, t)))
