@@ -77,21 +77,12 @@ def _signature(args: tuple, kwargs: dict) -> tuple[tuple, list, list | None]:
     arrays: list = []
     variables: list | None = None
     for value in _arguments(args, kwargs) if kwargs else args:
-        if isinstance(value, Variable):
-            if variables is None:
-                variables = [None] * len(arrays)
-            variables.append(value)
-            data = value._data
-        else:
-            data = value
-            if variables is not None and is_array(data):
-                variables.append(None)
+        in_variable = isinstance(value, Variable)
+        data = value._data if in_variable else value
         if type(data) is np.ndarray:  # the common case, kept cheap: NumPy arrays live on the host
-            parts.append((np.ndarray, data.shape, data.dtype, data is not value))
-            arrays.append(data)
+            parts.append((np.ndarray, data.shape, data.dtype, in_variable))
         elif is_array(data):
-            parts.append((type(data), tuple(data.shape), str(data.dtype), str(device_of(data)), data is not value))
-            arrays.append(data)
+            parts.append((type(data), tuple(data.shape), str(data.dtype), str(device_of(data)), in_variable))
         else:
             try:
                 hash(value)
@@ -101,6 +92,12 @@ def _signature(args: tuple, kwargs: dict) -> tuple[tuple, list, list | None]:
                     f"{type(value).__name__}"
                 ) from None
             parts.append(("value", value))
+            continue
+        if in_variable and variables is None:
+            variables = [None] * len(arrays)
+        if variables is not None:
+            variables.append(value if in_variable else None)
+        arrays.append(data)
     if len(arrays) > 1:
         ids = [id(a) for a in arrays]
         if len(set(ids)) < len(ids):  # the same array twice: the tape reads it from one slot
@@ -141,6 +138,8 @@ class CapturedStep:
             self._keep(self._first, key, new)
             return result
         pending.remove(first)
+        if not pending:
+            del self._first[key]
         difference = same_tapes(first, new)
         if difference is not None:
             error = CaptureError(

@@ -164,8 +164,6 @@ def _binding_reader(read: Callable, target: Function, bound: list, n_inputs: int
 def _compile(op: Op, arguments: list) -> Callable[[list], None]:
     """The op as one function of the slot values (the replay loop calls nothing else); `arguments` holds the
     Variables passed as array arguments while a replay runs, for ops on ("argument", k)."""
-    if op.kind != "forward" and isinstance(op.target, tuple):
-        return _compile_on_argument(op, arguments)
     read, frees, outputs, target = _reader(op.inputs), tuple(op.frees), op.outputs, op.target
     if op.kind == "forward":
         forward, attrs, first = target.forward, op.attrs, outputs[0]
@@ -200,58 +198,38 @@ def _compile(op: Op, arguments: list) -> Callable[[list], None]:
             for slot in frees:
                 values[slot] = None
 
-    elif op.kind == "set_grad":
-        source = op.inputs[0][1]
-
-        def run(values: list) -> None:
-            target.grad = Variable(values[source], requires_grad=False)
-            for slot in frees:
-                values[slot] = None
-
-    elif op.kind == "set_data":
-        source = op.inputs[0][1]
-
-        def run(values: list) -> None:
-            target.data = values[source]
-            for slot in frees:
-                values[slot] = None
-
-    elif op.kind == "clear_grad":
-
-        def run(values: list) -> None:
-            target.grad = None
-
-    elif op.kind == "read_grad":
-
-        def run(values: list) -> None:
-            values[outputs[0]] = target.grad._data
-
-    else:  # "call": an optimizer's update
+    elif op.kind == "call":  # an optimizer's update
 
         def run(values: list) -> None:
             target.update()
 
-    return run
-
-
-def _compile_on_argument(op: Op, arguments: list) -> Callable[[list], None]:
-    """An op on the gradient or data of the Variable passed as array argument k, which each call passes anew."""
-    k, frees = op.target[1], tuple(op.frees)
-    source = op.inputs[0][1] if op.inputs else None
-    output = op.outputs[0] if op.outputs else None
-
-    def run(values: list) -> None:
-        v = arguments[k]
+    else:  # an op on the gradient or data of a Variable: one from before the step, or argument k's
+        variable = (lambda: arguments[target[1]]) if isinstance(target, tuple) else (lambda: target)
         if op.kind == "set_grad":
-            v.grad = Variable(values[source], requires_grad=False)
+            source = op.inputs[0][1]
+
+            def run(values: list) -> None:
+                variable().grad = Variable(values[source], requires_grad=False)
+                for slot in frees:
+                    values[slot] = None
+
         elif op.kind == "set_data":
-            v.data = values[source]
+            source = op.inputs[0][1]
+
+            def run(values: list) -> None:
+                variable().data = values[source]
+                for slot in frees:
+                    values[slot] = None
+
         elif op.kind == "clear_grad":
-            v.grad = None
-        else:  # read_grad
-            values[output] = v.grad._data
-        for slot in frees:
-            values[slot] = None
+
+            def run(values: list) -> None:
+                variable().grad = None
+
+        else:  # "read_grad"
+
+            def run(values: list) -> None:
+                values[outputs[0]] = variable().grad._data
 
     return run
 
@@ -321,20 +299,16 @@ class _GraphlessResult(Variable):
 def _constants_differing(a: Op, b: Op) -> str:
     names, first, second = a.signature[1], a.signature[2], b.signature[2]
     if len(first) == len(names) == len(second):  # one value per name: say which
-        return ", ".join(
-            f"{n} {x[:60]} then {y[:60]}" for n, x, y in zip(names, first, second) if x != y and isinstance(x, str)
+        return ", ".join(  # a number's repr, or only the name of an array
+            f"{n} {x[:60]} then {y[:60]}" if isinstance(x, str) else n
+            for n, x, y in zip(names, first, second)
+            if x != y
         )
     return ", ".join(names)
 
 
 def same_tapes(first: Tape, second: Tape) -> str | None:
     """None when the two recordings did the same thing, else what differed (for CaptureError)."""
-    reads = [sum(op.kind == "read_grad" for op in tape.ops) for tape in (first, second)]
-    if reads[0] != reads[1]:
-        return (
-            "the gradients it adds to were empty on one call and held values on the other (gradients left from "
-            "the previous call: call model.cleargrads() inside the step)"
-        )
     if len(first.ops) != len(second.ops):
         return f"it ran {len(first.ops)} operations the first time and {len(second.ops)} the second"
     for k, (a, b) in enumerate(zip(first.ops, second.ops)):

@@ -71,7 +71,6 @@ def empty(shape: tuple, dtype: np.dtype) -> np.ndarray:
                 # forget it rather than hand out an array that no longer fits the key.
                 pool[:] = [b for b in pool if b is not stale]
                 _held -= stale.nbytes
-                del stale
         buffer = np.empty(shape, dtype)
         if len(pool) < PER_SHAPE and nbytes <= MAX_BYTES:
             while _held + nbytes > MAX_BYTES:  # forget the least recently used shapes first
