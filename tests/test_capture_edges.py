@@ -195,3 +195,119 @@ def test_many_signatures_are_bounded_and_warned_about():
         for i in range(40):
             captured(x, t, 0.1 / (i + 1))
     assert len(captured._first) <= 16
+
+
+# --- constants and the Variables a step reads: wherever they occur in the step -----------------------------
+
+
+def _captured_or_refused(captured, *args):
+    """A captured call's result: its value, or the eager result a refusal carries (refusing is allowed,
+    replaying wrongly is not)."""
+    try:
+        return captured(*args)
+    except CaptureError as refused:
+        assert "cannot be replayed" in str(refused)
+        return refused.result
+
+
+@pytest.mark.parametrize("where", ["first_op", "middle_op", "last_op"])
+def test_a_number_from_outside_the_step_is_compared_wherever_its_op_is(where):
+    """1 / w.sum() is a NumPy number, fixed into the op it scales: the first, a middle or the last op of the
+    step. It differs between the two recording calls, so a replay would be wrong: each call gives the eager result
+    (a refusal carries it)."""
+    (me, oe), (mc, oc) = _model(), _model()
+
+    def make(model, optimizer):
+        def step(x, t, w):
+            scale = 1 / w.sum()
+            h = F.mul(x, scale) if where == "first_op" else x
+            y = model(h)
+            y = F.mul(y, scale) if where == "middle_op" else y
+            loss = F.softmax_cross_entropy(y, t)
+            loss = F.mul(loss, scale) if where == "last_op" else loss
+            model.cleargrads()
+            loss.backward()
+            optimizer.update()
+            return loss
+
+        return step
+
+    eager, captured = make(me, oe), capture(make(mc, oc))
+    batches = _batches(4)
+    weights = [np.full(12, k, np.float32) for k in (1.0, 2.0, 4.0, 8.0)]  # it differs in the two recordings
+    for (x, t), w in zip(batches, weights):
+        expected = eager(x, t, w)
+        got = _captured_or_refused(captured, x, t, w)
+        np.testing.assert_array_equal(got.data, expected.data)
+        assert _same_params(me, mc)
+
+
+@pytest.mark.parametrize("where", ["first_op", "last_op"])
+def test_an_array_from_outside_the_step_is_compared_wherever_its_op_is(where):
+    """An array the step builds from a Python counter (not from its arguments) changes between calls: the first
+    or the last op it enters must not replay the first call's array."""
+    (me, oe), (mc, oc) = _model(), _model()
+
+    def make(model, optimizer):
+        calls = [0]
+
+        def step(x, t):
+            calls[0] += 1
+            weight = np.full(x.shape, 1.0 + calls[0], np.float32)  # outside xdezero's functions
+            h = F.mul(x, weight) if where == "first_op" else x
+            loss = F.softmax_cross_entropy(model(h), t)
+            loss = F.sum(F.mul(loss, weight[:1, 0])) if where == "last_op" else loss
+            model.cleargrads()
+            loss.backward()
+            optimizer.update()
+            return loss
+
+        return step
+
+    eager, captured = make(me, oe), capture(make(mc, oc))
+    for x, t in _batches(5):
+        expected = eager(x, t)
+        got = _captured_or_refused(captured, x, t)
+        np.testing.assert_array_equal(got.data, expected.data)
+        assert _same_params(me, mc)
+
+
+def test_a_variable_picked_by_a_python_counter_is_never_replayed_in_place_of_another():
+    """The step multiplies by one of three Variables, chosen by a counter: each call reads the one it picked."""
+    weights = [Variable(np.array(k, np.float64)) for k in (1.0, 2.0, 3.0)]
+    calls = [0]
+
+    def step(x):
+        w = weights[calls[0] % 3]
+        calls[0] += 1
+        return F.sum(F.mul(x, w))
+
+    captured = capture(step)
+    x = np.ones(3)
+    for k in range(9):
+        got = _captured_or_refused(captured, x)
+        assert float(got.data) == 3.0 * (1 + k % 3), f"call {k + 1}"
+
+
+def test_a_parameter_picked_by_a_python_counter_gets_its_own_gradient_and_update():
+    """The same with two Parameters that an optimizer updates: each call's update goes to the one it used."""
+    np.random.seed(0)
+    (me, oe), (mc, oc) = _model(0), _model(0)
+    (me2, oe2), (mc2, oc2) = _model(1), _model(1)
+
+    def make(models_, optimizers_):
+        calls = [0]
+
+        def step(x, t):
+            k = calls[0] % 2
+            calls[0] += 1
+            return train_step(models_[k], optimizers_[k])(x, t)
+
+        return step
+
+    eager, captured = make([me, me2], [oe, oe2]), capture(make([mc, mc2], [oc, oc2]))
+    for x, t in _batches(6):
+        expected = eager(x, t)
+        got = _captured_or_refused(captured, x, t)
+        np.testing.assert_array_equal(got.data, expected.data)
+    assert _same_params(me, mc) and _same_params(me2, mc2)

@@ -246,6 +246,97 @@ def test_generation_is_max_of_inputs():
     assert y.creator.generation == 2 and y.generation == 3
 
 
+class Counted(Function):
+    """y = Σᵢ xᵢ (any number of inputs, of one shape); counts its backward calls. The deep input's position is
+    the test's choice, so the generation rule is checked for every arity and every argument position."""
+
+    def __init__(self) -> None:
+        self.backward_calls = 0
+
+    def forward(self, *xs):
+        y = xs[0]
+        for x in xs[1:]:
+            y = y + x
+        return y
+
+    def backward(self, gy):
+        self.backward_calls += 1
+        return tuple(gy for _ in self.inputs)
+
+
+class CountedSin(Counted):
+    """y = sin(x); dy/dx = cos(x); counts its backward calls."""
+
+    def forward(self, x):
+        return self.xp.sin(x)
+
+    def backward(self, gy):
+        self.backward_calls += 1
+        return gy * F.cos(self.inputs[0])
+
+
+@pytest.mark.parametrize("loss_order", ["shallow_first", "deep_first"])
+@pytest.mark.parametrize(("arity", "deep_at"), [(2, 0), (2, 1), (3, 0), (3, 1), (3, 2), (4, 3)])
+def test_every_backward_runs_once_and_intermediate_gradients_are_complete(xp, arity, deep_at, loss_order):
+    """h = sin(x) feeds the loss twice: directly, and through sin(h) into an op of `arity` inputs whose other
+    inputs are leaves. Whichever input is the deep one, the op must run its backward before sin(x)'s does, so
+    that sin(x) runs once with its whole gradient; a retained h.grad holds both paths: 1 + cos(h)."""
+    x = var(xp, 0.3)
+    first_sin = CountedSin()
+    h = first_sin(x)
+    deep = F.sin(h)
+    op = Counted()
+    inputs = [var(xp, 0.1 * (i + 1)) for i in range(arity)]
+    inputs[deep_at] = deep
+    y = op(*inputs)
+    loss = F.add(h, y) if loss_order == "shallow_first" else F.add(y, h)
+    loss.backward(retain_grad=True)
+    assert first_sin.backward_calls == 1 and op.backward_calls == 1
+    assert to_numpy(h.grad) == pytest.approx(1 + math.cos(math.sin(0.3)), rel=1e-12)
+    assert to_numpy(x.grad) == pytest.approx((1 + math.cos(math.sin(0.3))) * math.cos(0.3), rel=1e-12)
+
+
+def test_a_linear_with_a_bias_after_a_deep_input_gives_the_retained_gradients_of_torch(xp):
+    """linear(x, W, b) with x three ops deep and W, b leaves: retained gradients of the intermediates as torch's."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    x0, W0, b0 = rng.standard_normal((4, 3)), rng.standard_normal((3, 2)), rng.standard_normal(2)
+    x, W, b = (Variable(asarray(xp, a)) for a in (x0, W0, b0))
+    h = F.tanh(x)
+    y = F.linear(F.sin(F.exp(h)), W, b)
+    loss = F.sum(h) + F.sum(y * y)
+    loss.backward(retain_grad=True)
+
+    xt, Wt, bt = (torch.tensor(a, requires_grad=True) for a in (x0, W0, b0))
+    ht = torch.tanh(xt)
+    ht.retain_grad()
+    yt = torch.sin(torch.exp(ht)) @ Wt + bt
+    yt.retain_grad()
+    (ht.sum() + (yt * yt).sum()).backward()
+    for ours, theirs in ((h, ht), (y, yt), (x, xt), (W, Wt), (b, bt)):
+        np.testing.assert_allclose(to_numpy(ours.grad), theirs.grad.numpy(), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("retain_grad", [False, True])
+def test_a_plain_backward_builds_no_graph_of_the_gradients(xp, retain_grad):
+    """Without create_graph, gradients are plain values: no creator, nothing recorded that keeps the forward
+    pass's arrays alive; with it, the gradient is itself a node of a graph (the two must differ)."""
+    for create_graph in (False, True):
+        x = var(xp, [0.5, -1.0, 2.0])
+        W = var(xp, [[1.0, 2.0], [0.5, -1.0], [3.0, 0.0]])
+        a = F.sin(x)
+        y = F.sum(F.tanh(F.matmul(F.reshape(a * x, (1, 3)), W))) + F.sum(a * a)  # x and a reach y twice
+        y.backward(retain_grad=retain_grad, create_graph=create_graph)
+        grads = [x.grad, W.grad] + ([a.grad] if retain_grad else [])
+        if create_graph:
+            assert all(g.creator is not None for g in grads)
+            continue
+        assert all(g.creator is None for g in grads), [type(g.creator).__name__ for g in grads]
+        held = weakref.ref(a.creator)
+        del a, y
+        assert held() is None  # nothing in the gradients holds the forward graph
+
+
 def test_intermediate_grads_dropped_unless_retained():
     x = Variable(np.array(1.0))
     a = F.sin(x)

@@ -308,6 +308,23 @@ def test_large_logits_stay_finite(xp, name, dtype):
     assert x.grad.dtype == x.dtype
 
 
+@pytest.mark.parametrize("fn", [F.sigmoid, F.sigmoid_simple], ids=["sigmoid", "sigmoid_simple"])
+def test_sigmoid_derivatives_up_to_the_third_follow_the_closed_forms(xp, fn):
+    """s′ = s(1-s), s″ = s′(1-2s), s‴ = s′(1-6s+6s²), from repeated backward(create_graph=True), at points
+    where each derivative changes sign and where s saturates (|x| = 30: no NaN from 0·inf)."""
+    points = np.array([-30.0, -4.0, -1.3169578969248166, 0.0, 0.5, 1.3169578969248166, 4.0, 30.0])
+    s = 1 / (1 + np.exp(-points))
+    d1 = s * (1 - s)
+    expected = [d1, d1 * (1 - 2 * s), d1 * (1 - 6 * s + 6 * s * s)]
+    x = Variable(asarray(xp, points))
+    y = fn(x)
+    for order, want in enumerate(expected, start=1):
+        x.cleargrad()
+        F.sum(y).backward(create_graph=True)
+        y = x.grad
+        np.testing.assert_allclose(to_numpy(y), want, rtol=1e-9, atol=1e-15, err_msg=f"order {order}")
+
+
 def test_large_logits_values(xp):
     x = asarray(xp, [[1000.0, -1000.0, 0.0]])
     np.testing.assert_allclose(to_numpy(F.log_softmax(Variable(x))), [[0.0, -2000.0, -1000.0]])

@@ -242,6 +242,20 @@ def test_clip_grad(xp, max_norm):
         np.testing.assert_allclose(hq, q, rtol=1e-5, atol=1e-6)
 
 
+def test_clip_grad_leaves_gradients_under_the_norm_exactly_as_they_are(xp):
+    """The factor is min(1, max_norm / (‖g‖ + 1e-6)): under max_norm, however close, the gradients are not scaled
+    (not even up), as torch.nn.utils.clip_grad_norm_ leaves them; over it they shrink to the norm."""
+    g = np.array([3.0, 4.0], np.float64)  # ‖g‖ = 5
+    for max_norm, factor in ((5.5, 1.0), (5.0 + 1e-3, 1.0), (1e6, 1.0), (2.5, 2.5 / (5 + 1e-6))):
+        p = Parameter(asarray(xp, np.zeros(2)))
+        p.grad = Variable(asarray(xp, g))
+        O.ClipGrad(max_norm)([p])
+        if factor == 1.0:
+            np.testing.assert_array_equal(to_numpy(p.grad), g, err_msg=f"max_norm {max_norm}")
+        else:
+            np.testing.assert_allclose(to_numpy(p.grad), g * factor, rtol=1e-12)
+
+
 def test_clip_grad_keeps_gradient_arrays(xp):
     model = Two(xp)
     gp = asarray(xp, GRADS[0][0])
