@@ -272,19 +272,41 @@ def test_gradients(xp, fn, arrays, order):
     check_gradients(fn, *[asarray(xp, a) for a in arrays], order=order)
 
 
-def test_conv2d_third_order(xp):
-    # d³/dW³ of a bilinear op is zero, but building it must not fail (each backward is a convolution again)
-    x, W, b = _conv_arrays(GEOMETRIES[1])
-    Wv = Variable(asarray(xp, W))
-    y = F.sum(F.conv2d(asarray(xp, x), Wv, asarray(xp, b), stride=2, pad=1) ** 2)
-    y.backward(create_graph=True)
-    g1 = Wv.grad
-    Wv.cleargrad()
-    F.sum(g1 * g1).backward(create_graph=True)
-    g2 = Wv.grad
-    Wv.cleargrad()
-    F.sum(g2).backward()
-    assert Wv.grad.shape == W.shape
+@pytest.mark.parametrize("op", ["conv2d", "deconv2d"])
+def test_third_order_derivatives_match_finite_differences_of_the_second_order(xp, op):
+    """Third derivatives of Σ tanh(conv(x, W) + b), each backward itself a convolution: the gradient of
+    ⟨∇²·U, V⟩ (the second-order result contracted with fixed U, V) with respect to x and W, against central
+    differences of that float64 second-order result along a random direction of (x, W)."""
+    geom = GEOMETRIES[1]
+    x0, W0, b0 = _deconv_arrays(geom) if op == "deconv2d" else _conv_arrays(geom)
+    stride, pad = geom[2], geom[3]
+    conv = getattr(F, op)
+    rng = np.random.default_rng(11)
+    U, V = rng.standard_normal(W0.shape), rng.standard_normal(W0.shape)
+    dx, dW = rng.standard_normal(x0.shape), rng.standard_normal(W0.shape)
+
+    def second_order(x_np, W_np):
+        """s = ⟨∇_W ⟨∇_W f, U⟩, V⟩ as a Variable of x and W (with the graph to differentiate it once more)."""
+        x, W = Variable(asarray(xp, x_np)), Variable(asarray(xp, W_np))
+        f = F.sum(F.tanh(conv(x, W, asarray(xp, b0), stride, pad)))
+        f.backward(create_graph=True)
+        g1 = W.grad
+        W.cleargrad()
+        x.cleargrad()
+        F.sum(g1 * asarray(xp, U)).backward(create_graph=True)
+        g2 = W.grad
+        W.cleargrad()
+        x.cleargrad()
+        return F.sum(g2 * asarray(xp, V)), x, W
+
+    s, x, W = second_order(x0, W0)
+    s.backward()
+    directional = float(np.sum(to_numpy(x.grad) * dx) + np.sum(to_numpy(W.grad) * dW))
+    eps = 1e-5
+    plus = float(to_numpy(second_order(x0 + eps * dx, W0 + eps * dW)[0]))
+    minus = float(to_numpy(second_order(x0 - eps * dx, W0 - eps * dW)[0]))
+    assert directional == pytest.approx((plus - minus) / (2 * eps), rel=1e-6, abs=1e-8)
+    assert np.any(np.abs(to_numpy(W.grad)) > 1e-3) and np.any(np.abs(to_numpy(x.grad)) > 1e-3)
 
 
 # --- dtypes --------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import pytest
 
 import xdezero.functions as F
 import xdezero.utils
+from tests.dezero_oracle import dezero_module
 from tests.helpers import asarray, library, to_numpy
 from xdezero import Variable, test_mode
 from xdezero import models as M
@@ -194,3 +195,124 @@ def test_squeezenet_trains():
 def test_squeezenet_has_no_pretrained_weights():
     with pytest.raises(NotImplementedError, match="pretrained"):
         M.SqueezeNet(pretrained=True)
+
+
+# --- VGG16 against DeZero 0.0.13, ResNet50 against torch, with the same weights ------------------------------
+
+
+def _random_weights(ours, x, seed):
+    """Our model's parameters (float64) drawn at random, BatchNorm's running statistics included; as NumPy."""
+    rng = np.random.default_rng(seed)
+    with test_mode():
+        ours(x)  # the lazy layers take their shapes
+    for key, p in ours.named_params():
+        shape = p.data.shape
+        if key.endswith("avg_var"):
+            p.data = rng.uniform(0.5, 2.0, shape)
+        elif key.endswith("gamma"):
+            p.data = rng.uniform(0.5, 1.5, shape)
+        else:  # He-scaled, so that the activations stay O(1) through 50 layers
+            fan_in = int(np.prod(shape[1:])) if len(shape) == 4 else shape[0] if len(shape) == 2 else 1
+            p.data = rng.standard_normal(shape) * (np.sqrt(2.0 / fan_in) if len(shape) > 1 else 0.1)
+    return {k: to_numpy(p) for k, p in ours.named_params()}
+
+
+def _same_weights_in_dezero(ours, theirs_class, x, seed):
+    """DeZero's model of the same class as `ours`, both holding the same random float64 weights."""
+    _random_weights(ours, x, seed)
+    dezero = dezero_module()
+    theirs = theirs_class()
+    with dezero.test_mode():
+        theirs(x)
+    flat = {}
+    theirs._flatten_params(flat)
+    ours_params = dict(ours.named_params())
+    assert sorted(flat) == sorted(ours_params), "the two models name their parameters differently"
+    for key, p in flat.items():
+        assert p.data.shape == ours_params[key].data.shape, key
+        p.data = np.array(ours_params[key].data)
+    return dezero, theirs, flat
+
+
+def _outputs_and_gradients(dezero, ours, theirs, flat, x, r, train):
+    """Each model's output for x, and the gradients of Σ y·r for every parameter with one."""
+    with xdezero.using_config("train", train), dezero.using_config("train", train):
+        y_ours, y_theirs = ours(x), theirs(x)
+        F.sum(y_ours * r).backward()
+        dezero.functions.sum(y_theirs * r).backward()
+    ours_grads = {k: to_numpy(p.grad) for k, p in ours.named_params() if p.grad is not None}
+    theirs_grads = {k: p.grad.data for k, p in flat.items() if p.grad is not None}
+    return to_numpy(y_ours), y_theirs.data, ours_grads, theirs_grads
+
+
+def test_vgg16_forward_and_gradients_match_dezero_with_the_same_weights():
+    """Outputs and every parameter's gradient as DeZero 0.0.13's VGG16 in float64 (test mode: dropout off)."""
+    x = np.random.default_rng(1).standard_normal((2, 3, 32, 32))
+    r = np.random.default_rng(2).standard_normal((2, 1000))
+    np.random.seed(0)
+    ours = M.VGG16()
+    dezero, theirs, flat = _same_weights_in_dezero(ours, dezero_module("models").VGG16, x, seed=3)
+    y_ours, y_theirs, g_ours, g_theirs = _outputs_and_gradients(dezero, ours, theirs, flat, x, r, train=False)
+    assert np.std(y_theirs) > 1e-3  # not a degenerate output
+    np.testing.assert_allclose(y_ours, y_theirs, rtol=1e-9, atol=1e-10)
+    assert sorted(g_ours) == sorted(g_theirs) and len(g_ours) == 32
+    for key in g_ours:
+        np.testing.assert_allclose(g_ours[key], g_theirs[key], rtol=1e-8, atol=1e-10, err_msg=key)
+
+
+def _torch_resnet50(torch, x, w, train):
+    """ResNet-50 as DeZero lays it out (1×1 strided projections, bias only in conv1 and fc6), in
+    torch.nn.functional; BatchNorm with momentum 0.1 = 1 - decay and eps 2e-5, its running statistics in `w`."""
+    tf = torch.nn.functional
+
+    def bn(h, name):
+        mean, var = w[f"{name}/avg_mean"], w[f"{name}/avg_var"]
+        return tf.batch_norm(h, mean, var, w[f"{name}/gamma"], w[f"{name}/beta"], train, 0.1, 2e-5)
+
+    def conv(h, name, stride=1, pad=0):
+        return tf.conv2d(h, w[f"{name}/W"], w.get(f"{name}/b"), stride, pad)
+
+    def bottleneck(h, name, stride, project):
+        g = tf.relu(bn(conv(h, f"{name}/conv1", stride if project else 1), f"{name}/bn1"))
+        g = tf.relu(bn(conv(g, f"{name}/conv2", 1, 1), f"{name}/bn2"))
+        g = bn(conv(g, f"{name}/conv3"), f"{name}/bn3")
+        shortcut = bn(conv(h, f"{name}/conv4", stride), f"{name}/bn4") if project else h
+        return tf.relu(g + shortcut)
+
+    h = tf.relu(bn(conv(torch.from_numpy(x), "conv1", 2, 3), "bn1"))
+    h = tf.max_pool2d(h, 3, 2)
+    for block, (count, stride) in enumerate(zip((3, 4, 6, 3), (1, 2, 2, 2)), start=2):
+        h = bottleneck(h, f"res{block}/a", stride, project=True)
+        for i in range(1, count):
+            h = bottleneck(h, f"res{block}/b{i}", 1, project=False)
+    return h.mean(dim=(2, 3)) @ w["fc6/W"] + w["fc6/b"]
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["test_mode", "train_mode"])
+def test_resnet50_forward_and_gradients_match_torch_with_the_same_weights(train):
+    """Outputs, every parameter's gradient and the updated running statistics (train mode: batch statistics,
+    the unbiased variance in the running average) as a torch.nn.functional ResNet-50's, in float64. DeZero
+    0.0.13's own ResNet cannot be built (its bottlenecks pass Conv2d's arguments in the wrong order)."""
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(1).standard_normal((2, 3, 40, 40))
+    r = np.random.default_rng(2).standard_normal((2, 1000))
+    np.random.seed(0)
+    ours = M.ResNet50()
+    weights = _random_weights(ours, x, seed=3)
+    w = {k: torch.tensor(v, requires_grad=not k.endswith(("avg_mean", "avg_var"))) for k, v in weights.items()}
+    y_theirs = _torch_resnet50(torch, x, w, train)
+    (y_theirs * torch.from_numpy(r)).sum().backward()
+    with xdezero.using_config("train", train):
+        y_ours = ours(x)
+        F.sum(y_ours * r).backward()
+    assert float(y_theirs.detach().std()) > 1e-3  # not a degenerate output
+    np.testing.assert_allclose(to_numpy(y_ours), y_theirs.detach().numpy(), rtol=1e-9, atol=1e-10)
+    for key, p in ours.named_params():
+        if key.endswith(("avg_mean", "avg_var")):
+            np.testing.assert_allclose(to_numpy(p), w[key].numpy(), rtol=1e-12, atol=1e-14, err_msg=key)
+        else:
+            # Sums of terms up to 10³, and conv1's bias before a batch norm (exactly 0 in train mode, rounding
+            # noise of 10⁻¹³ here): the absolute error is measured against the gradient's scale, at least 1.
+            expected = w[key].grad.numpy()
+            atol = 1e-10 * max(1.0, np.abs(expected).max())
+            np.testing.assert_allclose(to_numpy(p.grad), expected, rtol=1e-8, atol=atol, err_msg=key)

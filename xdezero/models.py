@@ -183,9 +183,17 @@ class ResNet152(ResNet):
 class BuildingBlock(Layer):
     """`n_layers` bottlenecks: the first (`a`) changes channels and stride, the others (`b1`, ...) keep them."""
 
-    def __init__(self, n_layers: int, in_channels: int, mid_channels: int, out_channels: int, stride: int) -> None:
+    def __init__(
+        self,
+        n_layers: int,
+        in_channels: int,
+        mid_channels: int,
+        out_channels: int,
+        stride: int,
+        downsample_fb: bool = False,
+    ) -> None:
         super().__init__()
-        self.a = BottleneckA(in_channels, mid_channels, out_channels, stride)
+        self.a = BottleneckA(in_channels, mid_channels, out_channels, stride, downsample_fb)
         self._names = ["a"]
         for i in range(1, n_layers):
             setattr(self, f"b{i}", BottleneckB(out_channels, mid_channels))
@@ -198,13 +206,18 @@ class BuildingBlock(Layer):
 
 
 class BottleneckA(Layer):
-    """1×1 → 3×3 (strided) → 1×1 convolutions, plus a strided 1×1 projection of the input as the shortcut."""
+    """1×1 → 3×3 → 1×1 convolutions, plus a strided 1×1 projection of the input as the shortcut. The stride is on
+    the first 1×1 convolution (the original MSRA ResNet, DeZero's default and its pretrained weights' layout),
+    or on the 3×3 one with `downsample_fb=True` (Facebook's ResNet)."""
 
-    def __init__(self, in_channels: int, mid_channels: int, out_channels: int, stride: int = 2) -> None:
+    def __init__(
+        self, in_channels: int, mid_channels: int, out_channels: int, stride: int = 2, downsample_fb: bool = False
+    ) -> None:
         super().__init__()
-        self.conv1 = Conv2d(mid_channels, 1, 1, 0, in_channels=in_channels, nobias=True)
+        stride_1x1, stride_3x3 = (1, stride) if downsample_fb else (stride, 1)
+        self.conv1 = Conv2d(mid_channels, 1, stride_1x1, 0, in_channels=in_channels, nobias=True)
         self.bn1 = BatchNorm()
-        self.conv2 = Conv2d(mid_channels, 3, stride, 1, in_channels=mid_channels, nobias=True)
+        self.conv2 = Conv2d(mid_channels, 3, stride_3x3, 1, in_channels=mid_channels, nobias=True)
         self.bn2 = BatchNorm()
         self.conv3 = Conv2d(out_channels, 1, 1, 0, in_channels=mid_channels, nobias=True)
         self.bn3 = BatchNorm()
