@@ -32,6 +32,10 @@ BACKEND_PACKAGES = {
     "jax_gpu": [],
 }
 GPU_BACKENDS = ("cupy", "torch_cuda", "jax_gpu")
+# Oracles that the numpy session on the oldest Python installs: PyTorch, against which about 210 tests check NumPy's
+# own paths (the stride-1 convolution layout, the buffer pool, np.add.at). The numpy sessions on the other Pythons
+# skip just those tests: on Linux, PyPI's torch is a CUDA build of several GB, and one oracle run is enough.
+ORACLES = {"numpy": ["torch==2.13.0"]}
 
 
 def _put_pyenv_pythons_on_path() -> None:
@@ -103,6 +107,8 @@ def tests(session: nox.Session, backend: str) -> None:
             session.skip(f"no NVIDIA GPU here (nvidia-smi finds none): the {backend} backend needs one")
         smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True, check=True).stdout
         packages = _gpu_packages(backend, smi)
+    if session.python == PYTHONS[0]:
+        packages = [*packages, *ORACLES.get(backend, [])]
     session.install("-e", ".[test,plot,progress]", *packages)
     env = {"XDEZERO_BACKENDS": backend}
     if backend == "jax":  # every new shape is an XLA compilation: fewer property-test examples keep it near a minute

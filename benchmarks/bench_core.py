@@ -58,7 +58,7 @@ def chain_torch(size: int | None, n: int, data=None):
         data = torch.tensor(0.5, dtype=torch.float64) if size is None else torch.full((size,), 0.5, dtype=torch.float64)
 
     def run():
-        x = data.clone().requires_grad_()
+        x = data.detach().requires_grad_()  # a fresh leaf on the same storage, as Variable(data): no copy
         y = x
         for _ in range(n):
             y = torch.sin(y) * 1.01

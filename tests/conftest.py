@@ -185,3 +185,9 @@ def xp(request):
             if request.node.nodeid.startswith(prefix):
                 pytest.skip(f"host-only: {why}")
     return BACKENDS[request.param]
+
+
+@pytest.fixture
+def torch():
+    """PyTorch (the CPU build), for tests that use it as an oracle: only those tests are skipped without it."""
+    return pytest.importorskip("torch", reason="PyTorch CPU is this test's oracle (pip install torch==2.13.0)")

@@ -43,7 +43,7 @@ def test_nested_blocks_restore_in_order():
 
 
 def test_restored_when_the_block_raises():
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="boom"):
         with no_grad():
             raise RuntimeError("boom")
     assert Config.enable_backprop is True
@@ -63,7 +63,7 @@ def test_decorators():
         raise ValueError("x")
 
     assert inside() is False and evaluating() is False
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^x$"):
         fails()
     assert Config.enable_backprop is True and Config.train is True
 

@@ -20,13 +20,11 @@ from xdezero import optimizers as O
 from xdezero.dataloaders import DataLoader, SeqDataLoader
 from xdezero.layers import LSTM, RNN, BatchNorm, Conv2d, Deconv2d, EmbedID, Linear
 
-torch = pytest.importorskip("torch")
 
-
-def _torch_grad(fn, x, gy):
+def _torch_grad(torch, fn, x, gy):
     """d⟨fn(x), gy⟩/dx by torch autograd, float64 on the CPU."""
     xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
-    (fn(xt) * torch.tensor(gy, dtype=torch.float64)).sum().backward()
+    (fn(torch, xt) * torch.tensor(gy, dtype=torch.float64)).sum().backward()
     return xt.grad.numpy()
 
 
@@ -50,7 +48,7 @@ TIES = [
 
 @pytest.mark.parametrize("reduction", ["max", "min"])
 @pytest.mark.parametrize(("case", "x", "axis", "keepdims"), TIES, ids=[t[0] for t in TIES])
-def test_max_min_ties_share_the_gradient_like_torch_amax(xp, reduction, case, x, axis, keepdims):
+def test_max_min_ties_share_the_gradient_like_torch_amax(xp, torch, reduction, case, x, axis, keepdims):
     x = x if reduction == "max" else -x
     ours = getattr(F, reduction)
     theirs = getattr(torch, "amax" if reduction == "max" else "amin")
@@ -59,35 +57,42 @@ def test_max_min_ties_share_the_gradient_like_torch_amax(xp, reduction, case, x,
     gy = np.random.default_rng(0).uniform(0.5, 2.0, expected_y.shape)
     y, gx = _our_grad(xp, lambda v: ours(v, axis=axis, keepdims=keepdims), x, gy)
     np.testing.assert_allclose(y, expected_y)
-    np.testing.assert_allclose(gx, _torch_grad(lambda t: theirs(t, dim=dim, keepdim=keepdims), x, gy), rtol=1e-12)
+    np.testing.assert_allclose(
+        gx, _torch_grad(torch, lambda _, t: theirs(t, dim=dim, keepdim=keepdims), x, gy), rtol=1e-12
+    )
 
 
-def test_max_tie_gradient_sums_to_one_and_nan_gives_nan_as_in_torch(xp):
+def test_max_tie_gradient_sums_to_one_and_nan_gives_nan_as_in_torch(xp, torch):
     x = np.array([[2.0, 2.0, 2.0, 1.0], [1.0, np.nan, 3.0, 3.0]])
     gy = np.ones(2)
     _, gx = _our_grad(xp, lambda v: F.max(v, axis=1), x, gy)
     np.testing.assert_allclose(gx[0], [1 / 3, 1 / 3, 1 / 3, 0.0])
-    expected = _torch_grad(lambda t: torch.amax(t, dim=1), x, gy)
+    expected = _torch_grad(torch, lambda torch, t: torch.amax(t, dim=1), x, gy)
     assert np.isnan(expected[1]).all() and np.isnan(gx[1]).all()
 
 
 # --- clip at its bounds, relu and leaky_relu at 0: as torch --------------------------------------------------
 
 KINKS = [
-    ("clip", lambda v: F.clip(v, -1.0, 1.0), lambda t: torch.clamp(t, -1.0, 1.0), [-2.0, -1.0, 0.0, 1.0, 2.0]),
-    ("clip_point", lambda v: F.clip(v, 1.0, 1.0), lambda t: torch.clamp(t, 1.0, 1.0), [0.0, 1.0, 2.0]),
-    ("relu", F.relu, torch.relu, [-1.0, 0.0, -0.0, 1.0]),
-    ("leaky_relu", lambda v: F.leaky_relu(v, 0.2), lambda t: torch.nn.functional.leaky_relu(t, 0.2), [-1.0, 0.0, 1.0]),
+    ("clip", lambda v: F.clip(v, -1.0, 1.0), lambda torch, t: torch.clamp(t, -1.0, 1.0), [-2.0, -1.0, 0.0, 1.0, 2.0]),
+    ("clip_point", lambda v: F.clip(v, 1.0, 1.0), lambda torch, t: torch.clamp(t, 1.0, 1.0), [0.0, 1.0, 2.0]),
+    ("relu", F.relu, lambda torch, t: torch.relu(t), [-1.0, 0.0, -0.0, 1.0]),
+    (
+        "leaky_relu",
+        lambda v: F.leaky_relu(v, 0.2),
+        lambda torch, t: torch.nn.functional.leaky_relu(t, 0.2),
+        [-1.0, 0.0, 1.0],
+    ),
 ]
 
 
 @pytest.mark.parametrize(("name", "ours", "theirs", "x"), KINKS, ids=[k[0] for k in KINKS])
-def test_gradient_at_bounds_and_kinks_matches_torch(xp, name, ours, theirs, x):
+def test_gradient_at_bounds_and_kinks_matches_torch(xp, torch, name, ours, theirs, x):
     x = np.array(x)
     gy = np.arange(1.0, len(x) + 1)
     y, gx = _our_grad(xp, ours, x, gy)
-    np.testing.assert_array_equal(y, theirs(torch.tensor(x)).numpy())
-    np.testing.assert_array_equal(gx, _torch_grad(theirs, x, gy))
+    np.testing.assert_array_equal(y, theirs(torch, torch.tensor(x)).numpy())
+    np.testing.assert_array_equal(gx, _torch_grad(torch, theirs, x, gy))
 
 
 def test_clip_bounds_are_inclusive():
@@ -103,7 +108,7 @@ POOLS = [("pooling", F.pooling), ("pooling_simple", F.pooling_simple), ("average
 
 @pytest.mark.parametrize(("name", "pool"), POOLS, ids=[p[0] for p in POOLS])
 @pytest.mark.parametrize(("kernel", "pad"), [(3, 2), (2, 2), (3, 3), (2, 3), ((3, 2), (1, 2)), ((2, 4), (2, 1))])
-def test_pooling_rejects_pad_over_half_the_kernel(xp, name, pool, kernel, pad):
+def test_pooling_rejects_pad_over_half_the_kernel(xp, torch, name, pool, kernel, pad):
     x = asarray(xp, np.zeros((1, 1, 6, 6)))
     with pytest.raises(ValueError, match=rf"^{name}: pad \(.*\) must be at most half the kernel \(.*\)"):
         pool(x, kernel, 1, pad)
@@ -112,7 +117,7 @@ def test_pooling_rejects_pad_over_half_the_kernel(xp, name, pool, kernel, pad):
 
 
 @pytest.mark.parametrize(("kernel", "pad"), [(3, 1), (2, 1), (4, 2), ((3, 2), (1, 1)), ((5, 1), (2, 0))])
-def test_pooling_accepts_pad_up_to_half_the_kernel_as_torch(xp, kernel, pad):
+def test_pooling_accepts_pad_up_to_half_the_kernel_as_torch(xp, torch, kernel, pad):
     x = np.random.default_rng(1).standard_normal((2, 3, 6, 7)) - 1.0  # mostly negative: padding must never win
     xt = torch.tensor(x)
     np.testing.assert_allclose(
