@@ -14,7 +14,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "xdezero"
 
 # Lowest first. A module belongs to the first layer with a prefix that matches its dotted name.
 LAYERS = [
-    ("backends", ["xdezero._config", "xdezero.backends"]),
+    ("backends", ["xdezero._config", "xdezero._files", "xdezero.backends"]),
     ("core", ["xdezero.core", "xdezero.core_simple"]),
     ("functions", ["xdezero.functions", "xdezero.functions_conv", "xdezero.visualize", "xdezero.testing"]),
     ("layers", ["xdezero.layers"]),
@@ -22,6 +22,7 @@ LAYERS = [
     ("optimizers", ["xdezero.optimizers"]),
     ("capture", ["xdezero.tape", "xdezero.tape_record", "xdezero.tape_replay", "xdezero.tape_graphs"]),
     ("data", ["xdezero.transforms", "xdezero.datasets", "xdezero.dataloaders", "xdezero.utils", "xdezero.cuda"]),
+    ("checkpoint", ["xdezero.checkpoint"]),
     ("command", ["xdezero.distributed", "xdezero.cli", "xdezero.__main__", "xdezero"]),
 ]
 # Layers whose functions must not import xdezero modules (they run on every op or every step).

@@ -16,6 +16,7 @@ from xdezero import (
 )
 from xdezero._config import Config, no_grad, test_mode, using_config
 from xdezero.backends import seed, tune_allocator
+from xdezero.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from xdezero.core import Function, Parameter, Variable, as_array, as_variable, setup_variable
 from xdezero.dataloaders import DataLoader, SeqDataLoader
 from xdezero.datasets import Dataset
@@ -55,9 +56,12 @@ __all__ = [
     "functions_conv",
     "is_simple_core",
     "layers",
+    "load_checkpoint",
     "models",
     "no_grad",
     "optimizers",
+    "read_checkpoint",
+    "save_checkpoint",
     "seed",
     "setup_variable",
     "test_mode",

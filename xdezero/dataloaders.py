@@ -63,6 +63,8 @@ class DataLoader:
         self.data_size = len(dataset)
         self.max_iter = math.ceil(self.data_size / self.batch_size)
         self.rng = None if seed is None or not shuffle else make_rng(seed)
+        self.epoch = 0  # epochs completed
+        self._resumed = False  # set by load_state_dict: the next loop continues the restored epoch
         self.reset()
 
     def reset(self) -> None:
@@ -76,8 +78,9 @@ class DataLoader:
     def __iter__(self) -> DataLoader:
         # A new loop over a partly consumed epoch starts afresh; a finished epoch has already been reset, so
         # a loop after a complete one draws no extra permutation (the order for a seed stays as it was).
-        if self.iteration:
+        if self.iteration and not self._resumed:
             self.reset()
+        self._resumed = False
         return self
 
     def _batch_indices(self) -> Any:
@@ -86,6 +89,7 @@ class DataLoader:
 
     def __next__(self) -> tuple[Any, Any]:
         if self.iteration >= self.max_iter:
+            self.epoch += 1
             self.reset()
             raise StopIteration
         batch = [self.dataset[int(i)] for i in self._batch_indices()]
@@ -104,6 +108,60 @@ class DataLoader:
 
     def __len__(self) -> int:
         return self.max_iter
+
+    # --- state ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Where the loader stands: epochs completed, batches taken in this epoch, this epoch's order, and the
+        state of its own generator (with `seed=`; else the order's draws come from NumPy's global generator)."""
+        return {
+            "type": type(self).__name__,
+            "data_size": self.data_size,
+            "batch_size": self.batch_size,
+            "shuffle": bool(self.shuffle),
+            "epoch": self.epoch,
+            "iteration": self.iteration,
+            "index": np.array(self.index),
+            "rng": None if self.rng is None else self.rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state_dict()`: the next loop goes on with the restored epoch from its next batch. The
+        state must come from a loader of the same kind over a data set of the same size with the same batch size
+        and shuffling; else it is an error naming what differs, and nothing changes."""
+        where = f"{type(self).__name__}.load_state_dict"
+        try:
+            kind, epoch, iteration = state["type"], state["epoch"], state["iteration"]
+            index = np.asarray(state["index"])
+            settings = {k: state[k] for k in ("data_size", "batch_size", "shuffle")}
+            rng_state = state["rng"]
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{where}: not a state that state_dict returned ({type(e).__name__}: {e})") from None
+        mine = {"data_size": self.data_size, "batch_size": self.batch_size, "shuffle": bool(self.shuffle)}
+        if kind != type(self).__name__ or settings != mine:
+            raise ValueError(f"{where}: the state is of a {kind} with {settings}; this loader has {mine}")
+        for name, value in (("epoch", epoch), ("iteration", iteration)):
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+                raise ValueError(f"{where}: {name} must be a non-negative integer, got {value!r}")
+        if iteration > self.max_iter:
+            raise ValueError(f"{where}: iteration {iteration} is past the epoch's {self.max_iter} batches")
+        if index.shape != (self.data_size,) or not np.array_equal(np.sort(index), np.arange(self.data_size)):
+            raise ValueError(f"{where}: index must be an order of the {self.data_size} examples (each once)")
+        if (rng_state is None) != (self.rng is None):
+            has = "its own generator (seed=)" if self.rng is not None else "NumPy's global generator"
+            raise ValueError(
+                f"{where}: the state's loader {'had no' if rng_state is None else 'had a'} seed; this one uses {has}"
+            )
+        rng = None
+        if rng_state is not None:
+            rng = np.random.default_rng()
+            try:
+                rng.bit_generator.state = rng_state
+            except (TypeError, ValueError, KeyError) as e:
+                raise ValueError(f"{where}: the generator's state is not one NumPy accepts ({e})") from None
+        self.epoch, self.iteration, self.index = int(epoch), int(iteration), index.astype(np.int64)
+        if rng is not None:
+            self.rng = rng
+        self._resumed = self.iteration > 0
 
     def to_cpu(self) -> None:
         """Batches as NumPy arrays from now on."""

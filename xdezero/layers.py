@@ -10,21 +10,30 @@ looks up in one place.
 
 from __future__ import annotations
 
-import contextlib
+import json
 import math
 import numbers
 import os
-import secrets
 import weakref
-import zipfile
-import zlib
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 import xdezero.functions as F
-from xdezero.backends import array_namespace, device_of, to_cpu, to_device, to_gpu, to_library, to_numpy
+from xdezero._files import atomic_write, opened, read_entry, read_text, write_npz
+from xdezero.backends import (
+    Bits,
+    array_namespace,
+    device_of,
+    dtype_name,
+    place,
+    to_cpu,
+    to_device,
+    to_gpu,
+    to_host,
+    to_library,
+)
 from xdezero.core import Parameter, Variable
 from xdezero.functions.conv import pair
 
@@ -43,14 +52,6 @@ def _on_library_of(host: np.ndarray, like: Any) -> Any:
     if like is None or isinstance(like, np.ndarray):
         return host
     return array_namespace(like).asarray(host, device=device_of(like))
-
-
-def _numpy_dtype(a: Any) -> np.dtype:
-    """The NumPy dtype matching the dtype of the backend array `a` (torch and array-api-strict have their own)."""
-    if isinstance(a.dtype, np.dtype):
-        return a.dtype
-    # An empty array on the library's default device: nothing leaves a GPU to learn a dtype.
-    return to_numpy(array_namespace(a).empty((0,), dtype=a.dtype)).dtype
 
 
 def _size(owner: str, name: str, value: Any) -> int:
@@ -216,126 +217,130 @@ class Layer:
         Move a model before its optimizer builds state (momenta stay in the library they were made in)."""
         return self._move(lambda a: to_library(a, name, device), "to_library")
 
-    # --- weights on disk --------------------------------------------------------------------
-    def save_weights(self, path: str | os.PathLike) -> None:
-        """Write every parameter to a NumPy `.npz` file (keys like `l1/W`), atomically.
+    # --- state ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Every parameter's array by its path (`l1/W`), BatchNorm's running statistics included: the arrays
+        themselves, in their library and on their device (updates rebind them, so the dict keeps this moment)."""
+        state = {}
+        for key, p in self.named_params():
+            if p.data is None:
+                raise ValueError(
+                    f"{type(self).__name__}.state_dict: parameter {key!r} has no data yet (its shape comes from the "
+                    "first input); call the model on an input first"
+                )
+            state[key] = p.data
+        return state
 
-        The model is not moved: each array is copied to NumPy for writing. The file is written under a
-        temporary name in the same directory and renamed over `path`, so a failure leaves any old file intact.
-        As with `np.savez`, `.npz` is appended to a path that lacks it.
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Set every parameter from `state` (as `state_dict` returns it; arrays of any library), each placed in
+        its parameter's library and device. Every entry is checked first: a missing or unknown key, another shape
+        or dtype is an error naming it, and then nothing changes."""
+        where = f"{type(self).__name__}.load_state_dict"
+        if not isinstance(state, dict):
+            raise TypeError(f"{where}: expected a dict of arrays keyed by parameter path, got {type(state).__name__}")
+        staged = _stage(state, dict(self.named_params()), type(self).__name__, where)
+        for p, data in staged:
+            p.data = data
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The weak references to the last call's inputs and outputs do not pickle, and mean nothing elsewhere.
+        return {k: v for k, v in self.__dict__.items() if k not in ("inputs", "outputs")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    # --- weights on disk --------------------------------------------------------------------
+    def save_weights(self, file: str | os.PathLike | IO[bytes]) -> None:
+        """Write every parameter to a NumPy `.npz` file (keys like `l1/W`): a path, written atomically (through
+        a symlink to its target), or a writable binary file object.
+
+        The model is not moved: each array is copied to the host for writing. A path gets a temporary file in
+        the same directory, renamed over the target, so a failure leaves any old file intact. As with `np.savez`,
+        `.npz` is appended to a path that lacks it. bfloat16 parameters are written as their bit patterns, with an
+        entry naming their dtype, and load back as bfloat16.
         """
-        arrays = {}
+        arrays: dict[str, Any] = {}
+        narrow: dict[str, str] = {}
         for key, p in self.named_params():
             if p.data is None:
                 raise ValueError(
                     f"save_weights: parameter {key!r} has no data yet (its shape comes from the first input); "
                     "call the model on an input before saving"
                 )
-            arrays[key] = to_numpy(p.data)
-        path = os.fspath(path)
-        if not path.endswith(".npz"):
-            path += ".npz"
-        directory, base = os.path.split(os.path.abspath(path))
-        if not os.path.isdir(directory):
-            raise FileNotFoundError(f"save_weights({path!r}): the directory {directory!r} does not exist")
-        tmp = os.path.join(directory, f".{base}.{secrets.token_hex(6)}.tmp")
-        try:
-            with open(tmp, "xb") as f:
-                _write_npz(f, arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException as e:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            if isinstance(e, OSError) and e.filename == tmp:  # name the user's file, not the temporary one
-                raise type(e)(e.errno, f"save_weights: {e.strerror}", path) from e
-            raise
+            host = to_host(p.data)
+            if isinstance(host, Bits):
+                narrow[key], host = host.dtype, host.bits
+            arrays[key] = host
+        if narrow:
+            arrays[DTYPES_ENTRY] = np.array(json.dumps(narrow))
+        if not hasattr(file, "write"):
+            file = os.fspath(file)
+            file = file if file.endswith(".npz") else file + ".npz"
+        atomic_write(file, lambda f: write_npz(f, arrays), "save_weights")
 
-    def load_weights(self, path: str | os.PathLike) -> None:
-        """Load a `.npz` file written by `save_weights` (or DeZero) into the parameters, in place.
+    def load_weights(self, file: str | os.PathLike | IO[bytes]) -> None:
+        """Load a `.npz` file written by `save_weights` (or DeZero), a path or a binary file object, into the
+        parameters, in place.
 
         Every entry is checked first: a missing or extra key, a shape or dtype mismatch, or pickled data is an
         error naming the parameter, and then nothing is changed. Arrays go to each parameter's current library
         and device.
         """
+        where = f"load_weights({os.fspath(file)!r})" if not hasattr(file, "read") else "load_weights"
         params = dict(self.named_params())
-        path = os.fspath(path)
-        where = f"load_weights({path!r})"
-        if os.path.isdir(path):
-            raise IsADirectoryError(f"{where}: this is a directory; pass the .npz file that save_weights wrote")
-        # Our own handle, closed here whatever happens (np.load leaks its own when the zip is damaged).
-        with open(path, "rb") as f:
-            _check_npz_magic(f, where)
-            try:
-                staged = _read_weights(f, params, type(self).__name__, where)
-            except (zipfile.BadZipFile, EOFError, zlib.error) as e:
-                raise ValueError(f"{where}: the .npz archive is damaged or truncated ({type(e).__name__}: {e})") from e
-        for p, data in staged:
+        with opened(file, where, "an .npz weights file") as f, np.load(f, allow_pickle=False) as archive:
+            narrow = {}
+            if DTYPES_ENTRY + ".npy" in archive.zip.namelist():
+                narrow = json.loads(read_text(archive, DTYPES_ENTRY, where, "the dtypes entry"))
+            stored = {}
+            for key in archive.files:
+                if key == DTYPES_ENTRY:
+                    continue
+                a = read_entry(archive, key, where, f"parameter {key!r}")
+                stored[key] = Bits(a, narrow[key]) if key in narrow else a
+        for p, data in _stage(stored, params, type(self).__name__, where):
             p.data = data
 
 
-def _check_npz_magic(f: Any, where: str) -> None:
-    """Reject what np.load would not open as a zip archive (an empty file, a .npy, anything it would unpickle)."""
-    head = f.read(len(np.lib.format.MAGIC_PREFIX))
-    f.seek(0)
-    if not head:
-        raise ValueError(f"{where}: the file is empty, not an .npz weights file")
-    if head.startswith(np.lib.format.MAGIC_PREFIX):
-        raise ValueError(f"{where}: expected an .npz archive of named arrays, found a single .npy array")
-    if not head.startswith((b"PK\x03\x04", b"PK\x05\x06")):  # a zip's first local header, or an empty zip
-        raise ValueError(
-            f"{where}: not an .npz weights file (not a zip archive; NumPy would read it as pickled data, "
-            "which is never loaded)"
-        )
+# The entry of a weights file naming the dtypes that NumPy lacks (bfloat16), stored as bit patterns.
+DTYPES_ENTRY = "__dtypes__"
 
 
-def _read_weights(f: Any, params: dict[str, Parameter], owner: str, where: str) -> list[tuple[Parameter, Any]]:
+def _stage(stored: dict[str, Any], params: dict[str, Parameter], owner: str, where: str) -> list[tuple[Parameter, Any]]:
     """(parameter, new array) for every parameter, all validated before any is assigned."""
-    with np.load(f, allow_pickle=False) as archive:
-        stored = set(archive.files)
-        missing = [k for k in params if k not in stored]
-        extra = [k for k in archive.files if k not in params]
-        if missing or extra:
-            parts = []
-            if missing:
-                parts.append("missing parameter(s) " + ", ".join(map(repr, missing)))
-            if extra:
-                parts.append("unknown key(s) " + ", ".join(map(repr, extra)))
-            raise ValueError(f"{where}: the file does not match {owner}: " + "; ".join(parts))
-        return [(p, _staged_array(archive, key, p, where)) for key, p in params.items()]
+    missing = [k for k in params if k not in stored]
+    extra = [k for k in stored if k not in params]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append("missing parameter(s) " + ", ".join(map(repr, missing)))
+        if extra:
+            parts.append("unknown key(s) " + ", ".join(map(repr, extra)))
+        raise ValueError(f"{where}: the file does not match {owner}: " + "; ".join(parts))
+    return [(p, _staged_array(stored[key], key, p, where)) for key, p in params.items()]
 
 
-def _write_npz(f: Any, arrays: dict[str, np.ndarray]) -> None:
-    # The zip layout of np.savez, written by hand so that any key (even 'file') is allowed and nothing pickles.
-    with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for key, a in arrays.items():
-            with zf.open(key + ".npy", mode="w", force_zip64=True) as entry:
-                np.lib.format.write_array(entry, np.ascontiguousarray(a), allow_pickle=False)
-
-
-def _staged_array(archive: Any, key: str, p: Parameter, where: str) -> Any:
-    """The archive's array for parameter `key`, validated and placed on the parameter's library and device."""
-    try:
-        a = archive[key]
-    except ValueError as e:  # an object array (pickled), or a damaged .npy header
-        raise ValueError(
-            f"{where}: parameter {key!r} cannot be read: it is stored as pickled objects (never loaded) "
-            f"or its header is damaged ({e})"
-        ) from e
+def _staged_array(a: Any, key: str, p: Parameter, where: str) -> Any:
+    """`a` for parameter `key`, validated and placed on the parameter's library and device."""
+    if not hasattr(a, "shape") or not hasattr(a, "dtype"):
+        raise TypeError(f"{where}: parameter {key!r} must be an array, got {type(a).__name__}")
     if p.data is not None:
-        shape, dtype = tuple(p.data.shape), _numpy_dtype(p.data)
+        shape, dtype = tuple(p.data.shape), dtype_name(p.data)
     else:
         shape = getattr(p, "expected_shape", None)
         dtype = getattr(p, "expected_dtype", None)
-    if dtype is None and a.dtype.kind != "f":
-        raise ValueError(f"{where}: parameter {key!r} must hold floating-point numbers, the file has {a.dtype}")
-    if dtype is not None and a.dtype != dtype:
-        raise ValueError(f"{where}: parameter {key!r} has dtype {dtype}, the file has {a.dtype}")
-    if shape is not None and (len(shape) != a.ndim or any(s is not None and s != n for s, n in zip(shape, a.shape))):
+        dtype = None if dtype is None else dtype.name
+    given = dtype_name(a)
+    if dtype is None and not given.startswith(("float", "bfloat")):
+        raise ValueError(f"{where}: parameter {key!r} must hold floating-point numbers, the file has {given}")
+    if dtype is not None and given != dtype:
+        raise ValueError(f"{where}: parameter {key!r} has dtype {dtype}, the file has {given}")
+    a_shape = tuple(a.shape)
+    fits = shape is None or (len(shape) == len(a_shape) and all(s is None or s == n for s, n in zip(shape, a_shape)))
+    if not fits:
         expected = "(" + ", ".join("?" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "")
-        raise ValueError(f"{where}: parameter {key!r} has shape {expected}), the file has {a.shape}")
-    return a if p.data is None else _on_library_of(a, p.data)
+        raise ValueError(f"{where}: parameter {key!r} has shape {expected}), the file has {a_shape}")
+    return place(to_host(a), p.data)
 
 
 # --- layers ----------------------------------------------------------------------------------------

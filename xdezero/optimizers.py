@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from xdezero.backends import array_namespace, fused
+from xdezero.backends import array_namespace, dtype_name, fused, place, to_host
 from xdezero.core import Parameter, Variable
 
 __all__ = [
@@ -74,7 +74,14 @@ def _state_store() -> weakref.WeakKeyDictionary:
 
 
 class Optimizer:
-    """Updates the parameters of `target` (a Layer, or anything with `params()`) from their gradients."""
+    """Updates the parameters of `target` (a Layer, or anything with `params()`) from their gradients.
+
+    `state_dict()` holds what a resumed run needs: the numbers named in `hyper_parameters` (step counts
+    included), the per-parameter arrays of the tables named in `state_tables` keyed by parameter path, and the
+    numbers of the hooks."""
+
+    hyper_parameters: tuple[str, ...] = ()
+    state_tables: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self.target = None
@@ -109,10 +116,123 @@ class Optimizer:
             state = store[param] = array_namespace(like).zeros_like(like)
         return state
 
+    # --- state ------------------------------------------------------------------------------
+    def _named_params(self, what: str) -> dict[str, Parameter]:
+        if self.target is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.{what}: call setup(model) first (state is keyed by parameter path)"
+            )
+        named = getattr(self.target, "named_params", None)
+        if not callable(named):
+            raise TypeError(f"{type(self).__name__}.{what}: the target must be a Layer (its parameters have paths)")
+        return dict(named())
+
+    def state_dict(self) -> dict[str, Any]:
+        """{"type", "hyper" (numbers), "state" (table → parameter path → array), "hooks" (each hook's numbers)}."""
+        paths = {id(p): key for key, p in self._named_params("state_dict").items()}
+        tables = {}
+        for table in self.state_tables:
+            store = getattr(self, table)
+            tables[table] = {paths[id(p)]: a for p, a in store.items() if id(p) in paths}
+        return {
+            "type": type(self).__name__,
+            "hyper": {name: getattr(self, name) for name in self.hyper_parameters},
+            "state": tables,
+            "hooks": [_hook_state(hook) for hook in self.hooks],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned (arrays of any library, placed with their parameters). Everything is
+        checked first: another optimizer, other hooks, an unknown parameter path, a shape or dtype that does not
+        fit its parameter is an error naming it, and then nothing changes."""
+        where = f"{type(self).__name__}.load_state_dict"
+        params = self._named_params("load_state_dict")
+        try:
+            kind, hyper, tables, hooks = state["type"], dict(state["hyper"]), dict(state["state"]), list(state["hooks"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{where}: not a state that state_dict returned ({type(e).__name__}: {e})") from None
+        if kind != type(self).__name__:
+            raise ValueError(f"{where}: the state is {kind}'s, this optimizer is {type(self).__name__}")
+        if set(hyper) != set(self.hyper_parameters) or set(tables) != set(self.state_tables):
+            raise ValueError(
+                f"{where}: the state holds {sorted(hyper)} and tables {sorted(tables)}; {kind} has "
+                f"{sorted(self.hyper_parameters)} and tables {sorted(self.state_tables)}"
+            )
+        staged_tables = {name: _staged_state(where, name, dict(tables[name]), params) for name in self.state_tables}
+        mine = [_hook_state(hook) for hook in self.hooks]
+        if [h.get("type") for h in hooks] != [h["type"] for h in mine]:
+            raise ValueError(
+                f"{where}: the state's hooks are {[h.get('type') for h in hooks]}, this optimizer's are "
+                f"{[h['type'] for h in mine]}; add the same hooks (add_hook) before loading"
+            )
+        for name, value in hyper.items():
+            _number_like(where, name, value, getattr(self, name))
+        for saved, hook in zip(hooks, self.hooks):
+            for name in getattr(hook, "hyper_parameters", ()):
+                _number_like(where, f"{type(hook).__name__}.{name}", saved.get(name), getattr(hook, name))
+        # Everything fits: apply.
+        for name, value in hyper.items():
+            setattr(self, name, value)
+        for saved, hook in zip(hooks, self.hooks):
+            for name in getattr(hook, "hyper_parameters", ()):
+                setattr(hook, name, saved[name])
+        for name, staged in staged_tables.items():
+            store = getattr(self, name)
+            store.clear()
+            store.update(staged)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The state tables are weak dictionaries keyed by Parameter, which do not pickle: stored as pairs.
+        state = dict(self.__dict__)
+        for name in self.state_tables:
+            state[name] = list(state[name].items())
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name in self.state_tables:
+            store = _state_store()
+            store.update(state[name])
+            state[name] = store
+        self.__dict__.update(state)
+
     @staticmethod
     def _step(xp: Any, param: Parameter, delta: Any) -> None:
         """p ← p + delta, delta rounded to p's dtype (float32 state of a float16/bfloat16 parameter)."""
         param.data = param.data + _rounded(xp, delta, param.data)
+
+
+def _hook_state(hook: Any) -> dict[str, Any]:
+    """A hook's type and the numbers it declares in `hyper_parameters` (a plain function: its name only)."""
+    kind = getattr(hook, "__qualname__", None) or type(hook).__name__  # a function's own name, else its class's
+    return {"type": kind, **{name: getattr(hook, name) for name in getattr(hook, "hyper_parameters", ())}}
+
+
+def _number_like(where: str, name: str, value: Any, current: Any) -> None:
+    """A saved hyper-parameter must be a number (an int where the current value is one: a step count)."""
+    wanted = int if isinstance(current, int) and not isinstance(current, bool) else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, wanted):
+        raise ValueError(f"{where}: {name} must be {'an integer' if wanted is int else 'a number'}, got {value!r}")
+
+
+def _staged_state(where: str, table: str, saved: dict[str, Any], params: dict[str, Parameter]) -> dict:
+    """{Parameter: array} of one state table, each array checked against its parameter and placed with it."""
+    unknown = sorted(set(saved) - set(params))
+    if unknown:
+        raise ValueError(f"{where}: table {table!r} holds state of parameters this model lacks: {unknown}")
+    staged = {}
+    for key, a in saved.items():
+        p = params[key]
+        if p.data is None:
+            raise ValueError(f"{where}: parameter {key!r} has no data yet; call the model on an input first")
+        if not hasattr(a, "shape") or tuple(a.shape) != tuple(p.data.shape):
+            shape = getattr(a, "shape", type(a).__name__)
+            raise ValueError(f"{where}: {table}[{key!r}] has shape {shape}, the parameter {tuple(p.data.shape)}")
+        narrow = array_namespace(p.data).finfo(p.data.dtype).bits < 32  # its state is float32 (see _widened)
+        wanted = "float32" if narrow else dtype_name(p.data)
+        if dtype_name(a) != wanted:
+            raise ValueError(f"{where}: {table}[{key!r}] has dtype {dtype_name(a)}, this parameter's state is {wanted}")
+        staged[p] = place(to_host(a), p.data)
+    return staged
 
 
 def _rounded(xp: Any, delta: Any, p: Any) -> Any:
@@ -142,6 +262,8 @@ def _adam(xp: Any, p: Any, g: Any, m: Any, v: Any, beta1: float, beta2: float, l
 class SGD(Optimizer):
     """p ← p − lr·g."""
 
+    hyper_parameters = ("lr",)
+
     def __init__(self, lr: float = 0.01) -> None:
         super().__init__()
         self.lr = _rate("SGD", "lr", lr)
@@ -153,6 +275,9 @@ class SGD(Optimizer):
 
 class MomentumSGD(Optimizer):
     """v ← momentum·v − lr·g; p ← p + v."""
+
+    hyper_parameters = ("lr", "momentum")
+    state_tables = ("vs",)
 
     def __init__(self, lr: float = 0.01, momentum: float = 0.9) -> None:
         super().__init__()
@@ -169,6 +294,9 @@ class MomentumSGD(Optimizer):
 class AdaGrad(Optimizer):
     """h ← h + g²; p ← p − lr·g / (√h + eps)."""
 
+    hyper_parameters = ("lr", "eps")
+    state_tables = ("hs",)
+
     def __init__(self, lr: float = 0.001, eps: float = 1e-8) -> None:
         super().__init__()
         self.lr = _rate("AdaGrad", "lr", lr)
@@ -184,6 +312,9 @@ class AdaGrad(Optimizer):
 
 class AdaDelta(Optimizer):
     """s ← ρs + (1−ρ)g²; Δ = √((d + eps)/(s + eps))·g; d ← ρd + (1−ρ)Δ²; p ← p − Δ."""
+
+    hyper_parameters = ("rho", "eps")
+    state_tables = ("msg", "msdx")
 
     def __init__(self, rho: float = 0.95, eps: float = 1e-6) -> None:
         super().__init__()
@@ -205,6 +336,9 @@ class AdaDelta(Optimizer):
 
 class Adam(Optimizer):
     """m ← m + (1−β₁)(g − m); v ← v + (1−β₂)(g² − v); p ← p − lr·m / (√v + eps), lr = α√(1−β₂ᵗ)/(1−β₁ᵗ)."""
+
+    hyper_parameters = ("alpha", "beta1", "beta2", "eps", "t")
+    state_tables = ("ms", "vs")
 
     def __init__(self, alpha: float = 0.001, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> None:
         super().__init__()
@@ -239,6 +373,8 @@ class Adam(Optimizer):
 class WeightDecay:
     """g ← g + rate·p for each parameter (L2 regularisation), exactly once per parameter."""
 
+    hyper_parameters = ("rate",)
+
     def __init__(self, rate: float) -> None:
         self.rate = _rate("WeightDecay", "rate", rate)
 
@@ -249,6 +385,8 @@ class WeightDecay:
 
 class ClipGrad:
     """Scale all gradients by min(1, max_norm / (‖g‖ + 1e-6)), ‖g‖ the norm of all gradients together."""
+
+    hyper_parameters = ("max_norm",)
 
     def __init__(self, max_norm: float) -> None:
         self.max_norm = _hyper("ClipGrad", "max_norm", max_norm, 0.0, math.inf, low_open=True)

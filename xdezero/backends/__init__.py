@@ -14,6 +14,7 @@ from xdezero.backends._devices import (
 )
 from xdezero.backends._fused import fused
 from xdezero.backends._graphs import graph_kit, graph_safe_matmul, graph_safe_stack
+from xdezero.backends._host import Bits, dtype_name, place, to_host
 from xdezero.backends._im2col import (
     add_windows,
     col2im,
@@ -39,11 +40,17 @@ from xdezero.backends._namespace import (
 )
 from xdezero.backends._packing import pack, unpack
 from xdezero.backends._random import draws as random_draws
-from xdezero.backends._random import seed, uniform
+from xdezero.backends._random import random_state, seed, set_random_state, uniform
 from xdezero.backends._scatter import flat_positions, scatter_add, segment_sum
 from xdezero.backends._scratch import clear as clear_buffer_pool
 
 __all__ = [
+    "Bits",
+    "dtype_name",
+    "place",
+    "to_host",
+    "random_state",
+    "set_random_state",
     "allocator_info",
     "apply_allocator_setting",
     "tune_allocator",

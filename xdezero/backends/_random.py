@@ -98,3 +98,48 @@ def uniform(shape: tuple, like: Any, dtype: Any = None) -> Any:
     if isinstance(like, np.ndarray):
         return sample.astype(dtype, copy=False)
     return xp.astype(xp.asarray(sample, device=device_of(like)), dtype)
+
+
+# --- the streams' state, for checkpoints -----------------------------------------------------------------
+
+
+def random_state() -> dict[str, Any]:
+    """Every xdezero stream's state: the seed, the host generator, and each library's generator made so far
+    (plain numbers and NumPy arrays). CuPy's generators keep their state on the device with no way to read it:
+    they are left out, and start again from the seed after `set_random_state`."""
+    with _lock:
+        streams: dict[str, Any] = {}
+        for (library, device), state in _per_device.items():
+            if library == "torch":
+                streams[f"torch/{device}"] = state.get_state().numpy().copy()
+            elif library == "jax":
+                streams[f"jax/{device}"] = np.asarray(sys.modules["jax"].random.key_data(state))
+        return {"seed": _seed, "host": _host.bit_generator.state, "streams": streams}
+
+
+def set_random_state(state: dict[str, Any]) -> None:
+    """Restore what `random_state` returned; a stream it does not hold starts again from the seed."""
+    global _seed, _host
+    host = np.random.default_rng()
+    try:
+        host.bit_generator.state = state["host"]
+        seed_value = state["seed"]
+        streams = dict(state["streams"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"set_random_state: not a state that random_state returned ({type(e).__name__}: {e})") from e
+    restored = {}
+    for key, value in streams.items():
+        library, _, device = key.partition("/")
+        if library == "torch" and "torch" in sys.modules:
+            torch = sys.modules["torch"]
+            gen = torch.Generator(device=device)
+            gen.set_state(torch.from_numpy(np.asarray(value, np.uint8)))
+            restored[library, device] = gen
+        elif library == "jax" and "jax" in sys.modules:
+            jax = sys.modules["jax"]
+            restored[library, device] = jax.random.wrap_key_data(jax.numpy.asarray(np.asarray(value, np.uint32)))
+    with _lock:
+        _seed = None if seed_value is None else int(seed_value)
+        _host = host
+        _per_device.clear()
+        _per_device.update(restored)
