@@ -463,3 +463,38 @@ def test_time_is_not_in_a_checkpoint(tmp_path):
     np.random.seed(3)
     xdezero.save_checkpoint(tmp_path / "b.npz", model=model)
     assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+
+
+# --- captured steps -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("optimizer_name", ["Adam", "MomentumSGD"])
+def test_a_checkpoint_loaded_between_captured_calls_is_picked_up(optimizer_name):
+    """A captured step replays reading the parameters and the optimizer's state as they are at each call: after
+    load_checkpoint rewinds them, the replays repeat the calls made after the save, bit for bit."""
+    np.random.seed(0)
+    model = models.MLP((8, 3))
+    optimizer = getattr(optimizers, optimizer_name)().setup(model)
+    step = xdezero.capture(lambda x, t: _captured_step(model, optimizer, x, t))
+    rng = np.random.default_rng(4)
+    batches = [(rng.standard_normal((6, 2)).astype(np.float32), rng.integers(0, 3, 6)) for _ in range(6)]
+    for x, t in batches[:4]:
+        step(x, t)
+    buffer = io.BytesIO()
+    xdezero.save_checkpoint(buffer, model=model, optimizer=optimizer)
+    after_save = [float(step(x, t).data) for x, t in batches[4:]]
+    expected = {k: p.data.copy() for k, p in model.named_params()}
+    buffer.seek(0)
+    xdezero.load_checkpoint(buffer, model=model, optimizer=optimizer)
+    assert [float(step(x, t).data) for x, t in batches[4:]] == after_save
+    assert step.recorded == 1  # replayed, not recorded again
+    for key, p in model.named_params():
+        np.testing.assert_array_equal(p.data, expected[key], err_msg=key)
+
+
+def _captured_step(model, optimizer, x, t):
+    loss = F.softmax_cross_entropy(model(x), t)
+    model.cleargrads()
+    loss.backward()
+    optimizer.update()
+    return loss

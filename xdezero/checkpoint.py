@@ -19,13 +19,23 @@ import numpy as np
 from xdezero._files import atomic_write, opened, read_state, write_state
 from xdezero.backends import random_state, set_random_state
 
-__all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint"]
+__all__ = [
+    "save_checkpoint",
+    "load_checkpoint",
+    "read_checkpoint",
+    "write_checkpoint",
+    "restore",
+    "random_streams",
+    "set_random_streams",
+    "check_objects",
+]
 
 FORMAT = "xdezero checkpoint 1"
 RANDOM = "random"  # the entry of the random streams; not a name for an object
 
 
-def _check_objects(what: str, objects: dict[str, Any], method: str) -> None:
+def check_objects(what: str, objects: dict[str, Any], method: str) -> None:
+    """Refuse no objects, the reserved name, or an object without `method` (state_dict or load_state_dict)."""
     if not objects:
         raise TypeError(f"{what}: name the objects to {method.split('_')[0]}, e.g. {what}(file, model=model)")
     if RANDOM in objects:
@@ -37,15 +47,36 @@ def _check_objects(what: str, objects: dict[str, Any], method: str) -> None:
             )
 
 
+def random_streams() -> dict[str, Any]:
+    """The state of NumPy's global generator and of xdezero's own streams (`xdezero.seed`)."""
+    return {"numpy": np.random.get_state(legacy=False), "xdezero": random_state()}
+
+
+def set_random_streams(streams: dict[str, Any]) -> None:
+    """Set the streams to what `random_streams` returned; on an error, none has changed."""
+    previous = np.random.get_state(legacy=False)
+    try:
+        np.random.set_state(_numpy_state(streams["numpy"]))
+        set_random_state(streams["xdezero"])
+    except (KeyError, TypeError, ValueError) as e:
+        np.random.set_state(previous)
+        raise ValueError(f"the random streams cannot be restored ({type(e).__name__}: {e})") from e
+
+
 def save_checkpoint(file: str | os.PathLike | IO[bytes], **objects: Any) -> None:
     """Write the state of each named object (a Layer, an Optimizer, a DataLoader, ...) and of the random streams
     (NumPy's global generator and xdezero's own, `xdezero.seed`) to `file`: a path, written atomically and
     through a symlink to its target, or a writable binary file object. `.npz` is appended to a path that lacks
     it."""
-    _check_objects("save_checkpoint", objects, "state_dict")
+    check_objects("save_checkpoint", objects, "state_dict")
     state = {name: obj.state_dict() for name, obj in objects.items()}
-    state[RANDOM] = {"numpy": np.random.get_state(legacy=False), "xdezero": random_state()}
-    state["format"] = FORMAT
+    state[RANDOM] = random_streams()
+    write_checkpoint(file, state)
+
+
+def write_checkpoint(file: str | os.PathLike | IO[bytes], state: dict[str, Any]) -> None:
+    """Write a checkpoint's whole state (objects' states by name, 'random') as `save_checkpoint` does."""
+    state = {**state, "format": FORMAT}
     if not hasattr(file, "write"):
         file = os.fspath(file)
         file = file if file.endswith(".npz") else file + ".npz"
@@ -70,8 +101,15 @@ def load_checkpoint(file: str | os.PathLike | IO[bytes], **objects: Any) -> dict
     (they win over whatever this process drew before). Every object is checked before the call returns: a name
     the file lacks, or a state that does not fit its object, is an error naming it, and then no object and no
     random stream has changed. Returns what the file holds (see `read_checkpoint`), for entries of your own."""
-    _check_objects("load_checkpoint", objects, "load_state_dict")
+    check_objects("load_checkpoint", objects, "load_state_dict")
     state = read_checkpoint(file)
+    restore(state, objects, state[RANDOM])
+    return state
+
+
+def restore(state: dict[str, Any], objects: dict[str, Any], streams: dict[str, Any] | None) -> None:
+    """Load `state[name]` into each object and set the random streams (unless None); on any error, put back the
+    objects already loaded, leave the streams alone, and raise an error naming the object."""
     missing = sorted(set(objects) - set(state))
     if missing:
         saved = sorted(k for k in state if k not in (RANDOM, "format"))
@@ -85,21 +123,16 @@ def load_checkpoint(file: str | os.PathLike | IO[bytes], **objects: Any) -> dict
             except (TypeError, ValueError, RuntimeError) as e:
                 raise type(e)(f"load_checkpoint: {name}: {e}") from e
             before[name] = snapshot
-        streams = state[RANDOM]
-        np.random.get_state()  # the global generator exists before it is set
-        previous_numpy = np.random.get_state(legacy=False)
-        try:
-            np.random.set_state(_numpy_state(streams["numpy"]))
-            set_random_state(streams["xdezero"])
-        except (KeyError, TypeError, ValueError) as e:
-            np.random.set_state(previous_numpy)
-            raise ValueError(f"load_checkpoint: the random streams cannot be restored ({e})") from e
+        if streams is not None:
+            try:
+                set_random_streams(streams)
+            except ValueError as e:
+                raise ValueError(f"load_checkpoint: {e}") from e
     except BaseException:
         for name, snapshot in before.items():  # put back the objects restored before the failure
             if snapshot is not None:
                 objects[name].load_state_dict(snapshot)
         raise
-    return state
 
 
 def _snapshot(obj: Any) -> dict[str, Any] | None:

@@ -11,6 +11,7 @@ Importing this package imports none of mpi4py, CuPy or torch: each is imported b
 See docs/distributed.md for launching on clusters and the cost of the all-reduce.
 """
 
+from xdezero.distributed.checkpoint import load_checkpoint, save_checkpoint
 from xdezero.distributed.communicator import Communicator, ReduceOp
 from xdezero.distributed.create import create_communicator, detect_launcher
 from xdezero.distributed.dataset import SubDataset, scatter_dataset
@@ -28,5 +29,7 @@ __all__ = [
     "create_multi_node_evaluator",
     "create_multi_node_optimizer",
     "detect_launcher",
+    "load_checkpoint",
+    "save_checkpoint",
     "scatter_dataset",
 ]
