@@ -138,3 +138,26 @@ def test_cli_trains_mnist_under_mpiexec(tmp_path):
     assert parallel.returncode == 0, parallel.stderr
     assert "MNIST (200 images)" in parallel.stdout
     assert without_timing(parallel.stdout.partition("\n")[2]) == without_timing(single.stdout.partition("\n")[2])
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_a_job_resumed_from_a_checkpoint_goes_on_as_the_straight_run(n, tmp_path):
+    """8 steps straight, or 5 steps, a checkpoint written by rank 0, and 3 in a new job: every rank resumes its
+    own loader (its shard, its order, mid-epoch) and its own random stream, so the parameters, each rank's last
+    batch and each rank's next random number are those of the straight run."""
+    script = str(SCRIPTS / "resume_ranks.py")
+    checkpoint = tmp_path / "c.npz"
+    for args in (
+        ["8", str(tmp_path / "straight.npz")],
+        ["5", str(tmp_path / "first.npz"), "--checkpoint", str(checkpoint)],
+        ["3", str(tmp_path / "resumed.npz"), "--resume", str(checkpoint)],
+    ):
+        result = mpirun(n, sys.executable, script, *args)
+        assert result.returncode == 0, result.stderr
+    with np.load(tmp_path / "straight.npz") as a, np.load(tmp_path / "resumed.npz") as b:
+        assert sorted(a.files) == sorted(b.files)
+        for key in a.files:
+            np.testing.assert_array_equal(b[key], a[key], err_msg=key)
+    result = mpirun(n + 1, sys.executable, script, "1", str(tmp_path / "x.npz"), "--resume", str(checkpoint))
+    assert result.returncode != 0
+    assert f"the checkpoint was saved by {n} process(es); this job has {n + 1}" in result.stderr
