@@ -35,12 +35,14 @@ class Progress:
         self.width = len(str(total_epochs))
         self._tqdm: Any = None
 
-    def start_epoch(self, epoch: int) -> None:
+    def start_epoch(self, epoch: int, done: int = 0) -> None:
+        """A new epoch, or one resumed from a checkpoint with `done` of its batches already taken."""
         if self.bar:
             from tqdm import tqdm
 
             self._tqdm = tqdm(
                 total=self.batches,
+                initial=done,
                 desc=f"epoch {epoch:{self.width}d}/{self.total}",
                 unit="batch",
                 file=self.stream,

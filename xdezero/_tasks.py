@@ -18,7 +18,7 @@ from xdezero.datasets import MNIST, DownloadError, Spiral, locate_mnist
 from xdezero.models import MLP, Model
 from xdezero.transforms import Compose, Flatten, Normalize, ToFloat
 
-__all__ = ["CNN", "TaskError", "build_model", "load_data", "mnist_folder"]
+__all__ = ["CNN", "TaskError", "build_model", "load_data", "load_test_data", "mnist_folder"]
 
 
 class TaskError(Exception):
@@ -50,13 +50,14 @@ def build_model(task: str, model: str, hidden: int, activation: str) -> Model:
     return MLP((hidden, classes), activation=getattr(F, activation))
 
 
-def mnist_folder(data: str | None) -> Path:
-    """The folder holding MNIST's four files, each present and checked (downloaded into the cache if missing).
+def mnist_folder(data: str | None, *, test_only: bool = False) -> Path:
+    """The folder holding MNIST's four files (the test split's two with `test_only`), each present and checked
+    (downloaded into the cache if missing).
 
     `data` None: the cache, with checksums. Otherwise the user's own folder, checked for format only.
     """
     try:
-        return locate_mnist(data)
+        return locate_mnist(data, test_only=test_only)
     except FileNotFoundError as e:
         raise TaskError(f"--data {e}") from None
     except ValueError as e:
@@ -72,14 +73,26 @@ def load_data(task: str, model: str, data: str | None) -> tuple[Any, Any, str]:
         train_set = Spiral(train=True)
         return train_set, Spiral(train=False), "spiral ({n} points)"
     folder = mnist_folder(data)
+    return _mnist(folder, model, True), _mnist(folder, model, False), _mnist_description(data)
+
+
+def load_test_data(task: str, model: str, data: str | None) -> tuple[Any, str]:
+    """(test set, description with `{n}`) for `task`, reading (or downloading) nothing of the training split."""
+    if task == "spiral":
+        return Spiral(train=False), "spiral ({n} points)"
+    return _mnist(mnist_folder(data, test_only=True), model, False), _mnist_description(data)
+
+
+def _mnist(folder: Path, model: str, train: bool) -> MNIST:
     # The MLP takes flat rows (MNIST's default transform); the CNN keeps the (1, 28, 28) images.
     transform = Compose([ToFloat(), Normalize(0.0, 255.0)])
     if model != "cnn":
         transform = Compose([Flatten(), transform])
     try:
-        train_set = MNIST(train=True, transform=transform, folder=folder)
-        test_set = MNIST(train=False, transform=transform, folder=folder)
+        return MNIST(train=train, transform=transform, folder=folder)
     except (ValueError, OSError, EOFError, zlib.error) as e:
         raise TaskError(f"cannot read MNIST from {folder}: {e}") from None
-    where = "" if data is None else f" from {data}"
-    return train_set, test_set, "MNIST ({n} images)" + where
+
+
+def _mnist_description(data: str | None) -> str:
+    return "MNIST ({n} images)" + ("" if data is None else f" from {data}")

@@ -12,8 +12,9 @@ Under a launcher (`mpiexec -n 2 xdezero train spiral`, `torchrun --nproc-per-nod
 training is data-parallel: --batch-size is the global batch, each process computes the gradient of its share of
 every batch, and only rank 0 prints and writes files.
 
-One file (about 620 lines) for the command's one concern: its arguments, their checks and the loops they drive
-are read together; the tasks' data and models live in `_tasks.py`, the progress display in `_progress.py`.
+One file (about 700 lines) for the command's one concern: its arguments, their checks and the loops they drive
+are read together; the tasks' data and models live in `_tasks.py`, the progress display in `_progress.py`, a run's
+stop, checkpoint record and resume check in `_run.py`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import json
 import math
 import os
 import platform
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -37,7 +39,8 @@ import numpy as np
 
 import xdezero
 from xdezero._progress import Progress, wants_bar
-from xdezero._tasks import TaskError, build_model, load_data
+from xdezero._run import STOP_STATUS, ResumeError, RunRecord, Stopped, StopRequests, check_resume, run_settings
+from xdezero._tasks import TaskError, build_model, load_data, load_test_data
 from xdezero.backends import (
     BackendUnavailable,
     allocator_info,
@@ -275,8 +278,14 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, str]:
         raise UsageError(str(e)) from None
 
 
+def _npz_to_read(text: str) -> str:
+    """The file named, or, where there is none, that name with the .npz that writing it would have appended."""
+    return text if os.path.exists(text) or text.endswith(".npz") else text + ".npz"
+
+
 def train(args: argparse.Namespace, comm: Any, out: TextIO) -> int:
-    """Train the model of `args.task`; data-parallel over `comm`, printing on rank 0 only."""
+    """Train the model of `args.task`; data-parallel over `comm`, printing on rank 0 only. Returns the exit
+    status: 0, or 130 / 143 when SIGINT / SIGTERM stopped it (after writing --checkpoint and --save)."""
     import xdezero.functions as F
     from xdezero import distributed as dist
     from xdezero.dataloaders import DataLoader
@@ -293,16 +302,33 @@ def train(args: argparse.Namespace, comm: Any, out: TextIO) -> int:
             f"--batch-size {args.batch_size} is the global batch: it must be at least {comm.size}, "
             "the number of processes"
         )
+    checkpoint = _weights_path(args.checkpoint) if args.checkpoint else None  # .npz appended, as the file gets it
+    if args.checkpoint_every is not None and not checkpoint:
+        raise UsageError(f"--checkpoint-every {args.checkpoint_every} needs --checkpoint FILE, the file to write")
+    if checkpoint and args.save and os.path.abspath(checkpoint) == os.path.abspath(_weights_path(args.save)):
+        raise UsageError(
+            f"--save and --checkpoint both name {checkpoint}: give the weights and the checkpoint a file each"
+        )
     convert, device = _converter(args.backend, args.device)
     if comm.intra_size > 1 and args.device is None:
         _use_gpu_of_rank(args.backend, comm.intra_rank)
     model_name = getattr(args, "model", "mlp")
     lr = args.lr if args.lr is not None else DEFAULT_LR[args.task, args.optimizer]
+    hidden = args.hidden or (128 if model_name == "cnn" else 1000)
+    run = RunRecord(run_settings(args, model_name, hidden, lr))
+    resume = _npz_to_read(args.resume) if args.resume else None
+    try:
+        done, taken = check_resume(resume, run.settings, comm) if resume else (0, 0)
+    except ResumeError as e:
+        raise UsageError(str(e)) from None
     np.random.seed(args.seed)  # this program owns the process: make the weight initialisation reproducible
     train_set, test_set, description = _load(args)
     description = description.replace("{n}", str(len(train_set)))
-    hidden = args.hidden or (128 if model_name == "cnn" else 1000)
     model = build_model(args.task, model_name, hidden, args.activation)
+    with xdezero.no_grad(), xdezero.test_mode():
+        # Parameters take their shapes from a first input: create them now (the same draws a first step would
+        # make), so that a checkpoint can be loaded into them or written before any step.
+        model(convert(np.asarray([train_set[0][0]])))
     # Every rank walks the same global order; each computes the gradient of its rows of every batch, so the
     # steps are those of one process up to floating-point order.
     loader = DataLoader(train_set, args.batch_size, shuffle=True, seed=args.seed)
@@ -310,6 +336,12 @@ def train(args: argparse.Namespace, comm: Any, out: TextIO) -> int:
     if comm.size > 1:
         optimizer = dist.create_multi_node_optimizer(optimizer, comm)
     optimizer.setup(model)
+    state = {"model": model, "optimizer": optimizer, "loader": loader, "run": run}
+    if resume:
+        try:
+            dist.load_checkpoint(comm, resume, **state)
+        except (OSError, ValueError, TypeError) as e:
+            raise UsageError(f"--resume {resume}: {e}") from None
 
     classes = 3 if args.task == "spiral" else 10
     shape = f"MLP(({hidden}, {classes}), {args.activation})" if model_name == "mlp" else f"CNN({hidden})"
@@ -321,6 +353,8 @@ def train(args: argparse.Namespace, comm: Any, out: TextIO) -> int:
         threads = f", {torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}"
     processes = f", {comm.size} processes ({comm.name})" if comm.size > 1 else ""
     if not args.quiet:
+        if resume:
+            print(f"resuming from {resume} at epoch {done + 1}, batch {taken + 1} of {len(loader)}", file=out)
         print(
             f"training {shape} on {description} with {args.optimizer} lr={lr:g}, batch size {args.batch_size}, "
             f"backend {args.backend}{on}{threads}{processes}",
@@ -336,36 +370,71 @@ def train(args: argparse.Namespace, comm: Any, out: TextIO) -> int:
         optimizer.update()
         return y, loss
 
+    def write_checkpoint() -> None:
+        run.elapsed = elapsed_before + time.perf_counter() - start
+        try:
+            dist.save_checkpoint(comm, checkpoint, **state)
+        except OSError as e:
+            raise UsageError(f"cannot write the checkpoint {checkpoint}: {e.strerror or e}") from None
+
+    # Created after loading: a captured step records on its first calls, and then reads the loaded state.
     run_step = xdezero.capture(step) if args.capture else step
     progress = Progress(args.epochs, len(loader), out, bar=wants_bar(out), quiet=args.quiet)
-    losses = []
-    start = time.perf_counter()
-    try:
-        for epoch in range(1, args.epochs + 1):
-            sum_loss = sum_acc = 0.0
-            progress.start_epoch(epoch)
-            for x, t in loader:
-                batch = len(t)
-                rows = _my_rows(batch, comm)
-                x, t = convert(x[rows]), convert(t[rows])
-                mine = rows.stop - rows.start
-                # The optimizer averages the ranks' gradients: weight each by its share of the batch, so that an
-                # uneven split (a last batch smaller than the rest) still gives the gradient of the whole batch.
-                y, loss = run_step(x, t, mine * comm.size / batch, mine > 0)
-                batch_loss = float(loss.data)
-                if mine:
-                    sum_loss += batch_loss * mine
-                    sum_acc += float(F.accuracy(y, t).data) * mine
-                progress.batch(batch_loss)
-            if comm.size > 1:
-                sums = comm.allreduce({"loss": sum_loss, "acc": sum_acc})
-                sum_loss, sum_acc = sums["loss"], sums["acc"]
-            losses.append(sum_loss / len(train_set))
-            progress.end_epoch(epoch, losses[-1], sum_acc / len(train_set))
-    finally:
-        progress.close()
-    elapsed = time.perf_counter() - start
+    every = args.checkpoint_every or 1
+    elapsed_before, start = run.elapsed, time.perf_counter()
+    stop = 0
+    with StopRequests(comm, active=bool(checkpoint or args.save)) as stops:
+        try:
+            for epoch in range(loader.epoch + 1, args.epochs + 1):
+                progress.start_epoch(epoch, done=loader.iteration)
+                for x, t in loader:
+                    batch = len(t)
+                    rows = _my_rows(batch, comm)
+                    x, t = convert(x[rows]), convert(t[rows])
+                    mine = rows.stop - rows.start
+                    # The optimizer averages the ranks' gradients: weight each by its share of the batch, so that
+                    # an uneven split (a last batch smaller than the rest) still gives the whole batch's gradient.
+                    y, loss = run_step(x, t, mine * comm.size / batch, mine > 0)
+                    batch_loss = float(loss.data)
+                    if mine:
+                        run.sum_loss += batch_loss * mine
+                        run.sum_acc += float(F.accuracy(y, t).data) * mine
+                    progress.batch(batch_loss)
+                    # Between two steps; after an epoch's last one the epoch is finished first.
+                    if loader.iteration < len(loader) and (stop := stops.requested()):
+                        break
+                else:
+                    sum_loss, sum_acc = run.sum_loss, run.sum_acc
+                    if comm.size > 1:
+                        sums = comm.allreduce({"loss": sum_loss, "acc": sum_acc})
+                        sum_loss, sum_acc = sums["loss"], sums["acc"]
+                    run.losses.append(sum_loss / len(train_set))
+                    run.sum_loss = run.sum_acc = 0.0
+                    progress.end_epoch(epoch, run.losses[-1], sum_acc / len(train_set))
+                    stop = stops.requested()
+                if checkpoint and (stop or epoch % every == 0 or epoch == args.epochs):
+                    write_checkpoint()
+                if stop:
+                    break
+        finally:
+            progress.close()
+    elapsed = elapsed_before + time.perf_counter() - start
 
+    # The weights are written before the final evaluation, which a Ctrl-C may still cut short.
+    weights = _save(model, args, model_name, hidden) if args.save and comm.rank == 0 else None
+    if stop:
+        if weights:
+            print(f"wrote {weights}", file=out)
+        if comm.rank == 0:
+            if loader.iteration:
+                at = f"in epoch {epoch} after batch {loader.iteration} of {len(loader)}"
+            else:
+                at = f"after epoch {epoch} of {args.epochs}"
+            then = (
+                f"; wrote {checkpoint}: go on with the same arguments and --resume {checkpoint}" if checkpoint else ""
+            )
+            print(f"xdezero: stopped by {signal.Signals(stop).name} {at}{then}", file=sys.stderr)
+        return STOP_STATUS[stop]
     train_acc = _accuracy(model, train_set, convert, comm)
     test_acc = _accuracy(model, test_set, convert, comm)
     print(
@@ -374,14 +443,12 @@ def train(args: argparse.Namespace, comm: Any, out: TextIO) -> int:
         "while the weights were still changing)",
         file=out,
     )
-    if comm.rank == 0:  # parameters are the same on every rank: one writer
-        if args.save:
-            path = _save(model, args, model_name, hidden)
-            print(f"wrote {path}", file=out)
-        plot = getattr(args, "plot", None)
-        if plot:
-            _plot(plot, model, convert, train_set, losses)
-            print(f"wrote {plot}", file=out)
+    if weights:
+        print(f"wrote {weights}", file=out)
+    plot = getattr(args, "plot", None)
+    if plot and comm.rank == 0:  # parameters are the same on every rank: one writer
+        _plot(plot, model, convert, train_set, run.losses)
+        print(f"wrote {plot}", file=out)
     return 0
 
 
@@ -389,10 +456,17 @@ def _sidecar(weights: str) -> Path:
     return Path(weights).with_suffix(".json")
 
 
+def _weights_path(save: str) -> str:
+    return save if save.endswith(".npz") else save + ".npz"
+
+
 def _save(model: Any, args: argparse.Namespace, model_name: str, hidden: int) -> str:
     """Write the weights (.npz appended if missing) and their sidecar FILE.json; the .npz path written."""
-    path = args.save if args.save.endswith(".npz") else args.save + ".npz"
+    path = _weights_path(args.save)
+    data = getattr(args, "data", None)
     record = {"task": args.task, "model": model_name, "hidden": hidden, "activation": args.activation}
+    # Where the training data came from: `xdezero eval` tests on that folder's test split (None: MNIST's own).
+    record["data"] = None if data is None else os.path.abspath(data)
     record["xdezero"] = xdezero.__version__
     try:
         model.save_weights(path)
@@ -436,7 +510,7 @@ def _plot(path: str, model: Any, convert: Callable, dataset: Any, losses: Sequen
 
 def evaluate(args: argparse.Namespace, out: TextIO) -> int:
     """Print the test-split accuracy of the weights in `args.file`, rebuilding the model its sidecar names."""
-    path = args.file if os.path.exists(args.file) or args.file.endswith(".npz") else args.file + ".npz"
+    path = _npz_to_read(args.file)
     if not os.path.isfile(path):
         raise UsageError(f"{args.file}: no such weights file")
     sidecar = _sidecar(path)
@@ -451,9 +525,21 @@ def evaluate(args: argparse.Namespace, out: TextIO) -> int:
         raise UsageError(f"{sidecar} is damaged: expected JSON with {', '.join(SIDECAR_KEYS)} ({e})") from None
     if task not in ("spiral", "mnist") or model_name not in ("mlp", "cnn"):
         raise UsageError(f"{sidecar}: unknown task {task!r} or model {model_name!r}")
+    data = args.data
+    if data is None and task == "mnist":
+        data = record.get("data")  # None (or a sidecar older than this key): MNIST's own files
+        if data is not None and not isinstance(data, str):
+            raise UsageError(f"{sidecar} is damaged: its data should be a folder's path or null, not {data!r}")
+        if data is not None and not os.path.isdir(data):
+            raise UsageError(
+                f"{sidecar} says the weights were trained on --data {data}, which no longer exists: pass --data DIR "
+                "to evaluate them on the test split of another folder"
+            )
     convert, _ = _converter(args.backend, args.device)
-    args.task, args.model = task, model_name
-    _, test_set, description = _load(args)
+    try:
+        test_set, description = load_test_data(task, model_name, data)
+    except TaskError as e:
+        raise UsageError(str(e)) from None
     model = build_model(task, model_name, hidden, activation)
     with xdezero.no_grad():
         model(convert(np.asarray([test_set[0][0]])))  # parameters take their shapes from a first input
@@ -539,7 +625,27 @@ def _add_training_options(task: argparse.ArgumentParser, name: str, defaults: di
         "--save",
         metavar="FILE",
         type=weights_file,
-        help="write the trained weights to FILE (.npz) and what model they belong to to FILE.json (rank 0 only)",
+        help="write the trained weights to FILE (.npz) and what model and data they belong to to FILE.json (rank 0 "
+        "only); also when SIGINT or SIGTERM stops the run",
+    )
+    task.add_argument(
+        "--checkpoint",
+        metavar="FILE",
+        type=weights_file,
+        help="write a checkpoint (model, optimizer, data order and position, random state, losses) to FILE (.npz) "
+        "every --checkpoint-every epochs, at the end, and when SIGINT (Ctrl-C) or SIGTERM stops the run",
+    )
+    task.add_argument(
+        "--checkpoint-every",
+        metavar="N",
+        type=positive_int,
+        help="epochs between checkpoints (default 1)",
+    )
+    task.add_argument(
+        "--resume",
+        metavar="FILE",
+        help="continue the run checkpointed in FILE, given the same arguments (--epochs may be larger), "
+        "to the same numbers as a run never stopped",
     )
     task.add_argument("--quiet", "-q", action="store_true", help="print only the final result")
     task.add_argument(
@@ -615,5 +721,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nxdezero: interrupted", file=sys.stderr)
         return 130
+    except Stopped as e:
+        if rank == 0:
+            print(f"\nxdezero: {e.name} again: stopped at once, nothing saved", file=sys.stderr)
+        return e.status
     finally:
         restore_threads()

@@ -278,8 +278,9 @@ def _check_idx_header(path: Path) -> None:
         raise ValueError(f"{path} is gzip data but not an MNIST (IDX) file: bad magic number {magic.hex() or 'none'}")
 
 
-def locate_mnist(folder: str | os.PathLike | None = None) -> Path:
-    """The folder holding MNIST's four files (`MNIST_FILES`), each checked before anything reads it.
+def locate_mnist(folder: str | os.PathLike | None = None, *, test_only: bool = False) -> Path:
+    """The folder holding MNIST's four files (`MNIST_FILES`), each checked before anything reads it; with
+    `test_only`, only the test split's two (what an evaluation reads: the 60,000 training images are not fetched).
 
     Without `folder`: the cache folder (`data_dir()`), where every file must be the published one: files
     already there, downloaded or placed by hand, are checked against their MD5; missing ones are downloaded
@@ -289,22 +290,23 @@ def locate_mnist(folder: str | os.PathLike | None = None) -> Path:
     Raises FileNotFoundError (a file missing from `folder`), ValueError (not the published file, or not a
     gzip-compressed IDX file) or DownloadError (the message says what to download and where to put it).
     """
+    names = [name for name in MNIST_FILES if not test_only or name.startswith("t10k-")]
     if folder is not None:
         folder = Path(folder)
-        missing = [name for name in MNIST_FILES if not (folder / name).is_file()]
+        missing = [name for name in names if not (folder / name).is_file()]
         if missing:
             raise FileNotFoundError(f"{folder}: missing {', '.join(missing)} (MNIST-format .gz files)")
     else:
         folder = data_dir()
-        for name, checksum in MNIST_FILES.items():
+        for name in names:
             path = folder / name
-            algorithm, _, expected = checksum.partition(":")
+            algorithm, _, expected = MNIST_FILES[name].partition(":")
             if path.exists() and (found := _file_digest(path, algorithm)) != expected:
                 raise ValueError(
                     f"{path} is not the published MNIST file ({algorithm} {found}, expected {expected}): "
                     "delete it to download it again"
                 )
-        missing = [name for name in MNIST_FILES if not (folder / name).exists()]
+        missing = [name for name in names if not (folder / name).exists()]
         for name in missing:
             try:
                 get_file([m + name for m in MNIST_MIRRORS], name, MNIST_FILES[name])
@@ -313,7 +315,7 @@ def locate_mnist(folder: str | os.PathLike | None = None) -> Path:
                     f"cannot download MNIST ({_reason(e)}). Download {', '.join(missing)} "
                     f"from {MNIST_MIRRORS[0]} and place them in {folder} (or set XDEZERO_DATA_DIR)"
                 ) from None
-    for name in MNIST_FILES:
+    for name in names:
         _check_idx_header(folder / name)
     return folder
 
