@@ -15,7 +15,9 @@ import subprocess
 import nox
 
 nox.options.default_venv_backend = "virtualenv"  # pip honours local wheel folders (torch), uv does not
-nox.options.error_on_missing_interpreters = True
+# CI (which sets CI=true, as most CI systems do) needs every Python in PYTHONS; elsewhere a session whose Python is
+# missing is skipped with a line saying which, and the others run.
+nox.options.error_on_missing_interpreters = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 PYTHONS = ["3.11", "3.12", "3.13"]  # requires-python and the classifiers in pyproject.toml say the same
 
@@ -35,7 +37,8 @@ GPU_BACKENDS = ("cupy", "torch_cuda", "jax_gpu")
 # Oracles that the numpy session on the oldest Python installs: PyTorch, against which about 210 tests check NumPy's
 # own paths (the stride-1 convolution layout, the buffer pool, np.add.at). The numpy sessions on the other Pythons
 # skip just those tests: on Linux, PyPI's torch is a CUDA build of several GB, and one oracle run is enough.
-ORACLES = {"numpy": ["torch==2.13.0"]}
+# mypy runs there too, for the test that type-checks a user's script (tests/test_typing.py).
+ORACLES = {"numpy": ["torch==2.13.0", "mypy>=1.10"]}
 
 
 def _put_pyenv_pythons_on_path() -> None:

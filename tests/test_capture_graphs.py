@@ -362,3 +362,18 @@ def test_a_checkpoint_loaded_between_graph_replays_is_picked_up(gxp, optimizer_n
     step, _ = _compare(gxp, "mlp", OPTIMIZERS[optimizer_name], between=rewind)  # the values, step by step
     if optimizer_name == "MomentumSGD":  # Adam's changing step count keeps its steps plain (graph_notes says so)
         assert step.graphs == 1, step.graph_notes
+
+
+def test_the_capturing_flag_belongs_to_the_capturing_thread():
+    """A thread capturing a CuPy graph takes the graph-safe paths; another thread, meanwhile, must not."""
+    import threading
+
+    from xdezero.backends._graphs import capturing_cupy, cupy_capturing
+
+    seen = {}
+    with capturing_cupy():
+        seen["main"] = cupy_capturing()
+        other = threading.Thread(target=lambda: seen.update(other=cupy_capturing()))
+        other.start()
+        other.join()
+    assert seen == {"main": True, "other": False} and not cupy_capturing()

@@ -482,3 +482,24 @@ def test_import_does_not_import_gpu_or_other_array_libraries():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --- torch habits: item(), float(v), int(v) ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [2.5, -3.75])
+def test_item_float_and_int_of_a_one_element_variable(xp, value):
+    for shape in ((), (1,), (1, 1)):
+        v = Variable(asarray(xp, np.full(shape, value)))
+        assert v.item() == value and type(v.item()) is float
+        assert float(v) == value and int(v) == int(value)
+    assert Variable(asarray(xp, np.array([7], np.int64))).item() == 7
+
+
+def test_item_of_more_than_one_element_says_how_to_get_one(xp):
+    with pytest.raises(
+        TypeError, match=r"item\(\) needs a Variable of exactly one element, this one has shape \(2, 3\)"
+    ):
+        Variable(asarray(xp, np.ones((2, 3)))).item()
+    with pytest.raises(TypeError, match=r"exactly one element.*shape \(0,\)"):
+        float(Variable(asarray(xp, np.ones(0))))

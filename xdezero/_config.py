@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import inspect
-from contextvars import ContextVar
+from collections.abc import Callable
+from contextvars import ContextVar, Token
+from typing import Any, TypeVar, cast
 
 __all__ = ["Config", "using_config", "no_grad", "test_mode"]
 
@@ -14,7 +16,9 @@ _FLAGS: dict[str, ContextVar[bool]] = {
 }
 
 # Read directly by the engine's hot path.
-enable_backprop_flag = _FLAGS["enable_backprop"]
+enable_backprop_flag: ContextVar[bool] = _FLAGS["enable_backprop"]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def _flag(name: str) -> ContextVar[bool]:
@@ -43,7 +47,7 @@ class _Config:
         return "Config(" + ", ".join(f"{k}={v.get()}" for k, v in _FLAGS.items()) + ")"
 
 
-Config = _Config()
+Config: _Config = _Config()
 
 
 class using_config:
@@ -64,7 +68,7 @@ class using_config:
         _entered.set((*_entered.get(), (self, token)))
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         entered = _entered.get()
         for i in range(len(entered) - 1, -1, -1):
             if entered[i][0] is self:
@@ -73,7 +77,9 @@ class using_config:
                 return
         raise RuntimeError(f"using_config({self._name!r}, {self._value!r}) was left without being entered here")
 
-    def __call__(self, func):
+    def __call__(self, func: _F) -> _F:
+        """Decorate `func` (a function, coroutine function, generator or async generator function)."""
+        # Each wrapper takes and returns what `func` does (functools.wraps): the casts say so to type checkers.
         name, value = self._name, self._value
         if inspect.isasyncgenfunction(func):
 
@@ -81,14 +87,14 @@ class using_config:
             def async_generator_wrapper(*args, **kwargs):
                 return _async_generator_under(name, value, func(*args, **kwargs))
 
-            return async_generator_wrapper
+            return cast(_F, async_generator_wrapper)
         if inspect.isgeneratorfunction(func):
 
             @functools.wraps(func)
             def generator_wrapper(*args, **kwargs):
                 return _generator_under(name, value, func(*args, **kwargs))
 
-            return generator_wrapper
+            return cast(_F, generator_wrapper)
         if inspect.iscoroutinefunction(func):
 
             @functools.wraps(func)
@@ -96,19 +102,19 @@ class using_config:
                 with using_config(name, value):
                     return await func(*args, **kwargs)
 
-            return async_wrapper
+            return cast(_F, async_wrapper)
 
         @functools.wraps(func)
         def wrapper(*args, **kwargs):
             with using_config(name, value):
                 return func(*args, **kwargs)
 
-        return wrapper
+        return cast(_F, wrapper)
 
 
 # (config object, token) for every `with` block open in the current context, innermost last. A tuple, so that
 # each thread and asyncio task sees (and edits) only its own entries.
-_entered: ContextVar[tuple] = ContextVar("xdezero_entered_configs", default=())
+_entered: ContextVar[tuple[tuple[using_config, Token[bool]], ...]] = ContextVar("xdezero_entered_configs", default=())
 
 
 def _generator_under(name: str, value: bool, gen):
@@ -159,4 +165,5 @@ def test_mode() -> using_config:
     return using_config("train", False)
 
 
-test_mode.__test__ = False  # not a pytest test, even when imported into a test module
+# Not a pytest test, even when imported into a test module.
+test_mode.__test__ = False  # pyright: ignore[reportFunctionMemberAccess]

@@ -19,13 +19,16 @@ import secrets
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
-from typing import IO, Any
+from typing import IO, Any, TypeAlias
 
 import numpy as np
 
 from xdezero.backends import Bits, to_host
 
 STATE_ENTRY = "__state__"
+
+# What the weights and checkpoint functions accept as a file: a path, or a binary file object.
+FileLike: TypeAlias = str | os.PathLike[str] | IO[bytes]
 
 
 # --- writing ---------------------------------------------------------------------------------------
@@ -55,7 +58,7 @@ def _remove_abandoned(path: str) -> None:
                 os.unlink(tmp)
 
 
-def atomic_write(target: str | os.PathLike | IO[bytes], write: Callable[[IO[bytes]], None], what: str) -> str | None:
+def atomic_write(target: FileLike, write: Callable[[IO[bytes]], None], what: str) -> str | None:
     """Call `write(f)` on a binary file for `target`: a path (written atomically, through a symlink to its
     target) or a writable binary file object. Returns the path written, None for a file object."""
     if hasattr(target, "write"):
@@ -95,7 +98,7 @@ def write_npz(f: IO[bytes], arrays: dict[str, np.ndarray]) -> None:
 
 
 @contextlib.contextmanager
-def opened(source: str | os.PathLike | IO[bytes], where: str, expected: str) -> Iterator[IO[bytes]]:
+def opened(source: FileLike, where: str, expected: str) -> Iterator[IO[bytes]]:
     """`source` open for reading as a binary file (a path is opened and closed here; a file object is read from
     where it stands), after checking that it starts like an `.npz` archive; `expected` names what it should be."""
     if hasattr(source, "read"):

@@ -12,11 +12,11 @@ structure as JSON, every array as its own entry; see `xdezero/_files.py`), writt
 from __future__ import annotations
 
 import os
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
-from xdezero._files import atomic_write, opened, read_state, write_state
+from xdezero._files import FileLike, atomic_write, opened, read_state, write_state
 from xdezero.backends import random_state, set_random_state
 
 __all__ = [
@@ -63,7 +63,7 @@ def set_random_streams(streams: dict[str, Any]) -> None:
         raise ValueError(f"the random streams cannot be restored ({type(e).__name__}: {e})") from e
 
 
-def save_checkpoint(file: str | os.PathLike | IO[bytes], **objects: Any) -> None:
+def save_checkpoint(file: FileLike, **objects: Any) -> None:
     """Write the state of each named object (a Layer, an Optimizer, a DataLoader, ...) and of the random streams
     (NumPy's global generator and xdezero's own, `xdezero.seed`) to `file`: a path, written atomically and
     through a symlink to its target, or a writable binary file object. `.npz` is appended to a path that lacks
@@ -74,7 +74,7 @@ def save_checkpoint(file: str | os.PathLike | IO[bytes], **objects: Any) -> None
     write_checkpoint(file, state)
 
 
-def write_checkpoint(file: str | os.PathLike | IO[bytes], state: dict[str, Any]) -> None:
+def write_checkpoint(file: FileLike, state: dict[str, Any]) -> None:
     """Write a checkpoint's whole state (objects' states by name, 'random') as `save_checkpoint` does."""
     state = {**state, "format": FORMAT}
     if not hasattr(file, "write"):
@@ -83,7 +83,7 @@ def write_checkpoint(file: str | os.PathLike | IO[bytes], state: dict[str, Any])
     atomic_write(file, lambda f: write_state(f, state), "save_checkpoint")
 
 
-def read_checkpoint(file: str | os.PathLike | IO[bytes]) -> dict[str, Any]:
+def read_checkpoint(file: FileLike) -> dict[str, Any]:
     """Everything a checkpoint holds, as nested dicts of numbers and NumPy arrays (dtypes NumPy lacks as
     `xdezero.backends.Bits`), keyed by the names it was saved with, plus 'random' and 'format'."""
     where = f"read_checkpoint({os.fspath(file)!r})" if not hasattr(file, "read") else "read_checkpoint"
@@ -96,7 +96,7 @@ def read_checkpoint(file: str | os.PathLike | IO[bytes]) -> dict[str, Any]:
     return state
 
 
-def load_checkpoint(file: str | os.PathLike | IO[bytes], **objects: Any) -> dict[str, Any]:
+def load_checkpoint(file: FileLike, **objects: Any) -> dict[str, Any]:
     """Restore each named object from `file` and set the random streams to where they were when it was saved
     (they win over whatever this process drew before). Every object is checked before the call returns: a name
     the file lacks, or a state that does not fit its object, is an error naming it, and then no object and no
@@ -114,7 +114,7 @@ def restore(state: dict[str, Any], objects: dict[str, Any], streams: dict[str, A
     if missing:
         saved = sorted(k for k in state if k not in (RANDOM, "format"))
         raise ValueError(f"load_checkpoint: the file holds no {', '.join(map(repr, missing))} (it holds {saved})")
-    before = {}
+    before: dict[str, dict[str, Any] | None] = {}
     try:
         for name, obj in objects.items():
             snapshot = _snapshot(obj)

@@ -13,6 +13,7 @@ import itertools
 import math
 import threading
 import weakref
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,12 +23,14 @@ from xdezero.backends import (
     LEGACY_NUMPY,
     array_namespace,
     as_array_data,
+    dtype_name,
     keep_input_precision,
     memory_key,
     to_cpu,
     to_device,
     to_gpu,
     to_library,
+    to_numpy,
 )
 from xdezero.backends import NAMESPACES as _NAMESPACES
 
@@ -42,12 +45,31 @@ class _Operators:
         "matmul", "get_item", "reshape", "transpose", "sum",
     )  # fmt: skip
 
-    def install(self, **functions: Any) -> None:
+    # Declared so that Variable's operators type-check: each returns a Variable.
+    add: Callable[[Any, Any], Variable]
+    sub: Callable[[Any, Any], Variable]
+    mul: Callable[[Any, Any], Variable]
+    div: Callable[[Any, Any], Variable]
+    neg: Callable[[Any], Variable]
+    pow: Callable[[Any, Any], Variable]
+    rpow: Callable[[Any, Any], Variable]
+    rsub: Callable[[Any, Any], Variable]
+    rdiv: Callable[[Any, Any], Variable]
+    sum_to: Callable[[Any, tuple[int, ...]], Variable]
+    broadcast_to: Callable[[Any, tuple[int, ...]], Variable]
+    matmul: Callable[[Any, Any], Variable]
+    get_item: Callable[[Any, Any], Variable]
+    reshape: Callable[[Any, Any], Variable]
+    transpose: Callable[[Any, Any], Variable]
+    sum: Callable[[Any, Any, bool], Variable]
+
+    def install(self, **functions: Callable[..., Variable]) -> None:
+        """Set the named functions (`add=add, mul=mul, ...`); `xdezero.functions` calls this once on import."""
         for name, function in functions.items():
             setattr(self, name, function)
 
 
-operators = _Operators()
+operators: _Operators = _Operators()
 
 
 _NEEDED = (True,)
@@ -73,38 +95,64 @@ class Variable:
     __array_ufunc__ = None  # makes `ndarray op Variable` defer to Variable's reflected operator
 
     def __init__(self, data: Any, name: str | None = None, requires_grad: bool = True) -> None:
-        self._data = data if type(data) is np.ndarray and data.dtype.kind in "fiubc" else as_array_data(data)
-        self.name = name
+        self._data: Any = data if type(data) is np.ndarray and data.dtype.kind in "fiubc" else as_array_data(data)
+        self.name: str | None = name
         self.grad: Variable | None = None
         self.creator: Function | None = None
-        self.generation = 0
-        self._index = 0  # position among its creator's outputs
-        self.requires_grad = requires_grad
+        self.generation: int = 0
+        self._index: int = 0  # position among its creator's outputs
+        self.requires_grad: bool = requires_grad
 
     # --- data and its description -------------------------------------------------------------
     @property
     def data(self) -> Any:
+        """The array, of any array-API library, or None; a NumPy scalar set here becomes a 0-d array."""
         return self._data
 
     @data.setter
     def data(self, value: Any) -> None:
+        """Replace the array (checked to be a numeric array of some array-API library, or None)."""
         self._data = as_array_data(value)
 
     @property
-    def shape(self) -> tuple:
+    def shape(self) -> tuple[int, ...]:
+        """The array's shape, as a tuple of ints."""
         return tuple(self._data.shape)
 
     @property
     def ndim(self) -> int:
+        """The number of dimensions."""
         return self._data.ndim
 
     @property
     def size(self) -> int:
+        """The number of elements."""
         return math.prod(self._data.shape)
 
     @property
     def dtype(self) -> Any:
+        """The array's dtype (of its own library)."""
         return self._data.dtype
+
+    def item(self) -> int | float | complex | bool:
+        """The one element of the data as a Python number (copied to the host), as torch's `Tensor.item()`."""
+        data = self._data
+        if math.prod(data.shape) != 1:
+            raise TypeError(
+                f"item() needs a Variable of exactly one element, this one has shape {tuple(data.shape)}: index it "
+                "first (v[i]) or reduce it (F.sum(v))"
+            )
+        if dtype_name(data) == "bfloat16":  # NumPy has no bfloat16: read it through float32, which holds it exactly
+            data = array_namespace(data).astype(data, array_namespace(data).float32)
+        return to_numpy(data).reshape(()).item()
+
+    def __float__(self) -> float:
+        """float(v): the one element of a one-element Variable (see `item`)."""
+        return float(self.item())  # type: ignore[arg-type]  # a complex raises, as float() of one does
+
+    def __int__(self) -> int:
+        """int(v): the one element of a one-element Variable, truncated (see `item`)."""
+        return int(self.item())  # type: ignore[arg-type]
 
     def __len__(self) -> int:
         if self._data.ndim == 0:
@@ -118,6 +166,7 @@ class Variable:
 
     # --- graph --------------------------------------------------------------------------------
     def cleargrad(self) -> None:
+        """Forget the gradient (`.grad = None`), before the next backward pass."""
         self.grad = None
 
     def unchain(self) -> None:
@@ -163,10 +212,12 @@ class Variable:
 
     # --- devices ------------------------------------------------------------------------------
     def to_cpu(self) -> Variable:
+        """Move the data to the host: CuPy arrays become NumPy arrays, other libraries stay themselves; returns self."""
         self._data = to_cpu(self._data)
         return self
 
     def to_gpu(self) -> Variable:
+        """Move the data to the GPU: NumPy arrays become CuPy arrays, torch and JAX arrays move; returns self."""
         self._data = to_gpu(self._data)
         return self
 
@@ -181,12 +232,14 @@ class Variable:
         return self
 
     # --- operators and shape methods (their Functions live in xdezero.functions) ------------------
-    def reshape(self, *shape: int) -> Variable:
+    def reshape(self, *shape: int | tuple[int, ...] | list[int]) -> Variable:
+        """y = x with a new shape: `x.reshape(2, 3)` or `x.reshape((2, 3))`; dy/dx = reshape back."""
         if len(shape) == 1 and isinstance(shape[0], tuple | list):
             shape = tuple(shape[0])
         return operators.reshape(self, shape)
 
-    def transpose(self, *axes: int) -> Variable:
+    def transpose(self, *axes: int | tuple[int, ...] | list[int] | None) -> Variable:
+        """y = x with its axes permuted: `x.transpose(1, 0)`, `x.transpose((1, 0))`, or reversed by default."""
         if len(axes) == 0:
             axes = None
         elif len(axes) == 1 and isinstance(axes[0], tuple | list | type(None)):
@@ -195,9 +248,11 @@ class Variable:
 
     @property
     def T(self) -> Variable:
+        """y = x with its axes reversed."""
         return operators.transpose(self, None)
 
-    def sum(self, axis: int | tuple | None = None, keepdims: bool = False) -> Variable:
+    def sum(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Variable:
+        """y = Σ x over `axis` (all axes by default); dy/dx = 1."""
         return operators.sum(self, axis, keepdims)
 
     def __getitem__(self, slices: Any) -> Variable:
@@ -397,15 +452,26 @@ class Function:
     for the call; `backward` computes on Variables, so that it can itself be differentiated."""
 
     # Ops whose backward reads no input *data* set this False, so intermediate inputs can be freed early.
-    keeps_inputs = True
+    keeps_inputs: bool = True
     # Ops may also say, per input i, which inputs' data the gradient of input i reads: then only those are kept,
     # for the inputs that need a gradient in this call (Mul(h, c) with a constant c keeps c, not h).
     # Such an op's backward finds None in `self.inputs` for an input it was not meant to read.
-    inputs_read: tuple | None = None
+    inputs_read: tuple[tuple[int, ...], ...] | None = None
     # Indices of outputs that were unchained: backward must not come back here through them.
-    _severed: frozenset | set = frozenset()
+    _severed: frozenset[int] | set[int] = frozenset()
     # True when the inputs are held by weak reference plus a record of where each came from.
-    _weak_inputs = False
+    _weak_inputs: bool = False
+
+    # Set by each call (declared here, not in an __init__, so that subclasses need not call one):
+    xp: Any  # the array namespace of the inputs, for `forward`
+    needs_grad: tuple[bool, ...]  # per input: whether it gets a gradient in this call
+    generation: int
+    # Declared as Variables (None only where the op's own `inputs_read` says backward does not look), so that a
+    # backward uses them unchecked.
+    inputs: list[Variable]
+    outputs: list[weakref.ref[Variable]]
+    _input_refs: list[weakref.ref[Variable]]
+    _sources: list[tuple[Function | None, int]]
 
     def __call__(self, *inputs: Any) -> Any:
         # The engine's hot path: kept flat on purpose (it runs once per op, forward and backward), with the
@@ -475,16 +541,16 @@ class Function:
                 self.inputs = inputs
                 return
             kept = {j for i, needed in enumerate(needs) if needed for j in reads[i]}
-            self.inputs = [x if i in kept else None for i, x in enumerate(inputs)]
+            self.inputs = [x if i in kept else None for i, x in enumerate(inputs)]  # pyright: ignore[reportAttributeAccessIssue]
         self._weak_inputs = True
         self._input_refs = [weakref.ref(x) for x in inputs]
         self._sources = [(x.creator, x._index) for x in inputs]
 
-    def _current_inputs(self) -> list:
+    def _current_inputs(self) -> Sequence[Variable | None]:
         """The input Variables, None for one that was freed (only possible for weakly held inputs)."""
         return [ref() for ref in self._input_refs] if self._weak_inputs else self.inputs
 
-    def _recorded_source(self, i: int) -> tuple:
+    def _recorded_source(self, i: int) -> tuple[Function | None, int]:
         """(creator, output index) of input i as recorded at call time (used once that input is freed)."""
         return self._sources[i]
 
@@ -495,9 +561,11 @@ class Function:
         self._severed.add(index)
 
     def forward(self, *xs: Any) -> Any:
+        """The op on raw arrays (one per input, of namespace `self.xp`): an array, or a tuple of arrays."""
         raise NotImplementedError(f"{type(self).__name__} does not implement forward")
 
     def backward(self, *gys: Variable) -> Any:
+        """Gradients of the inputs (Variables, or None where not needed) from those of the outputs."""
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
 
 
@@ -506,10 +574,12 @@ class Copy(Function):
 
     keeps_inputs = False
 
-    def forward(self, x):
+    def forward(self, x: Any) -> Any:
+        """y = a fresh copy of x."""
         return self.xp.asarray(x, copy=True)
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> Variable:
+        """gx = gy."""
         return gy
 
 
@@ -518,14 +588,16 @@ class Cast(Function):
 
     keeps_inputs = False
 
-    def __init__(self, dtype):
-        self.dtype = dtype
+    def __init__(self, dtype: Any) -> None:
+        self.dtype: Any = dtype
 
-    def forward(self, x):
-        self.x_dtype = x.dtype
+    def forward(self, x: Any) -> Any:
+        """y = x as `dtype`."""
+        self.x_dtype: Any = x.dtype
         return self.xp.astype(x, self.dtype)
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> Variable:
+        """gx = gy as x's dtype."""
         return _cast(gy, self.x_dtype)
 
 
@@ -547,10 +619,10 @@ def _copy(x: Variable) -> Variable:
 
 # --- DeZero compatibility: the other names `dezero.core` exports ----------------------------------------
 
-array_types = (np.ndarray,)  # DeZero's host array type; the engine itself takes any array-API array
+array_types: tuple[type, ...] = (np.ndarray,)  # DeZero's host array type; the engine itself takes any array-API array
 
 # DeZero's arithmetic Function classes (Add, Mul, ...), registered by xdezero.functions, which defines them.
-dezero_classes: dict[str, type] = {}
+dezero_classes: dict[str, type[Function]] = {}
 
 
 def __getattr__(name: str) -> Any:

@@ -49,6 +49,7 @@ def as_array(x: Any) -> np.ndarray:
 
 
 def as_variable(obj: Any) -> Variable:
+    """`obj` if it is a Variable, else a Variable wrapping the NumPy array `obj`."""
     return obj if isinstance(obj, Variable) else Variable(obj)
 
 
@@ -60,26 +61,30 @@ class Variable:
     def __init__(self, data: np.ndarray | None, name: str | None = None) -> None:
         if data is not None and not isinstance(data, np.ndarray):
             raise TypeError(f"core_simple.Variable holds a NumPy array, got {type(data).__name__}")
-        self.data = data
-        self.name = name
+        self.data: np.ndarray | None = data
+        self.name: str | None = name
         self.grad: np.ndarray | None = None
         self.creator: Function | None = None
-        self.generation = 0
+        self.generation: int = 0
 
     @property
-    def shape(self) -> tuple:
+    def shape(self) -> tuple[int, ...]:
+        """The array's shape."""
         return self.data.shape
 
     @property
     def ndim(self) -> int:
+        """The number of dimensions."""
         return self.data.ndim
 
     @property
     def size(self) -> int:
+        """The number of elements."""
         return self.data.size
 
     @property
-    def dtype(self) -> np.dtype:
+    def dtype(self) -> np.dtype[Any]:
+        """The array's NumPy dtype."""
         return self.data.dtype
 
     def __len__(self) -> int:
@@ -91,6 +96,7 @@ class Variable:
         return "variable(" + str(self.data).replace("\n", "\n" + " " * 9) + ")"
 
     def cleargrad(self) -> None:
+        """Forget the gradient (`.grad = None`), before the next backward pass."""
         self.grad = None
 
     def backward(self, retain_grad: bool = False) -> None:
@@ -150,6 +156,11 @@ class Variable:
 class Function:
     """Call on Variables or arrays: `forward` on NumPy arrays, `backward` on NumPy arrays (one per input)."""
 
+    # Set by a call made with backprop enabled.
+    generation: int
+    inputs: list[Variable]
+    outputs: list[weakref.ref[Variable]]
+
     def __call__(self, *inputs: Any) -> Variable | list[Variable]:
         inputs = [as_variable(as_array(x)) for x in inputs]
         ys = self.forward(*[x.data for x in inputs])
@@ -166,29 +177,35 @@ class Function:
         return outputs if len(outputs) > 1 else outputs[0]
 
     def forward(self, *xs: np.ndarray) -> Any:
+        """The op on the inputs' arrays: an array, or a tuple of arrays."""
         raise NotImplementedError(f"{type(self).__name__}.forward")
 
     def backward(self, *gys: np.ndarray) -> Any:
+        """The inputs' gradients (arrays) from the outputs' gradients: one array, or a tuple of them."""
         raise NotImplementedError(f"{type(self).__name__}.backward")
 
 
 class Add(Function):
     """y = x0 + x1."""
 
-    def forward(self, x0, x1):
+    def forward(self, x0: Any, x1: Any) -> Any:
+        """y = x0 + x1."""
         return x0 + x1
 
-    def backward(self, gy):
+    def backward(self, gy: Any) -> tuple[Any, Any]:
+        """gx0, gx1 = gy, gy."""
         return gy, gy
 
 
 class Mul(Function):
     """y = x0 * x1."""
 
-    def forward(self, x0, x1):
+    def forward(self, x0: Any, x1: Any) -> Any:
+        """y = x0 * x1."""
         return x0 * x1
 
-    def backward(self, gy):
+    def backward(self, gy: Any) -> tuple[Any, Any]:
+        """gx0, gx1 = gy x1, gy x0."""
         x0, x1 = self.inputs[0].data, self.inputs[1].data
         return gy * x1, gy * x0
 
@@ -196,30 +213,36 @@ class Mul(Function):
 class Neg(Function):
     """y = -x."""
 
-    def forward(self, x):
+    def forward(self, x: Any) -> Any:
+        """y = -x."""
         return -x
 
-    def backward(self, gy):
+    def backward(self, gy: Any) -> Any:
+        """gx = -gy."""
         return -gy
 
 
 class Sub(Function):
     """y = x0 - x1."""
 
-    def forward(self, x0, x1):
+    def forward(self, x0: Any, x1: Any) -> Any:
+        """y = x0 - x1."""
         return x0 - x1
 
-    def backward(self, gy):
+    def backward(self, gy: Any) -> tuple[Any, Any]:
+        """gx0, gx1 = gy, -gy."""
         return gy, -gy
 
 
 class Div(Function):
     """y = x0 / x1; dy/dx0 = 1 / x1, dy/dx1 = -x0 / x1²."""
 
-    def forward(self, x0, x1):
+    def forward(self, x0: Any, x1: Any) -> Any:
+        """y = x0 / x1."""
         return x0 / x1
 
-    def backward(self, gy):
+    def backward(self, gy: Any) -> tuple[Any, Any]:
+        """gx0, gx1 = gy / x1, -gy x0 / x1²."""
         x0, x1 = self.inputs[0].data, self.inputs[1].data
         return gy / x1, gy * (-x0 / x1**2)
 
@@ -228,45 +251,55 @@ class Pow(Function):
     """y = x ** c for a constant c; dy/dx = c x^(c-1)."""
 
     def __init__(self, c: Any) -> None:
-        self.c = c
+        self.c: Any = c
 
-    def forward(self, x):
+    def forward(self, x: Any) -> Any:
+        """y = x ** c."""
         return x**self.c
 
-    def backward(self, gy):
+    def backward(self, gy: Any) -> Any:
+        """gx = c x^(c-1) gy."""
         x = self.inputs[0].data
         return self.c * x ** (self.c - 1) * gy
 
 
 def add(x0: Any, x1: Any) -> Variable:
+    """x0 + x1."""
     return Add()(x0, as_array(x1))
 
 
 def mul(x0: Any, x1: Any) -> Variable:
+    """x0 * x1."""
     return Mul()(x0, as_array(x1))
 
 
 def neg(x: Any) -> Variable:
+    """-x."""
     return Neg()(x)
 
 
 def sub(x0: Any, x1: Any) -> Variable:
+    """x0 - x1."""
     return Sub()(x0, as_array(x1))
 
 
 def rsub(x0: Any, x1: Any) -> Variable:
+    """x1 - x0 (the reflected subtraction)."""
     return Sub()(as_array(x1), x0)
 
 
 def div(x0: Any, x1: Any) -> Variable:
+    """x0 / x1."""
     return Div()(x0, as_array(x1))
 
 
 def rdiv(x0: Any, x1: Any) -> Variable:
+    """x1 / x0 (the reflected division)."""
     return Div()(as_array(x1), x0)
 
 
 def pow(x: Any, c: Any) -> Variable:
+    """x ** c for a constant c."""
     return Pow(c)(x)
 
 

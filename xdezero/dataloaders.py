@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -54,28 +54,28 @@ class DataLoader:
         *,
         seed: int | np.random.Generator | None = None,
     ) -> None:
-        self.dataset = dataset
-        self.batch_size = _check_batch_size(type(self).__name__, batch_size)
-        self.shuffle = shuffle
-        self.gpu = gpu
-        self.device = None  # set by to_device; the batches' library is then self.library
-        self.library = None
-        self.data_size = len(dataset)
-        self.max_iter = math.ceil(self.data_size / self.batch_size)
-        self.rng = None if seed is None or not shuffle else make_rng(seed)
-        self.epoch = 0  # epochs completed
+        self.dataset: Any = dataset
+        self.batch_size: int = _check_batch_size(type(self).__name__, batch_size)
+        self.shuffle: bool = shuffle
+        self.gpu: bool = gpu
+        self.device: Any = None  # set by to_device; the batches' library is then self.library
+        self.library: str | None = None
+        self.data_size: int = len(dataset)
+        self.max_iter: int = math.ceil(self.data_size / self.batch_size)
+        self.rng: np.random.Generator | None = None if seed is None or not shuffle else make_rng(seed)
+        self.epoch: int = 0  # epochs completed
         self._resumed = False  # set by load_state_dict: the next loop continues the restored epoch
         self.reset()
 
     def reset(self) -> None:
         """Start a new epoch (a new order when shuffling)."""
-        self.iteration = 0
-        if self.shuffle:
-            self.index = (np.random if self.rng is None else self.rng).permutation(self.data_size)
+        self.iteration: int = 0  # batches taken in this epoch
+        if self.shuffle:  # index: this epoch's order of the examples
+            self.index: np.ndarray = (np.random if self.rng is None else self.rng).permutation(self.data_size)
         else:
             self.index = np.arange(self.data_size)
 
-    def __iter__(self) -> DataLoader:
+    def __iter__(self) -> Self:
         # A new loop over a partly consumed epoch starts afresh; a finished epoch has already been reset, so
         # a loop after a complete one draws no extra permutation (the order for a seed stays as it was).
         if self.iteration and not self._resumed:
@@ -88,6 +88,7 @@ class DataLoader:
         return self.index[i * b : (i + 1) * b]
 
     def __next__(self) -> tuple[Any, Any]:
+        """The next batch (x, t), t None when the data set has no labels; StopIteration ends the epoch."""
         if self.iteration >= self.max_iter:
             self.epoch += 1
             self.reset()
@@ -104,9 +105,11 @@ class DataLoader:
         return x, t
 
     def next(self) -> tuple[Any, Any]:
+        """The next batch (x, t) (DeZero's name for `__next__`)."""
         return self.__next__()
 
     def __len__(self) -> int:
+        """The number of batches in one epoch."""
         return self.max_iter
 
     # --- state ------------------------------------------------------------------------------

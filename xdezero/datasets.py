@@ -167,17 +167,24 @@ def _identity(x: Any) -> Any:
 class Dataset:
     """Examples `(transform(data[i]), target_transform(label[i]))`; subclasses fill `data`/`label` in `prepare`."""
 
+    data: Any  # the examples (an array, or anything indexable), None until `prepare` fills it
+    label: Any  # their labels, None for a data set without labels
+
     def __init__(
-        self, train: bool = True, transform: Callable | None = None, target_transform: Callable | None = None
+        self,
+        train: bool = True,
+        transform: Callable[[Any], Any] | None = None,
+        target_transform: Callable[[Any], Any] | None = None,
     ) -> None:
-        self.train = train
-        self.transform = _identity if transform is None else transform
-        self.target_transform = _identity if target_transform is None else target_transform
-        self.data: Any = None
-        self.label: Any = None
+        self.train: bool = train
+        self.transform: Callable[[Any], Any] = _identity if transform is None else transform
+        self.target_transform: Callable[[Any], Any] = _identity if target_transform is None else target_transform
+        self.data = None
+        self.label = None
         self.prepare()
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
+        """Example `index` as (x, t), t None when the data set has no labels."""
         if not isinstance(index, int | np.integer):
             raise TypeError(
                 f"{type(self).__name__}[index] takes one integer index (use a DataLoader for batches), "
@@ -189,6 +196,7 @@ class Dataset:
         return x, self.target_transform(self.label[index])
 
     def __len__(self) -> int:
+        """The number of examples."""
         if self.data is None:
             return 0
         return len(self.data)
@@ -221,7 +229,11 @@ def get_spiral(train: bool = True) -> tuple[np.ndarray, np.ndarray]:
 class Spiral(Dataset):
     """The spiral data set of `get_spiral` (300 points, 3 classes)."""
 
+    data: np.ndarray  # float32 (300, 2) points
+    label: np.ndarray  # int64 (300,) classes
+
     def prepare(self) -> None:
+        """Draw the spiral points (see `get_spiral`)."""
         self.data, self.label = get_spiral(self.train)
 
 
@@ -232,7 +244,11 @@ class SinCurve(Dataset):
     `np.random.seed` for a fixed data set, and the numbers drawn after it stay DeZero's).
     """
 
+    data: np.ndarray  # float64 (999, 1) values y[k]
+    label: np.ndarray  # float64 (999, 1) values y[k + 1]
+
     def prepare(self) -> None:
+        """Sample the noisy curve."""
         x = np.linspace(0, 2 * np.pi, 1000)
         noise = np.random.uniform(-0.05, 0.05, size=x.shape)
         if self.train:
@@ -278,7 +294,7 @@ def _check_idx_header(path: Path) -> None:
         raise ValueError(f"{path} is gzip data but not an MNIST (IDX) file: bad magic number {magic.hex() or 'none'}")
 
 
-def locate_mnist(folder: str | os.PathLike | None = None, *, test_only: bool = False) -> Path:
+def locate_mnist(folder: str | os.PathLike[str] | None = None, *, test_only: bool = False) -> Path:
     """The folder holding MNIST's four files (`MNIST_FILES`), each checked before anything reads it; with
     `test_only`, only the test split's two (what an evaluation reads: the 60,000 training images are not fetched).
 
@@ -355,20 +371,24 @@ class MNIST(Dataset):
     MNIST-format files of your own instead (see `locate_mnist`, which checks a folder before use).
     """
 
+    data: np.ndarray  # uint8 (N, 1, 28, 28) images
+    label: np.ndarray  # uint8 (N,) digits
+
     def __init__(
         self,
         train: bool = True,
-        transform: Callable | None = _MNIST_TRANSFORM,
-        target_transform: Callable | None = None,
+        transform: Callable[[Any], Any] | None = _MNIST_TRANSFORM,
+        target_transform: Callable[[Any], Any] | None = None,
         *,
-        folder: str | os.PathLike | None = None,
+        folder: str | os.PathLike[str] | None = None,
     ) -> None:
-        self.folder = None if folder is None else Path(folder)
+        self.folder: Path | None = None if folder is None else Path(folder)
         super().__init__(train, transform, target_transform)
 
     def prepare(self) -> None:
+        """Read the split's images and labels (downloaded into the cache folder unless `folder` is given)."""
         prefix = "train" if self.train else "t10k"
-        paths = {}
+        paths: dict[str, str | Path] = {}
         for kind in ("images-idx3", "labels-idx1"):
             name = f"{prefix}-{kind}-ubyte.gz"
             if self.folder is None:
@@ -397,6 +417,7 @@ class MNIST(Dataset):
 
     @staticmethod
     def labels() -> dict[int, str]:
+        """{class id: name}: the digits' names."""
         return {i: str(i) for i in range(10)}
 
 
@@ -431,7 +452,7 @@ class _SafeUnpickler(pickle.Unpickler):
             ) from None
 
 
-def _load_pickle(stream: Any) -> dict:
+def _load_pickle(stream: Any) -> dict[str, Any]:
     obj = _SafeUnpickler(stream, encoding="bytes").load()
     if not isinstance(obj, dict):
         raise ValueError(f"expected a pickled dict in the CIFAR archive, found {type(obj).__name__}")
@@ -444,16 +465,19 @@ class CIFAR10(Dataset):
     The default transform maps each pixel to float32 in [-1, 1]; `transform=None` gives the raw uint8 images.
     """
 
+    data: np.ndarray  # uint8 (N, 3, 32, 32) images
+    label: np.ndarray  # int64 (N,) classes
+
     url = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
     checksum = "md5:c58f30108f718f92721af3b95e74349a"
-    train_members = tuple(f"cifar-10-batches-py/data_batch_{i}" for i in range(1, 6))
-    test_members = ("cifar-10-batches-py/test_batch",)
+    train_members: tuple[str, ...] = tuple(f"cifar-10-batches-py/data_batch_{i}" for i in range(1, 6))
+    test_members: tuple[str, ...] = ("cifar-10-batches-py/test_batch",)
 
     def __init__(
         self,
         train: bool = True,
-        transform: Callable | None = _CIFAR_TRANSFORM,
-        target_transform: Callable | None = None,
+        transform: Callable[[Any], Any] | None = _CIFAR_TRANSFORM,
+        target_transform: Callable[[Any], Any] | None = None,
     ) -> None:
         super().__init__(train, transform, target_transform)
 
@@ -461,9 +485,11 @@ class CIFAR10(Dataset):
         return "labels"
 
     def prepare(self) -> None:
+        """Read the split's batches from the archive (downloaded into the cache folder on first use)."""
         path = get_file(self.url, checksum=self.checksum)
         members = self.train_members if self.train else self.test_members
-        data, labels = [], []
+        data: list[np.ndarray] = []
+        labels: list[np.ndarray] = []
         with tarfile.open(path, "r:gz") as tar:
             for member in members:
                 try:
@@ -480,6 +506,7 @@ class CIFAR10(Dataset):
 
     @staticmethod
     def labels() -> dict[int, str]:
+        """{class id: name} for the 10 classes."""
         names = "airplane automobile bird cat deer dog frog horse ship truck".split()
         return dict(enumerate(names))
 
@@ -489,19 +516,19 @@ class CIFAR100(CIFAR10):
 
     url = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
     checksum = "md5:eb9058c3a382ffc7106e4002c42a8d85"
-    train_members = ("cifar-100-python/train",)
-    test_members = ("cifar-100-python/test",)
+    train_members: tuple[str, ...] = ("cifar-100-python/train",)
+    test_members: tuple[str, ...] = ("cifar-100-python/test",)
 
     def __init__(
         self,
         train: bool = True,
-        transform: Callable | None = _CIFAR_TRANSFORM,
-        target_transform: Callable | None = None,
+        transform: Callable[[Any], Any] | None = _CIFAR_TRANSFORM,
+        target_transform: Callable[[Any], Any] | None = None,
         label_type: str = "fine",
     ) -> None:
         if label_type not in ("fine", "coarse"):
             raise ValueError(f"CIFAR100: label_type must be 'fine' or 'coarse', got {label_type!r}")
-        self.label_type = label_type
+        self.label_type: str = label_type
         super().__init__(train, transform, target_transform)
 
     def _label_key(self) -> str:
@@ -548,10 +575,14 @@ class Shakespear(Dataset):
     (DeZero's spelling of the name.)
     """
 
+    data: np.ndarray  # int64 ids of characters 0 .. n - 2
+    label: np.ndarray  # int64 ids of characters 1 .. n - 1
+
     url = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
     file_name = "shakespear.txt"
 
     def prepare(self) -> None:
+        """Read the text (downloaded into the cache folder on first use) and number its characters."""
         path = get_file(self.url, self.file_name)
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -560,7 +591,7 @@ class Shakespear(Dataset):
         self.char_to_id: dict[str, int] = {}
         for c in text:
             self.char_to_id.setdefault(c, len(self.char_to_id))
-        self.id_to_char = {i: c for c, i in self.char_to_id.items()}
+        self.id_to_char: dict[int, str] = {i: c for c, i in self.char_to_id.items()}
         ids = np.fromiter((self.char_to_id[c] for c in text), dtype=np.int64, count=len(text))
         self.data = ids[:-1]
         self.label = ids[1:]

@@ -6,6 +6,7 @@ classes take the forward Function they differentiate) and compute what the engin
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from xdezero import backends
@@ -60,18 +61,27 @@ __all__ = [
 class Conv2d(conv.Conv2d):
     """conv2d as a Function: `Conv2d(stride, pad)(x, W[, b])`."""
 
-    def __init__(self, stride: Any = 1, pad: Any = 0):
+    def __init__(self, stride: int | tuple[int, int] = 1, pad: int | tuple[int, int] = 0) -> None:
         super().__init__(pair(stride, "Conv2d: stride", minimum=1), pair(pad, "Conv2d: pad", minimum=0))
 
 
 class Deconv2d(conv.Deconv2d):
     """deconv2d as a Function: `Deconv2d(stride, pad, outsize)(x, W[, b])`; outsize None: the smallest."""
 
-    def __init__(self, stride: Any = 1, pad: Any = 0, outsize: Any = None):
+    requested_outsize: tuple[int, int] | None  # None: the smallest, computed per call
+    outsize: tuple[int, ...]  # resolved by forward
+
+    def __init__(
+        self,
+        stride: int | tuple[int, int] = 1,
+        pad: int | tuple[int, int] = 0,
+        outsize: int | tuple[int, int] | None = None,
+    ) -> None:
         super().__init__(pair(stride, "Deconv2d: stride", minimum=1), pair(pad, "Deconv2d: pad", minimum=0), None)
         self.requested_outsize = None if outsize is None else pair(outsize, "Deconv2d: outsize", minimum=1)
 
-    def forward(self, x, W, b=None):
+    def forward(self, x: Any, W: Any, b: Any = None) -> Any:
+        """y = Wᵀ ⋆ x + b, with outsize resolved for this x when none was requested."""
         if self.requested_outsize is None:
             hw = x.shape[2:]
             self.outsize = tuple(
@@ -85,7 +95,7 @@ class Deconv2d(conv.Deconv2d):
 class Conv2DGradW(conv.Conv2DGradW):
     """The weight gradient of a conv2d node: `Conv2DGradW(conv2d_function)(x, gy)` gives gW."""
 
-    def __init__(self, conv2d: Any):
+    def __init__(self, conv2d: conv.Conv2d) -> None:
         W = conv2d.inputs[1]
         super().__init__(tuple(W.shape[2:]), pair(conv2d.stride), pair(conv2d.pad))
 
@@ -93,7 +103,9 @@ class Conv2DGradW(conv.Conv2DGradW):
 class Pooling(conv.Pooling):
     """Max pooling as a Function: `Pooling(kernel_size, stride, pad)(x)`."""
 
-    def __init__(self, kernel_size: Any, stride: Any = 1, pad: Any = 0):
+    def __init__(
+        self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] = 1, pad: int | tuple[int, int] = 0
+    ) -> None:
         super().__init__(
             pair(kernel_size, "Pooling: kernel_size", minimum=1),
             pair(stride, "Pooling: stride", minimum=1),
@@ -104,7 +116,9 @@ class Pooling(conv.Pooling):
 class AveragePooling(conv.AveragePooling):
     """Average pooling as a Function: `AveragePooling(kernel_size, stride, pad)(x)`."""
 
-    def __init__(self, kernel_size: Any, stride: Any = 1, pad: Any = 0):
+    def __init__(
+        self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] = 1, pad: int | tuple[int, int] = 0
+    ) -> None:
         super().__init__(
             pair(kernel_size, "AveragePooling: kernel_size", minimum=1),
             pair(stride, "AveragePooling: stride", minimum=1),
@@ -119,18 +133,37 @@ Pooling2DWithIndexes = conv.PoolingWithIndexes
 class Im2col(conv.Im2col):
     """im2col as a Function: `Im2col(kernel_size, stride, pad, to_matrix)(x)`."""
 
-    def __init__(self, kernel_size: Any, stride: Any, pad: Any, to_matrix: bool):
+    def __init__(
+        self,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int],
+        pad: int | tuple[int, int],
+        to_matrix: bool,
+    ) -> None:
         super().__init__(pair(kernel_size), pair(stride), pair(pad), to_matrix)
 
 
 class Col2im(conv.Col2im):
     """col2im as a Function: `Col2im(input_shape, kernel_size, stride, pad, to_matrix)(col)`."""
 
-    def __init__(self, input_shape: tuple, kernel_size: Any, stride: Any, pad: Any, to_matrix: bool):
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int],
+        pad: int | tuple[int, int],
+        to_matrix: bool,
+    ) -> None:
         super().__init__(tuple(input_shape), pair(kernel_size), pair(stride), pair(pad), to_matrix)
 
 
-def im2col_array(img: Any, kernel_size: Any, stride: Any, pad: Any, to_matrix: bool = True) -> Any:
+def im2col_array(
+    img: Any,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int],
+    pad: int | tuple[int, int],
+    to_matrix: bool = True,
+) -> Any:
     """The windows of the raw image array `img` (N, C, H, W): (N·OH·OW, C·KH·KW) with `to_matrix`,
     else (N, C, KH, KW, OH, OW); rows in (n, oh, ow) order, columns in (c, kh, kw) order, as in DeZero."""
     xp = backends.array_namespace(img)
@@ -141,7 +174,14 @@ def im2col_array(img: Any, kernel_size: Any, stride: Any, pad: Any, to_matrix: b
     return xp.reshape(xp.permute_dims(col, (0, 4, 5, 1, 2, 3)), (n * oh * ow, c * kh * kw))
 
 
-def col2im_array(col: Any, img_shape: tuple, kernel_size: Any, stride: Any, pad: Any, to_matrix: bool = True) -> Any:
+def col2im_array(
+    col: Any,
+    img_shape: Sequence[int],
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int],
+    pad: int | tuple[int, int],
+    to_matrix: bool = True,
+) -> Any:
     """The adjoint of `im2col_array`: the windows in `col` summed back into a raw array of `img_shape`."""
     xp = backends.array_namespace(col)
     kernel, stride, pad = pair(kernel_size), pair(stride), pair(pad)

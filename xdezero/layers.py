@@ -16,12 +16,12 @@ import numbers
 import os
 import weakref
 from collections.abc import Callable, Iterator
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 import xdezero.functions as F
-from xdezero._files import atomic_write, opened, read_entry, read_text, write_npz
+from xdezero._files import FileLike, atomic_write, opened, read_entry, read_text, write_npz
 from xdezero.backends import (
     Bits,
     array_namespace,
@@ -63,14 +63,14 @@ def _size(owner: str, name: str, value: Any) -> int:
     return int(value)
 
 
-def _weak(x: Any) -> weakref.ref | Callable[[], None]:
+def _weak(x: Any) -> Callable[[], Any]:
     try:
         return weakref.ref(x)
     except TypeError:  # an object without weak reference support counts as already freed
         return lambda: None
 
 
-def _lazy_parameter(name: str, shape: tuple, dtype: Any) -> Parameter:
+def _lazy_parameter(name: str, shape: tuple[int | None, ...], dtype: Any) -> Parameter:
     """A Parameter whose data is created on the first input; `shape` may hold None for the unknown sizes.
 
     The expected shape and dtype let `load_weights` fill (and validate) it before the first call.
@@ -92,6 +92,9 @@ class Layer:
     """
 
     _placed = False  # set once the layer's own parameters have followed its first input
+    # Weak references to the last call's inputs and outputs (DeZero's), set by `__call__`.
+    inputs: list[Callable[[], Any]]
+    outputs: list[Callable[[], Any]]
 
     def __init__(self) -> None:
         object.__setattr__(self, "_params", {})  # attribute names, in insertion order (a dict used as a set)
@@ -111,7 +114,8 @@ class Layer:
         self.__dict__.get("_params", {}).pop(name, None)
         object.__delattr__(self, name)
 
-    def __call__(self, *inputs: Any) -> Any:
+    def __call__(self, *inputs: Any) -> Variable:
+        """Run `forward` on `inputs`; a layer whose forward returns several outputs returns them as a tuple."""
         if not self._placed:
             self._follow_first_input(inputs)
         outputs = self.forward(*inputs)
@@ -119,12 +123,15 @@ class Layer:
             outputs = (outputs,)
         object.__setattr__(self, "inputs", [_weak(x) for x in inputs])
         object.__setattr__(self, "outputs", [_weak(y) for y in outputs])
-        return outputs if len(outputs) > 1 else outputs[0]
+        # Typed for the one output that every layer here has; several come back as the tuple (see the docstring).
+        return outputs if len(outputs) > 1 else outputs[0]  # pyright: ignore[reportReturnType, reportGeneralTypeIssues]
 
-    def forward(self, *inputs: Any) -> Any:
+    # Gradual signature (`*args: Any, **kwargs: Any`), so a subclass declares its own parameters as an override.
+    def forward(self, *inputs: Any, **kwargs: Any) -> Any:
+        """The computation on `inputs` (Variables or arrays): a Variable, or a tuple of them; subclasses define it."""
         raise NotImplementedError(f"{type(self).__name__} does not implement forward")
 
-    def _follow_first_input(self, inputs: tuple) -> None:
+    def _follow_first_input(self, inputs: tuple[Any, ...]) -> None:
         """Move this layer's own NumPy-created parameters to the library and device of its first input."""
         like = next((_raw(x) for x in inputs if _raw(x) is not None), None)
         if like is None or isinstance(like, np.ndarray) or not hasattr(like, "shape"):
@@ -141,7 +148,7 @@ class Layer:
         """(path, Parameter) pairs, paths joined by '/' (`l1/W`), in registration order."""
         return self._named_params("", set())
 
-    def _named_params(self, prefix: str, seen: set) -> Iterator[tuple[str, Parameter]]:
+    def _named_params(self, prefix: str, seen: set[int]) -> Iterator[tuple[str, Parameter]]:
         seen.add(id(self))
         for name in self.__dict__.get("_params", ()):
             obj = self.__dict__[name]
@@ -158,7 +165,7 @@ class Layer:
         """This layer and every layer registered under it, each once, in registration order (depth first)."""
         return self._sublayers(set())
 
-    def _sublayers(self, seen: set) -> Iterator[Layer]:
+    def _sublayers(self, seen: set[int]) -> Iterator[Layer]:
         seen.add(id(self))
         yield self
         for name in self.__dict__.get("_params", ()):
@@ -172,18 +179,19 @@ class Layer:
             yield p
 
     def cleargrads(self) -> None:
+        """Reset the gradient of every parameter to None."""
         for p in self.params():
             p.cleargrad()
 
     # DeZero's name for the flattening; kept for code written against it.
-    def _flatten_params(self, params_dict: dict, parent_key: str = "") -> None:
+    def _flatten_params(self, params_dict: dict[str, Parameter], parent_key: str = "") -> None:
         for key, p in self._named_params(parent_key, set()):
             params_dict[key] = p
 
     # --- devices ----------------------------------------------------------------------------
     def _move(self, move: Callable[[Any], Any], what: str) -> Layer:
         # Every array is moved before any is assigned: a failure leaves the layer as it was.
-        moved = []
+        moved: list[tuple[Parameter, Any, Variable | None]] = []
         for key, p in self.named_params():
             try:
                 data = None if p.data is None else move(p.data)
@@ -221,7 +229,7 @@ class Layer:
     def state_dict(self) -> dict[str, Any]:
         """Every parameter's array by its path (`l1/W`), BatchNorm's running statistics included: the arrays
         themselves, in their library and on their device (updates rebind them, so the dict keeps this moment)."""
-        state = {}
+        state: dict[str, Any] = {}
         for key, p in self.named_params():
             if p.data is None:
                 raise ValueError(
@@ -250,7 +258,7 @@ class Layer:
         self.__dict__.update(state)
 
     # --- weights on disk --------------------------------------------------------------------
-    def save_weights(self, file: str | os.PathLike | IO[bytes]) -> None:
+    def save_weights(self, file: FileLike) -> None:
         """Write every parameter to a NumPy `.npz` file (keys like `l1/W`): a path, written atomically (through
         a symlink to its target), or a writable binary file object.
 
@@ -278,7 +286,7 @@ class Layer:
             file = file if file.endswith(".npz") else file + ".npz"
         atomic_write(file, lambda f: write_npz(f, arrays), "save_weights")
 
-    def load_weights(self, file: str | os.PathLike | IO[bytes]) -> None:
+    def load_weights(self, file: FileLike) -> None:
         """Load a `.npz` file written by `save_weights` (or DeZero), a path or a binary file object, into the
         parameters, in place.
 
@@ -349,17 +357,19 @@ def _staged_array(a: Any, key: str, p: Parameter, where: str) -> Any:
 class Linear(Layer):
     """y = x W + b, W of shape (in_size, out_size); in_size is taken from the first input when not given."""
 
-    def __init__(self, out_size: int, nobias: bool = False, dtype: Any = np.float32, in_size: int | None = None):
+    def __init__(
+        self, out_size: int, nobias: bool = False, dtype: Any = np.float32, in_size: int | None = None
+    ) -> None:
         super().__init__()
         out_size = _size("Linear", "out_size", out_size)
         in_size = None if in_size is None else _size("Linear", "in_size", in_size)
-        self.in_size = in_size
-        self.out_size = out_size
-        self.dtype = dtype
-        self.W = _lazy_parameter("W", (in_size, out_size), dtype)
+        self.in_size: int | None = in_size
+        self.out_size: int = out_size
+        self.dtype: Any = dtype
+        self.W: Parameter = _lazy_parameter("W", (in_size, out_size), dtype)
         if in_size is not None:
             self._init_W()
-        self.b = None if nobias else Parameter(np.zeros(out_size, dtype=dtype), name="b")
+        self.b: Parameter | None = None if nobias else Parameter(np.zeros(out_size, dtype=dtype), name="b")
 
     def _init_W(self, like: Any = None) -> None:
         n_in, n_out = self.in_size, self.out_size
@@ -367,6 +377,7 @@ class Linear(Layer):
         self.W.data = _on_library_of(W, like)
 
     def forward(self, x: Any) -> Variable:
+        """x W + b for x of shape (N, in_size)."""
         if self.W.data is None:
             self.in_size = x.shape[1]
             self._init_W(_raw(x))
@@ -385,24 +396,24 @@ class _ConvBase(Layer):
         nobias: bool = False,
         dtype: Any = np.float32,
         in_channels: int | None = None,
-    ):
+    ) -> None:
         super().__init__()
         owner = type(self).__name__
         out_channels = _size(owner, "out_channels", out_channels)
         in_channels = None if in_channels is None else _size(owner, "in_channels", in_channels)
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel_size = kernel_size
-        self.stride = stride
-        self.pad = pad
-        self.dtype = dtype
+        self.in_channels: int | None = in_channels
+        self.out_channels: int = out_channels
+        self.kernel_size: int | tuple[int, int] = kernel_size
+        self.stride: int | tuple[int, int] = stride
+        self.pad: int | tuple[int, int] = pad
+        self.dtype: Any = dtype
         self._kernel = pair(kernel_size, f"{owner}: kernel_size", minimum=1)
-        self.W = _lazy_parameter("W", self._w_shape(in_channels), dtype)
+        self.W: Parameter = _lazy_parameter("W", self._w_shape(in_channels), dtype)
         if in_channels is not None:
             self._init_W()
-        self.b = None if nobias else Parameter(np.zeros(out_channels, dtype=dtype), name="b")
+        self.b: Parameter | None = None if nobias else Parameter(np.zeros(out_channels, dtype=dtype), name="b")
 
-    def _w_shape(self, in_channels: int | None) -> tuple:
+    def _w_shape(self, in_channels: int | None) -> tuple[int | None, ...]:
         raise NotImplementedError
 
     def _init_W(self, like: Any = None) -> None:
@@ -420,10 +431,11 @@ class _ConvBase(Layer):
 class Conv2d(_ConvBase):
     """2-D convolution of NCHW inputs; W of shape (out_channels, in_channels, kh, kw)."""
 
-    def _w_shape(self, in_channels):
+    def _w_shape(self, in_channels: int | None) -> tuple[int | None, ...]:
         return (self.out_channels, in_channels, *self._kernel)
 
     def forward(self, x: Any) -> Variable:
+        """The convolution of x (N, C, H, W) with W, plus b."""
         self._prepare(x)
         return F.conv2d(x, self.W, self.b, self.stride, self.pad)
 
@@ -431,10 +443,11 @@ class Conv2d(_ConvBase):
 class Deconv2d(_ConvBase):
     """2-D transposed convolution of NCHW inputs; W of shape (in_channels, out_channels, kh, kw)."""
 
-    def _w_shape(self, in_channels):
+    def _w_shape(self, in_channels: int | None) -> tuple[int | None, ...]:
         return (in_channels, self.out_channels, *self._kernel)
 
     def forward(self, x: Any) -> Variable:
+        """The transposed convolution of x (N, C, H, W) with W, plus b."""
         self._prepare(x)
         return F.deconv2d(x, self.W, self.b, self.stride, self.pad)
 
@@ -442,19 +455,23 @@ class Deconv2d(_ConvBase):
 class RNN(Layer):
     """h' = tanh(x W_x + b + h W_h), keeping h between calls until `reset_state()`."""
 
-    def __init__(self, hidden_size: int, in_size: int | None = None, dtype: Any = np.float32):
+    def __init__(self, hidden_size: int, in_size: int | None = None, dtype: Any = np.float32) -> None:
         super().__init__()
         hidden_size = _size("RNN", "hidden_size", hidden_size)
-        self.x2h = Linear(hidden_size, in_size=in_size, dtype=dtype)
+        self.x2h: Linear = Linear(hidden_size, in_size=in_size, dtype=dtype)
         # Created with the sizes known, as in DeZero: lazily (at the second step) when in_size is not given,
         # so that the weights are drawn in DeZero's order.
-        self.h2h = Linear(hidden_size, in_size=None if in_size is None else hidden_size, nobias=True, dtype=dtype)
-        self.h = None
+        self.h2h: Linear = Linear(
+            hidden_size, in_size=None if in_size is None else hidden_size, nobias=True, dtype=dtype
+        )
+        self.h: Variable | None = None
 
     def reset_state(self) -> None:
+        """Forget the hidden state: the next step starts a new sequence."""
         self.h = None
 
     def forward(self, x: Any) -> Variable:
+        """One time step: the new hidden state h, kept for the next call."""
         a = self.x2h(x)
         if self.h is not None:
             a = a + self.h2h(self.h)
@@ -465,7 +482,17 @@ class RNN(Layer):
 class LSTM(Layer):
     """Long short-term memory: gates f, i, o = σ(x W + h U + b), u = tanh(…); c' = f c + i u; h' = o tanh(c')."""
 
-    def __init__(self, hidden_size: int, in_size: int | None = None, dtype: Any = np.float32):
+    # The gates' Linear layers, registered by `setattr` in `__init__` (x2f: input to gate f, h2f: h to gate f).
+    x2f: Linear
+    x2i: Linear
+    x2o: Linear
+    x2u: Linear
+    h2f: Linear
+    h2i: Linear
+    h2o: Linear
+    h2u: Linear
+
+    def __init__(self, hidden_size: int, in_size: int | None = None, dtype: Any = np.float32) -> None:
         super().__init__()
         H = _size("LSTM", "hidden_size", hidden_size)
         for gate in "fiou":
@@ -475,10 +502,12 @@ class LSTM(Layer):
         self.reset_state()
 
     def reset_state(self) -> None:
-        self.h = None
-        self.c = None
+        """Forget the hidden and cell states: the next step starts a new sequence."""
+        self.h: Variable | None = None
+        self.c: Variable | None = None
 
     def forward(self, x: Any) -> Variable:
+        """One time step: the new hidden state h (the cell state c is kept too, for the next call)."""
         f, i, o, u = (getattr(self, f"x2{g}")(x) for g in "fiou")
         if self.h is not None:
             f = f + self.h2f(self.h)
@@ -495,33 +524,34 @@ class LSTM(Layer):
 class EmbedID(Layer):
     """y = W[x]: rows of W (in_size, out_size) picked by integer ids."""
 
-    def __init__(self, in_size: int, out_size: int, dtype: Any = np.float32):
+    def __init__(self, in_size: int, out_size: int, dtype: Any = np.float32) -> None:
         super().__init__()
         in_size, out_size = _size("EmbedID", "in_size", in_size), _size("EmbedID", "out_size", out_size)
-        self.W = Parameter(np.random.randn(in_size, out_size).astype(dtype), name="W")
+        self.W: Parameter = Parameter(np.random.randn(in_size, out_size).astype(dtype), name="W")
 
     def forward(self, x: Any) -> Variable:
+        """The rows of W picked by the integer ids x."""
         return F.embed_id(x, self.W)
 
 
 class BatchNorm(Layer):
     """Batch normalization over axis 0 (and the spatial axes of NCHW inputs), with running statistics."""
 
-    def __init__(self, decay: float = 0.9, eps: float = 2e-5):
+    def __init__(self, decay: float = 0.9, eps: float = 2e-5) -> None:
         super().__init__()
         # `not a <= x <= b` is also true for NaN.
         if not isinstance(decay, numbers.Real) or not 0.0 <= decay <= 1.0:
             raise ValueError(f"BatchNorm: decay must be a number in [0, 1], got {decay!r}")
         if not isinstance(eps, numbers.Real) or not 0.0 <= eps < math.inf:
             raise ValueError(f"BatchNorm: eps must be a finite number >= 0, got {eps!r}")
-        self.decay = decay
-        self.eps = eps
+        self.decay: float = decay
+        self.eps: float = eps
         # Running statistics are Parameters (as in DeZero) so they are saved, loaded and moved with the rest;
         # they never get a gradient, so optimizers leave them alone.
-        self.avg_mean = _lazy_parameter("avg_mean", (None,), None)
-        self.avg_var = _lazy_parameter("avg_var", (None,), None)
-        self.gamma = _lazy_parameter("gamma", (None,), None)
-        self.beta = _lazy_parameter("beta", (None,), None)
+        self.avg_mean: Parameter = _lazy_parameter("avg_mean", (None,), None)
+        self.avg_var: Parameter = _lazy_parameter("avg_var", (None,), None)
+        self.gamma: Parameter = _lazy_parameter("gamma", (None,), None)
+        self.beta: Parameter = _lazy_parameter("beta", (None,), None)
 
     def _init_params(self, x: Any) -> None:
         xp = array_namespace(x)
@@ -536,6 +566,7 @@ class BatchNorm(Layer):
             self.beta.data = xp.zeros((D,), dtype=dtype, device=device)
 
     def forward(self, x: Any) -> Variable:
+        """γ x̂ + β, x̂ normalized by the batch's statistics (training) or the running ones (test mode)."""
         self._init_params(_raw(x))
         # F.batch_norm rebinds the running statistics' `.data` (never writes into the arrays) in train mode.
         return F.batch_norm(x, self.gamma, self.beta, self.avg_mean, self.avg_var, self.decay, self.eps)

@@ -41,14 +41,15 @@ class Sequential(Model):
 
     def __init__(self, *layers: Layer | Callable[[Any], Any]) -> None:
         super().__init__()
-        self.layers = []
+        self.layers: list[Layer | Callable[[Any], Any]] = []
         for i, layer in enumerate(layers):
             if not callable(layer):
                 raise TypeError(f"Sequential: item {i} is a {type(layer).__name__}, not a Layer or function")
             setattr(self, f"l{i}", layer)  # registered only when it is a Layer; functions are just called
             self.layers.append(layer)
 
-    def forward(self, x: Any) -> Any:
+    def forward(self, x: Any) -> Variable:
+        """x through every layer in order."""
         for layer in self.layers:
             x = layer(x)
         return x
@@ -59,20 +60,21 @@ class MLP(Model):
 
     def __init__(self, fc_output_sizes: Sequence[int], activation: Callable[[Any], Variable] = F.sigmoid) -> None:
         super().__init__()
-        self.activation = activation
-        self.layers = []
+        self.activation: Callable[[Any], Variable] = activation
+        self.layers: list[Linear] = []
         for i, out_size in enumerate(fc_output_sizes):
             layer = Linear(out_size)
             setattr(self, f"l{i}", layer)
             self.layers.append(layer)
 
     def forward(self, x: Any) -> Variable:
+        """The last layer's output (no activation after it)."""
         for layer in self.layers[:-1]:
             x = self.activation(layer(x))
         return self.layers[-1](x)
 
 
-def _weights_path(model_name: str, pretrained: bool | str | os.PathLike | None) -> str | None:
+def _weights_path(model_name: str, pretrained: bool | str | os.PathLike[str] | None) -> str | None:
     """The local weights file named by `pretrained` (checked before the model is built), or None.
 
     True alone cannot be honoured: nothing is downloaded.
@@ -96,21 +98,22 @@ class VGG16(Model):
     `pretrained` may be the path of a local .npz file in DeZero's key layout (`conv1_1/W`, ..., `fc8/b`).
     """
 
-    BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
+    BLOCKS: ClassVar[tuple[tuple[int, int], ...]] = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 
-    def __init__(self, pretrained: bool | str | os.PathLike = False) -> None:
+    def __init__(self, pretrained: bool | str | os.PathLike[str] = False) -> None:
         super().__init__()
         weights = _weights_path("VGG16", pretrained)
         for block, (channels, n) in enumerate(self.BLOCKS, start=1):
             for j in range(1, n + 1):
                 setattr(self, f"conv{block}_{j}", Conv2d(channels, kernel_size=3, stride=1, pad=1))
-        self.fc6 = Linear(4096)
-        self.fc7 = Linear(4096)
-        self.fc8 = Linear(1000)
+        self.fc6: Linear = Linear(4096)
+        self.fc7: Linear = Linear(4096)
+        self.fc8: Linear = Linear(1000)
         if weights:
             self.load_weights(weights)
 
     def forward(self, x: Any) -> Variable:
+        """Class scores (N, 1000) for images x (N, 3, 224, 224)."""
         for block, (_, n) in enumerate(self.BLOCKS, start=1):
             for j in range(1, n + 1):
                 x = F.relu(getattr(self, f"conv{block}_{j}")(x))
@@ -140,23 +143,24 @@ class ResNet(Model):
 
     BLOCKS: ClassVar[dict[int, tuple[int, ...]]] = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
-    def __init__(self, n_layers: int = 152, pretrained: bool | str | os.PathLike = False) -> None:
+    def __init__(self, n_layers: int = 152, pretrained: bool | str | os.PathLike[str] = False) -> None:
         super().__init__()
         if n_layers not in self.BLOCKS:
             raise ValueError(f"ResNet: n_layers must be one of {sorted(self.BLOCKS)}, got {n_layers!r}")
         weights = _weights_path(type(self).__name__, pretrained)
         counts = self.BLOCKS[n_layers]
-        self.conv1 = Conv2d(64, 7, 2, 3)
-        self.bn1 = BatchNorm()
-        self.res2 = BuildingBlock(counts[0], 64, 64, 256, 1)
-        self.res3 = BuildingBlock(counts[1], 256, 128, 512, 2)
-        self.res4 = BuildingBlock(counts[2], 512, 256, 1024, 2)
-        self.res5 = BuildingBlock(counts[3], 1024, 512, 2048, 2)
-        self.fc6 = Linear(1000)
+        self.conv1: Conv2d = Conv2d(64, 7, 2, 3)
+        self.bn1: BatchNorm = BatchNorm()
+        self.res2: BuildingBlock = BuildingBlock(counts[0], 64, 64, 256, 1)
+        self.res3: BuildingBlock = BuildingBlock(counts[1], 256, 128, 512, 2)
+        self.res4: BuildingBlock = BuildingBlock(counts[2], 512, 256, 1024, 2)
+        self.res5: BuildingBlock = BuildingBlock(counts[3], 1024, 512, 2048, 2)
+        self.fc6: Linear = Linear(1000)
         if weights:
             self.load_weights(weights)
 
     def forward(self, x: Any) -> Variable:
+        """Class scores (N, 1000) for images x (N, 3, H, W)."""
         x = F.relu(self.bn1(self.conv1(x)))
         x = F.pooling(x, kernel_size=3, stride=2)
         x = self.res5(self.res4(self.res3(self.res2(x))))
@@ -166,17 +170,23 @@ class ResNet(Model):
 
 
 class ResNet50(ResNet):
-    def __init__(self, pretrained: bool | str | os.PathLike = False) -> None:
+    """ResNet with 50 layers."""
+
+    def __init__(self, pretrained: bool | str | os.PathLike[str] = False) -> None:
         super().__init__(50, pretrained)
 
 
 class ResNet101(ResNet):
-    def __init__(self, pretrained: bool | str | os.PathLike = False) -> None:
+    """ResNet with 101 layers."""
+
+    def __init__(self, pretrained: bool | str | os.PathLike[str] = False) -> None:
         super().__init__(101, pretrained)
 
 
 class ResNet152(ResNet):
-    def __init__(self, pretrained: bool | str | os.PathLike = False) -> None:
+    """ResNet with 152 layers."""
+
+    def __init__(self, pretrained: bool | str | os.PathLike[str] = False) -> None:
         super().__init__(152, pretrained)
 
 
@@ -193,13 +203,14 @@ class BuildingBlock(Layer):
         downsample_fb: bool = False,
     ) -> None:
         super().__init__()
-        self.a = BottleneckA(in_channels, mid_channels, out_channels, stride, downsample_fb)
+        self.a: BottleneckA = BottleneckA(in_channels, mid_channels, out_channels, stride, downsample_fb)
         self._names = ["a"]
         for i in range(1, n_layers):
             setattr(self, f"b{i}", BottleneckB(out_channels, mid_channels))
             self._names.append(f"b{i}")
 
     def forward(self, x: Any) -> Variable:
+        """x through the bottlenecks in order."""
         for name in self._names:
             x = getattr(self, name)(x)
         return x
@@ -215,16 +226,17 @@ class BottleneckA(Layer):
     ) -> None:
         super().__init__()
         stride_1x1, stride_3x3 = (1, stride) if downsample_fb else (stride, 1)
-        self.conv1 = Conv2d(mid_channels, 1, stride_1x1, 0, in_channels=in_channels, nobias=True)
-        self.bn1 = BatchNorm()
-        self.conv2 = Conv2d(mid_channels, 3, stride_3x3, 1, in_channels=mid_channels, nobias=True)
-        self.bn2 = BatchNorm()
-        self.conv3 = Conv2d(out_channels, 1, 1, 0, in_channels=mid_channels, nobias=True)
-        self.bn3 = BatchNorm()
-        self.conv4 = Conv2d(out_channels, 1, stride, 0, in_channels=in_channels, nobias=True)
-        self.bn4 = BatchNorm()
+        self.conv1: Conv2d = Conv2d(mid_channels, 1, stride_1x1, 0, in_channels=in_channels, nobias=True)
+        self.bn1: BatchNorm = BatchNorm()
+        self.conv2: Conv2d = Conv2d(mid_channels, 3, stride_3x3, 1, in_channels=mid_channels, nobias=True)
+        self.bn2: BatchNorm = BatchNorm()
+        self.conv3: Conv2d = Conv2d(out_channels, 1, 1, 0, in_channels=mid_channels, nobias=True)
+        self.bn3: BatchNorm = BatchNorm()
+        self.conv4: Conv2d = Conv2d(out_channels, 1, stride, 0, in_channels=in_channels, nobias=True)
+        self.bn4: BatchNorm = BatchNorm()
 
     def forward(self, x: Any) -> Variable:
+        """relu(residual(x) + projection(x))."""
         h = F.relu(self.bn1(self.conv1(x)))
         h = F.relu(self.bn2(self.conv2(h)))
         h = self.bn3(self.conv3(h))
@@ -236,14 +248,15 @@ class BottleneckB(Layer):
 
     def __init__(self, in_channels: int, mid_channels: int) -> None:
         super().__init__()
-        self.conv1 = Conv2d(mid_channels, 1, 1, 0, in_channels=in_channels, nobias=True)
-        self.bn1 = BatchNorm()
-        self.conv2 = Conv2d(mid_channels, 3, 1, 1, in_channels=mid_channels, nobias=True)
-        self.bn2 = BatchNorm()
-        self.conv3 = Conv2d(in_channels, 1, 1, 0, in_channels=mid_channels, nobias=True)
-        self.bn3 = BatchNorm()
+        self.conv1: Conv2d = Conv2d(mid_channels, 1, 1, 0, in_channels=in_channels, nobias=True)
+        self.bn1: BatchNorm = BatchNorm()
+        self.conv2: Conv2d = Conv2d(mid_channels, 3, 1, 1, in_channels=mid_channels, nobias=True)
+        self.bn2: BatchNorm = BatchNorm()
+        self.conv3: Conv2d = Conv2d(in_channels, 1, 1, 0, in_channels=mid_channels, nobias=True)
+        self.bn3: BatchNorm = BatchNorm()
 
     def forward(self, x: Any) -> Variable:
+        """relu(residual(x) + x)."""
         h = F.relu(self.bn1(self.conv1(x)))
         h = F.relu(self.bn2(self.conv2(h)))
         return F.relu(self.bn3(self.conv3(h)) + x)
@@ -268,11 +281,12 @@ class Fire(Layer):
 
     def __init__(self, squeeze: int, expand1x1: int, expand3x3: int) -> None:
         super().__init__()
-        self.squeeze = Conv2d(squeeze, kernel_size=1)
-        self.expand1x1 = Conv2d(expand1x1, kernel_size=1)
-        self.expand3x3 = Conv2d(expand3x3, kernel_size=3, pad=1)
+        self.squeeze: Conv2d = Conv2d(squeeze, kernel_size=1)
+        self.expand1x1: Conv2d = Conv2d(expand1x1, kernel_size=1)
+        self.expand3x3: Conv2d = Conv2d(expand3x3, kernel_size=3, pad=1)
 
     def forward(self, x: Any) -> Variable:
+        """The two expansions of the squeezed x, concatenated along the channels."""
         s = F.relu(self.squeeze(x))
         return _concat_channels(F.relu(self.expand1x1(s)), F.relu(self.expand3x3(s)))
 
@@ -292,17 +306,18 @@ class SqueezeNet(Model):
         super().__init__()
         if pretrained:
             raise NotImplementedError("SqueezeNet: no pretrained weights are available; use pretrained=False")
-        self.dropout_ratio = dropout_ratio
-        self.conv1 = Conv2d(64, kernel_size=3, stride=2)
+        self.dropout_ratio: float = dropout_ratio
+        self.conv1: Conv2d = Conv2d(64, kernel_size=3, stride=2)
         sizes = [(16, 64), (16, 64), (32, 128), (32, 128), (48, 192), (48, 192), (64, 256), (64, 256)]
-        self.fires = []
+        self.fires: list[Fire] = []
         for i, (squeeze, expand) in enumerate(sizes):
             fire = Fire(squeeze, expand, expand)
             setattr(self, f"fire{i + 2}", fire)
             self.fires.append(fire)
-        self.conv10 = Conv2d(num_classes, kernel_size=1)
+        self.conv10: Conv2d = Conv2d(num_classes, kernel_size=1)
 
     def forward(self, x: Any) -> Variable:
+        """Class scores (N, num_classes) for images x (N, 3, H, W)."""
         x = F.pooling(F.relu(self.conv1(x)), 3, stride=2)
         for i, fire in enumerate(self.fires):
             x = fire(x)

@@ -18,7 +18,7 @@ import math
 import numbers
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Self
 
 from xdezero.backends import array_namespace, dtype_name, fused, place, to_host
 from xdezero.core import Parameter, Variable
@@ -36,7 +36,9 @@ __all__ = [
 ]
 
 
-def _hyper(owner: str, name: str, value: Any, low: float, high: float, *, low_open=False, high_open=False) -> Any:
+def _hyper(
+    owner: str, name: str, value: Any, low: float, high: float, *, low_open: bool = False, high_open: bool = False
+) -> Any:
     """`value` when it is a real number in the interval, else a ValueError naming it and the interval."""
     fits = isinstance(value, numbers.Real) and not isinstance(value, bool)
     # Written so that NaN, which fails every comparison, never fits.
@@ -67,7 +69,7 @@ def _widened(g: Any) -> tuple[Any, Any]:
     return xp, (xp.astype(g, xp.float32) if narrow else g)
 
 
-def _state_store() -> weakref.WeakKeyDictionary:
+def _state_store() -> weakref.WeakKeyDictionary[Parameter, Any]:
     # Keyed by the Parameter itself (never id(), which a new object may reuse); weak, so a dropped model's
     # state goes with it.
     return weakref.WeakKeyDictionary()
@@ -84,16 +86,18 @@ class Optimizer:
     state_tables: tuple[str, ...] = ()
 
     def __init__(self) -> None:
-        self.target = None
+        self.target: Any = None  # the Layer (or anything with `params()`) given to `setup`
         self.hooks: list[Callable[[list[Parameter]], None]] = []
 
-    def setup(self, target: Any) -> Optimizer:
+    def setup(self, target: Any) -> Self:
+        """Optimize the parameters of `target` (a Layer or Model); returns this optimizer, for chaining."""
         if not callable(getattr(target, "params", None)):
             raise TypeError(f"{type(self).__name__}.setup: the target must be a Layer or Model, got {target!r}")
         self.target = target
         return self
 
     def update(self) -> None:
+        """Run the hooks on the parameters that have a gradient, then update each of them one step."""
         if self.target is None:
             raise RuntimeError(f"{type(self).__name__}.update: call setup(model) first")
         params = [p for p in self.target.params() if p.grad is not None]
@@ -104,12 +108,14 @@ class Optimizer:
                 self.update_one(p)
 
     def update_one(self, param: Parameter) -> None:
+        """Update one parameter from its gradient; subclasses define it."""
         raise NotImplementedError(f"{type(self).__name__} does not implement update_one")
 
     def add_hook(self, f: Callable[[list[Parameter]], None]) -> None:
+        """Call `f(params)` on the parameters that have a gradient before every update (WeightDecay, ClipGrad)."""
         self.hooks.append(f)
 
-    def _state(self, store: weakref.WeakKeyDictionary, param: Parameter, like: Any) -> Any:
+    def _state(self, store: weakref.WeakKeyDictionary[Parameter, Any], param: Parameter, like: Any) -> Any:
         """The state of `param`, first zeros like `like` (the widened gradient: its dtype, library and device)."""
         state = store.get(param)
         if state is None:
@@ -214,12 +220,12 @@ def _number_like(where: str, name: str, value: Any, current: Any) -> None:
         raise ValueError(f"{where}: {name} must be {'an integer' if wanted is int else 'a number'}, got {value!r}")
 
 
-def _staged_state(where: str, table: str, saved: dict[str, Any], params: dict[str, Parameter]) -> dict:
+def _staged_state(where: str, table: str, saved: dict[str, Any], params: dict[str, Parameter]) -> dict[Parameter, Any]:
     """{Parameter: array} of one state table, each array checked against its parameter and placed with it."""
     unknown = sorted(set(saved) - set(params))
     if unknown:
         raise ValueError(f"{where}: table {table!r} holds state of parameters this model lacks: {unknown}")
-    staged = {}
+    staged: dict[Parameter, Any] = {}
     for key, a in saved.items():
         p = params[key]
         if p.data is None:
@@ -248,12 +254,14 @@ def _sgd(xp: Any, p: Any, g: Any, lr: float) -> Any:
     return p - lr * g
 
 
-def _momentum_sgd(xp: Any, p: Any, g: Any, v: Any, momentum: float, lr: float) -> tuple:
+def _momentum_sgd(xp: Any, p: Any, g: Any, v: Any, momentum: float, lr: float) -> tuple[Any, Any]:
     v = momentum * v - lr * g
     return p + _rounded(xp, v, p), v
 
 
-def _adam(xp: Any, p: Any, g: Any, m: Any, v: Any, beta1: float, beta2: float, lr: float, eps: float) -> tuple:
+def _adam(
+    xp: Any, p: Any, g: Any, m: Any, v: Any, beta1: float, beta2: float, lr: float, eps: float
+) -> tuple[Any, Any, Any]:
     m = m + (1 - beta1) * (g - m)
     v = v + (1 - beta2) * (g * g - v)
     return p + _rounded(xp, -lr * m / (xp.sqrt(v) + eps), p), m, v
@@ -262,13 +270,14 @@ def _adam(xp: Any, p: Any, g: Any, m: Any, v: Any, beta1: float, beta2: float, l
 class SGD(Optimizer):
     """p ← p − lr·g."""
 
-    hyper_parameters = ("lr",)
+    hyper_parameters: tuple[str, ...] = ("lr",)
 
     def __init__(self, lr: float = 0.01) -> None:
         super().__init__()
-        self.lr = _rate("SGD", "lr", lr)
+        self.lr: float = _rate("SGD", "lr", lr)
 
     def update_one(self, param: Parameter) -> None:
+        """p ← p − lr·g."""
         p = param.data
         param.data = fused("sgd", _sgd, array_namespace(p), p, param.grad.data, self.lr)
 
@@ -276,16 +285,17 @@ class SGD(Optimizer):
 class MomentumSGD(Optimizer):
     """v ← momentum·v − lr·g; p ← p + v."""
 
-    hyper_parameters = ("lr", "momentum")
-    state_tables = ("vs",)
+    hyper_parameters: tuple[str, ...] = ("lr", "momentum")
+    state_tables: tuple[str, ...] = ("vs",)
 
     def __init__(self, lr: float = 0.01, momentum: float = 0.9) -> None:
         super().__init__()
-        self.lr = _rate("MomentumSGD", "lr", lr)
-        self.momentum = _hyper("MomentumSGD", "momentum", momentum, 0.0, 1.0, high_open=True)
-        self.vs = _state_store()
+        self.lr: float = _rate("MomentumSGD", "lr", lr)
+        self.momentum: float = _hyper("MomentumSGD", "momentum", momentum, 0.0, 1.0, high_open=True)
+        self.vs: weakref.WeakKeyDictionary[Parameter, Any] = _state_store()
 
     def update_one(self, param: Parameter) -> None:
+        """v ← momentum·v − lr·g; p ← p + v."""
         xp, g = _widened(param.grad.data)
         v = self._state(self.vs, param, g)
         param.data, self.vs[param] = fused("momentum_sgd", _momentum_sgd, xp, param.data, g, v, self.momentum, self.lr)
@@ -294,16 +304,17 @@ class MomentumSGD(Optimizer):
 class AdaGrad(Optimizer):
     """h ← h + g²; p ← p − lr·g / (√h + eps)."""
 
-    hyper_parameters = ("lr", "eps")
-    state_tables = ("hs",)
+    hyper_parameters: tuple[str, ...] = ("lr", "eps")
+    state_tables: tuple[str, ...] = ("hs",)
 
     def __init__(self, lr: float = 0.001, eps: float = 1e-8) -> None:
         super().__init__()
-        self.lr = _rate("AdaGrad", "lr", lr)
-        self.eps = _rate("AdaGrad", "eps", eps)
-        self.hs = _state_store()
+        self.lr: float = _rate("AdaGrad", "lr", lr)
+        self.eps: float = _rate("AdaGrad", "eps", eps)
+        self.hs: weakref.WeakKeyDictionary[Parameter, Any] = _state_store()
 
     def update_one(self, param: Parameter) -> None:
+        """h ← h + g²; p ← p − lr·g / (√h + eps)."""
         xp, g = _widened(param.grad.data)
         h = self._state(self.hs, param, g) + g * g
         self.hs[param] = h
@@ -313,17 +324,18 @@ class AdaGrad(Optimizer):
 class AdaDelta(Optimizer):
     """s ← ρs + (1−ρ)g²; Δ = √((d + eps)/(s + eps))·g; d ← ρd + (1−ρ)Δ²; p ← p − Δ."""
 
-    hyper_parameters = ("rho", "eps")
-    state_tables = ("msg", "msdx")
+    hyper_parameters: tuple[str, ...] = ("rho", "eps")
+    state_tables: tuple[str, ...] = ("msg", "msdx")
 
     def __init__(self, rho: float = 0.95, eps: float = 1e-6) -> None:
         super().__init__()
-        self.rho = _hyper("AdaDelta", "rho", rho, 0.0, 1.0)
-        self.eps = _rate("AdaDelta", "eps", eps)
-        self.msg = _state_store()
-        self.msdx = _state_store()
+        self.rho: float = _hyper("AdaDelta", "rho", rho, 0.0, 1.0)
+        self.eps: float = _rate("AdaDelta", "eps", eps)
+        self.msg: weakref.WeakKeyDictionary[Parameter, Any] = _state_store()
+        self.msdx: weakref.WeakKeyDictionary[Parameter, Any] = _state_store()
 
     def update_one(self, param: Parameter) -> None:
+        """One AdaDelta step of `param` (see the class docstring)."""
         rho, eps = self.rho, self.eps
         xp, g = _widened(param.grad.data)
         msg = rho * self._state(self.msg, param, g) + (1 - rho) * g * g
@@ -337,20 +349,21 @@ class AdaDelta(Optimizer):
 class Adam(Optimizer):
     """m ← m + (1−β₁)(g − m); v ← v + (1−β₂)(g² − v); p ← p − lr·m / (√v + eps), lr = α√(1−β₂ᵗ)/(1−β₁ᵗ)."""
 
-    hyper_parameters = ("alpha", "beta1", "beta2", "eps", "t")
-    state_tables = ("ms", "vs")
+    hyper_parameters: tuple[str, ...] = ("alpha", "beta1", "beta2", "eps", "t")
+    state_tables: tuple[str, ...] = ("ms", "vs")
 
     def __init__(self, alpha: float = 0.001, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> None:
         super().__init__()
-        self.t = 0
-        self.alpha = _rate("Adam", "alpha", alpha)
-        self.beta1 = _hyper("Adam", "beta1", beta1, 0.0, 1.0, high_open=True)
-        self.beta2 = _hyper("Adam", "beta2", beta2, 0.0, 1.0, high_open=True)
-        self.eps = _rate("Adam", "eps", eps)
-        self.ms = _state_store()
-        self.vs = _state_store()
+        self.t: int = 0
+        self.alpha: float = _rate("Adam", "alpha", alpha)
+        self.beta1: float = _hyper("Adam", "beta1", beta1, 0.0, 1.0, high_open=True)
+        self.beta2: float = _hyper("Adam", "beta2", beta2, 0.0, 1.0, high_open=True)
+        self.eps: float = _rate("Adam", "eps", eps)
+        self.ms: weakref.WeakKeyDictionary[Parameter, Any] = _state_store()
+        self.vs: weakref.WeakKeyDictionary[Parameter, Any] = _state_store()
 
     def update(self) -> None:
+        """Count the step (t ← t + 1), then update every parameter that has a gradient."""
         self.t += 1
         super().update()
 
@@ -360,6 +373,7 @@ class Adam(Optimizer):
         return self.alpha * math.sqrt(1.0 - self.beta2**self.t) / (1.0 - self.beta1**self.t)
 
     def update_one(self, param: Parameter) -> None:
+        """One Adam step of `param` with the step size `lr` of the current `t`."""
         xp, g = _widened(param.grad.data)
         m = self._state(self.ms, param, g)
         v = self._state(self.vs, param, g)
@@ -373,12 +387,13 @@ class Adam(Optimizer):
 class WeightDecay:
     """g ← g + rate·p for each parameter (L2 regularisation), exactly once per parameter."""
 
-    hyper_parameters = ("rate",)
+    hyper_parameters: tuple[str, ...] = ("rate",)
 
     def __init__(self, rate: float) -> None:
-        self.rate = _rate("WeightDecay", "rate", rate)
+        self.rate: float = _rate("WeightDecay", "rate", rate)
 
     def __call__(self, params: list[Parameter]) -> None:
+        """Add rate·p to each parameter's gradient."""
         for p in params:
             p.grad = Variable(p.grad.data + self.rate * p.data)
 
@@ -386,12 +401,13 @@ class WeightDecay:
 class ClipGrad:
     """Scale all gradients by min(1, max_norm / (‖g‖ + 1e-6)), ‖g‖ the norm of all gradients together."""
 
-    hyper_parameters = ("max_norm",)
+    hyper_parameters: tuple[str, ...] = ("max_norm",)
 
     def __init__(self, max_norm: float) -> None:
-        self.max_norm = _hyper("ClipGrad", "max_norm", max_norm, 0.0, math.inf, low_open=True)
+        self.max_norm: float = _hyper("ClipGrad", "max_norm", max_norm, 0.0, math.inf, low_open=True)
 
     def __call__(self, params: list[Parameter]) -> None:
+        """Scale the gradients of `params` together so that their joint norm is at most max_norm."""
         grads = [_widened(p.grad.data)[1] for p in params]
         grads = [g for g in grads if math.prod(g.shape) > 0]
         if not grads:
@@ -435,6 +451,7 @@ class FreezeParam:
         self._frozen_ids = {id(p) for p in frozen}
 
     def __call__(self, params: Iterable[Parameter]) -> None:
+        """Drop the gradients of the frozen parameters."""
         for p in params:
             if id(p) in self._frozen_ids:
                 p.grad = None

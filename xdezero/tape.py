@@ -44,7 +44,7 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import numpy as np
 
@@ -61,21 +61,26 @@ __all__ = ["capture", "CaptureError", "CapturedStep"]
 MAX_SIGNATURES = 16  # signatures kept per captured step (and of first recordings awaiting their confirmation)
 MAX_VARIANTS = 4  # tapes kept per signature, for steps that start from different states (see CapturedStep)
 
+P = ParamSpec("P")  # the step's parameters, which its captured version keeps
+R = TypeVar("R")  # what the step returns
+
 
 # --- the user-facing wrapper ---------------------------------------------------------------------------
 
 
-def _arguments(args: tuple, kwargs: dict) -> list:
+def _arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
     return [*args, *(kwargs[k] for k in sorted(kwargs))]
 
 
-def _signature(args: tuple, kwargs: dict) -> tuple[tuple, list, list | None]:
+def _signature(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], list[Any], list[Variable | None] | None]:
     """What a tape is recorded for (the arrays' kinds, shapes, dtypes and devices, whether each came in a
     Variable, which arguments are the same array, the other arguments' values, and the configuration); the array
     arguments' data in order; and the Variables among them (None when there are none), from one pass."""
-    parts: list = [tuple(sorted(kwargs))] if kwargs else []
-    arrays: list = []
-    variables: list | None = None
+    parts: list[Any] = [tuple(sorted(kwargs))] if kwargs else []
+    arrays: list[Any] = []
+    variables: list[Any] | None = None  # Variables, None for plain arrays
     for value in _arguments(args, kwargs) if kwargs else args:
         in_variable = isinstance(value, Variable)
         data = value._data if in_variable else value
@@ -105,23 +110,23 @@ def _signature(args: tuple, kwargs: dict) -> tuple[tuple, list, list | None]:
     return (*parts, bool(Config.train), bool(Config.enable_backprop)), arrays, variables
 
 
-class CapturedStep:
+class CapturedStep(Generic[P, R]):
     """`fn` recorded per signature of its arguments and replayed (see the module's docstring)."""
 
-    def __init__(self, fn: Callable, cuda_graphs: bool = True) -> None:
+    def __init__(self, fn: Callable[P, R], cuda_graphs: bool = True) -> None:
         if not callable(fn):
             raise TypeError(f"capture: expected a function, got {type(fn).__name__}")
         if not isinstance(cuda_graphs, bool):
             raise TypeError(f"capture: cuda_graphs must be True or False, got {cuda_graphs!r}")
-        self.fn = fn
-        self.cuda_graphs = cuda_graphs
-        self.tapes: dict[tuple, list[Tape]] = {}  # signature -> its tapes (variants, see __call__)
-        self._first: dict[tuple, list[Tape]] = {}  # first recordings awaiting their confirmation
+        self.fn: Callable[P, R] = fn
+        self.cuda_graphs: bool = cuda_graphs
+        self.tapes: dict[tuple[Any, ...], list[Tape]] = {}  # signature -> its tapes (variants, see __call__)
+        self._first: dict[tuple[Any, ...], list[Tape]] = {}  # first recordings awaiting their confirmation
         self._warned = False
-        self.__name__ = getattr(fn, "__name__", type(fn).__name__)
+        self.__name__: str = getattr(fn, "__name__", type(fn).__name__)
         functools.update_wrapper(self, fn)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         key, arrays, variables = _signature(args, kwargs)
         variants = self.tapes.get(key)
         if variants is not None:
@@ -157,7 +162,7 @@ class CapturedStep:
         self._keep(self.tapes, key, new)
         return result
 
-    def _keep(self, tapes: dict, key: tuple, tape: Tape) -> None:
+    def _keep(self, tapes: dict[tuple[Any, ...], list[Tape]], key: tuple[Any, ...], tape: Tape) -> None:
         """Add `tape` to the variants of `key`, forgetting the oldest beyond MAX_VARIANTS, and the oldest signature
         beyond MAX_SIGNATURES (with a warning, once)."""
         variants = tapes.setdefault(key, [])
@@ -191,11 +196,23 @@ class CapturedStep:
         """Why signatures on a CUDA device replay without a CUDA graph (empty when all of them have one)."""
         return [tape.graph.note for tape in self._all() if tape.graph is not None and tape.graph.note]
 
-    def _all(self) -> list:
+    def _all(self) -> list[Tape]:
         return [tape for variants in self.tapes.values() for tape in variants]
 
 
-def capture(fn: Callable | None = None, *, cuda_graphs: bool = True) -> Any:
+@overload
+def capture(fn: Callable[P, R], *, cuda_graphs: bool = True) -> CapturedStep[P, R]:
+    """`fn` captured, with its signature."""
+
+
+@overload
+def capture(fn: None = None, *, cuda_graphs: bool = True) -> Callable[[Callable[P, R]], CapturedStep[P, R]]:
+    """A decorator that captures the function it is given (`@capture(cuda_graphs=False)`)."""
+
+
+def capture(
+    fn: Callable[P, R] | None = None, *, cuda_graphs: bool = True
+) -> CapturedStep[P, R] | Callable[[Callable[P, R]], CapturedStep[P, R]]:
     """Record `fn` (a training step) and replay it on later calls with arrays of the same shapes: see
     `xdezero.capture`'s module documentation. Usable as a decorator, with or without arguments. On CuPy and
     torch CUDA arrays the replay runs as one CUDA graph where it can (`cuda_graphs=False`: never; see

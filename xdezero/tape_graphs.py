@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import numbers
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping, Sequence
 from typing import Any
 
-from xdezero.backends import check_index_arrays, deferring_checks, is_array, random_draws
+from xdezero.backends import GraphKit, check_index_arrays, deferring_checks, is_array, random_draws
 from xdezero.core import Variable
+from xdezero.tape_record import Op
 
 __all__ = ["GraphReplay", "GraphedStep", "NoGraph", "capture_graph"]
 
@@ -40,15 +41,24 @@ class NoGraph(Exception):
     """Why a step cannot run as a CUDA graph (the step then replays plainly)."""
 
 
+# (owner, name, table, [(key, array)], size): an attribute holding per-parameter arrays, as it was at capture
+_Table = tuple[Any, str, MutableMapping[Any, Any], list[tuple[Any, Any]], int]
+
+
 class _State:
     """The state outside the step that its ops read or rebind: Variables' data and gradients, and the optimizers'
     and their hooks' attributes (per-parameter tables of arrays, and settings such as numbers its kernels take)."""
 
+    owned: list[tuple[Variable, Any, Variable | None]]  # (Variable, data, gradient) in the graph's buffers
+    owned_tables: list[_Table]  # the tables, holding the graph's buffers
+    grads_after: list[tuple[Variable, Variable | None]]  # the gradients each launch leaves
+
     def __init__(self, variables: list[Variable], grads_read: set[int], owners: list[Any]) -> None:
-        self.before = [(v, v._data, v.grad) for v in variables]  # for `restore`, until a capture succeeds
+        # for `restore`, until a capture succeeds
+        self.before: list[tuple[Variable, Any, Variable | None]] = [(v, v._data, v.grad) for v in variables]
         self.grads_read = grads_read  # ids of Variables whose gradient from before the step the step reads
-        self.tables: list[tuple] = []  # (owner, name, table, [(key, array)], size)
-        self.settings: list[tuple] = []  # (owner, name, value): every other attribute
+        self.tables: list[_Table] = []
+        self.settings: list[tuple[Any, str, Any]] = []  # (owner, name, value): every other attribute
         for owner in owners:
             for name, value in vars(owner).items():
                 if isinstance(value, dict | weakref.WeakKeyDictionary):
@@ -58,7 +68,7 @@ class _State:
                 else:
                     self.settings.append((owner, name, _frozen(value)))
 
-    def own_buffers(self, kit: Any) -> None:
+    def own_buffers(self, kit: GraphKit) -> None:
         """Give every array of the state a copy of its own, which the graph will read and write."""
         for v, data, grad in self.before:
             if data is not None:
@@ -71,7 +81,7 @@ class _State:
         self.owned = [(v, v._data, v.grad) for v, _, _ in self.before]
         self.owned_tables = [(o, n, t, [(k, t[k]) for k, _ in e], size) for o, n, t, e, size in self.tables]
 
-    def write_back(self, kit: Any) -> None:
+    def write_back(self, kit: GraphKit) -> None:
         """At the end of the captured step: copy what it rebound into the buffers it read, and point the state
         back at them. Raises NoGraph where that cannot be done."""
         for v, data, grad in self.owned:
@@ -133,7 +143,7 @@ class _State:
         """Whether `v`, whose gradient `grad` from before the step the step reads, holds another one now."""
         return id(v) in self.grads_read and (v.grad is None or v.grad._data is not grad._data)
 
-    def _changed_setting(self) -> tuple | None:
+    def _changed_setting(self) -> tuple[Any, str, Any, Any] | None:
         """The first setting that is no longer what it was: (owner, name, then, now); None when none is."""
         for owner, name, value in self.settings:
             now = getattr(owner, name, None)
@@ -142,6 +152,7 @@ class _State:
         return None
 
     def after_launch(self) -> None:
+        """Give the Variables the gradients the step leaves (eager steps set them; so does each launch)."""
         for v, grad in self.grads_after:
             v.grad = grad
 
@@ -167,17 +178,29 @@ def _shown(value: Any) -> str:
     return repr(value) if isinstance(value, numbers.Number) else type(value).__name__
 
 
-def _copied_back(kit: Any, old: Any, new: Any, what: str) -> Any:
+def _copied_back(kit: GraphKit, old: Any, new: Any, what: str) -> Any:
     if new is None or tuple(new.shape) != tuple(old.shape) or new.dtype != old.dtype:
         raise NoGraph(f"{what} changed shape or dtype, or was removed, during the step")
     kit.copy_into(old, new)
     return old
 
 
+# (positions of the arguments it reads, [(low, high, what)], where, error): an id check run before each launch
+_Check = tuple[list[int], list[tuple[int, int, str]], str, type[Exception]]
+
+
 class GraphedStep:
     """A step captured as a CUDA graph: `launch(arrays)` runs one call."""
 
-    def __init__(self, kit: Any, graph: Any, state: _State, inputs: list, checks: list, values: list) -> None:
+    kit: GraphKit
+    graph: Any  # the library's graph object
+    state: _State
+    inputs: list[Any]  # the buffers the arguments are copied into
+    checks: list[_Check]  # the id checks run before each launch
+
+    def __init__(
+        self, kit: GraphKit, graph: Any, state: _State, inputs: list[Any], checks: list[_Check], values: list[Any]
+    ) -> None:
         self.kit, self.graph, self.state, self.inputs, self.checks = kit, graph, state, inputs, checks
         self.values = values  # the capture's slot values: those of the results are what the graph writes
 
@@ -185,7 +208,7 @@ class GraphedStep:
         """Whether the graph still does what the step would (see `_State.current`)."""
         return self.state.current()
 
-    def launch(self, arrays: list, result_slots: list[int]) -> dict:
+    def launch(self, arrays: Sequence[Any], result_slots: list[int]) -> dict[int, Any]:
         """Run the step on `arrays`: the result slots and fresh copies of their arrays (the next launch writes
         over the graph's own)."""
         kit = self.kit
@@ -199,9 +222,9 @@ class GraphedStep:
 
 
 def capture_graph(
-    kit: Any,
-    run: Callable[[list], None],
-    arrays: list,
+    kit: GraphKit,
+    run: Callable[[list[Any]], None],
+    arrays: Sequence[Any],
     n_slots: int,
     variables: list[Variable],
     grads_read: set[int],
@@ -209,8 +232,8 @@ def capture_graph(
 ) -> GraphedStep:
     """Capture `run` (the replay of a step's ops on a list of slot values, the arguments first) as a graph.
     Nothing of the step runs here; raises NoGraph (with the state as it was) when the step cannot be a graph."""
-    values: list = [None] * n_slots
-    deferred: list = []
+    values: list[Any] = [None] * n_slots
+    deferred: list[Any] = []
     draws = random_draws()
     state: _State | None = None
 
@@ -243,7 +266,7 @@ def capture_graph(
     return GraphedStep(kit, graph, state, inputs, checks, values)
 
 
-def _check_positions(kit: Any, entry: tuple, inputs: list) -> tuple:
+def _check_positions(kit: GraphKit, entry: tuple[Any, ...], inputs: list[Any]) -> _Check:
     """A deferred id check as the positions of the arguments it reads."""
     arrays, ranges, where, error = entry
     positions = []
@@ -259,14 +282,17 @@ class GraphReplay:
     """The CUDA-graph side of one recorded tape: the first replay warms the capture stream up, the second
     captures, later ones launch; `note` says why the tape replays plainly instead (then `replay` gives None)."""
 
-    def __init__(self, kit: Any, tape: Any) -> None:
+    kit: GraphKit | None  # None once the tape replays plainly
+    tape: Any  # a tape_replay.Tape (that module imports this one)
+
+    def __init__(self, kit: GraphKit, tape: Any) -> None:
         self.kit, self.tape = kit, tape
         self.graphed: GraphedStep | None = None
         self.note: str | None = None
-        self.warmed = False
-        self.captures = 0
+        self.warmed: bool = False
+        self.captures: int = 0
 
-    def replay(self, arrays: list) -> dict | None:
+    def replay(self, arrays: Sequence[Any]) -> dict[int, Any] | None:
         """One call on `arrays`: its result slots and their arrays, or None: replay plainly."""
         kit, tape, graphed = self.kit, self.tape, self.graphed
         if kit is None:
@@ -292,11 +318,11 @@ class GraphReplay:
         self.note, self.kit, self.graphed = why, None, None
 
 
-def state_refs(ops: list) -> tuple[list, set, list]:
+def state_refs(ops: Sequence[Op]) -> tuple[list[Variable], set[int], list[Any]]:
     """What a tape's ops read or rebind outside the step: the Variables from before it, the ids of those whose
     gradient from before it is read, and the optimizers and their hooks."""
     variables: dict[int, Variable] = {}
-    owners: list = []
+    owners: list[Any] = []
     grads_read: set[int] = set()
     written: set[int] = set()
     for op in ops:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -43,7 +43,22 @@ class Op:
 
     __slots__ = ("kind", "target", "inputs", "outputs", "attrs", "bound", "frees", "signature")
 
-    def __init__(self, kind: str, target: Any, inputs: list, outputs: list, attrs: list = (), signature: Any = None):
+    kind: str
+    target: Any  # a Function, an array operation, a Variable, ("argument", k) or an Optimizer, by `kind`
+    inputs: list[tuple[str, Any]]  # (source kind, value): see the kinds above
+    outputs: list[int]  # the slots the op writes
+    attrs: list[tuple[str, Any]]  # (name, its slot, or its slots with None for non-arrays): what a forward leaves
+    signature: Any
+
+    def __init__(
+        self,
+        kind: str,
+        target: Any,
+        inputs: list[tuple[str, Any]],
+        outputs: list[int],
+        attrs: Sequence[tuple[str, Any]] = (),
+        signature: Any = None,
+    ) -> None:
         self.kind, self.target, self.inputs, self.outputs, self.attrs = kind, target, inputs, outputs, list(attrs)
         # Attributes a forward was built with that hold arrays of the step (`embed_id`'s ids, a GetItemGrad's
         # index): (name, template); their arrays are the op's inputs after its forward's own (`n_forward`).
@@ -58,10 +73,11 @@ class Recorder:
     def __init__(self) -> None:
         self.ops: list[Op] = []
         self.slot_of: dict[int, int] = {}  # id(array) -> slot
-        self.keep: list = []  # every recorded array stays alive while recording, so that ids stay unique
-        self.n_slots = 0
+        self.keep: list[Any] = []  # every recorded array stays alive while recording, so that ids stay unique
+        self.n_slots: int = 0
         self.external: dict[int, Variable] = {}  # Variables that existed before the step and ops read
-        self.first_data: dict[int, tuple] = {}  # their data (and a host copy) when the step first met them
+        # their data (and a host copy) when the step first met them
+        self.first_data: dict[int, tuple[Any, np.ndarray | None]] = {}
         self.updated: set[int] = set()  # ids of those whose data an optimizer's update or a recorded op sets
         self.created: set[int] = set()  # ids of Variables made during the step (kept alive in `keep`)
         self.arguments: dict[int, int] = {}  # id(Variable passed as an argument) -> its place among the arrays
@@ -69,16 +85,18 @@ class Recorder:
         self.paused = 0
 
     def active(self) -> bool:
+        """Whether ops are recorded now (not inside a recorded op or an optimizer's update)."""
         return not self.paused
 
     def new_slot(self, array: Any) -> int:
+        """A new slot for `array`, which stays alive while recording."""
         slot = self.n_slots
         self.n_slots += 1
         self.slot_of[id(array)] = slot
         self.keep.append(array)
         return slot
 
-    def source(self, value: Any, owner: Variable | None = None) -> tuple:
+    def source(self, value: Any, owner: Variable | None = None) -> tuple[str, Any]:
         """Where an op's input comes from (see the kinds above)."""
         slot = self.slot_of.get(id(value))
         if slot is not None:
@@ -188,6 +206,8 @@ def _bind(recorder: Recorder, value: Any) -> tuple[Any, list]:
 
 
 class _BoundMarker:
+    """The place of an array of the step in an attribute's template (`BOUND`)."""
+
     def __repr__(self) -> str:  # the fingerprint of a template holds this, the same in both recordings
         return "<array of the step>"
 
@@ -195,7 +215,7 @@ class _BoundMarker:
 BOUND = _BoundMarker()
 
 
-def fill(template: Any, arrays: list) -> Any:
+def fill(template: Any, arrays: Sequence[Any]) -> Any:
     """The attribute's value for this replay: `template` with this replay's arrays in the marked places."""
     if template is BOUND:
         return arrays[0]
@@ -219,9 +239,9 @@ def _attr_slots(recorder: Recorder, value: Any) -> Any:
     return recorder.new_slot(value)
 
 
-def fingerprint(values: list) -> tuple:
+def fingerprint(values: Sequence[Any]) -> tuple[Any, ...]:
     """What identifies constant values across the two recordings: shape, dtype and the host copy's bytes."""
-    out = []
+    out: list[Any] = []
     for v in values:
         for a in v if isinstance(v, tuple | list) else [v]:
             if is_array(a):
@@ -399,7 +419,13 @@ _HOOKS = (
 _originals: list = []  # what the hooks replaced, while any thread records
 
 
-def record(fn: Callable, args: tuple, kwargs: dict, arrays: list, variables: list | None) -> tuple[Recorder, Any]:
+def record(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    arrays: Sequence[Any],
+    variables: Sequence[Variable | None] | None,
+) -> tuple[Recorder, Any]:
     """Run fn(*args, **kwargs) eagerly while recording what it computes; `arrays`, the array arguments' data,
     take the first slots. Each thread records its own step; the hooks are in place while any thread records,
     and pass every call of the other threads straight through."""
@@ -434,4 +460,5 @@ def record(fn: Callable, args: tuple, kwargs: dict, arrays: list, variables: lis
 
 
 def variable_name(v: Variable) -> str:
+    """`v` as error messages name it: its name, or its shape."""
     return repr(v.name) if v.name else f"a Variable of shape {v.shape}"

@@ -5,7 +5,7 @@ recordings of a signature.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,24 +26,25 @@ class Tape:
     """The ops of one recorded call, with the slots of the arguments and the result's structure."""
 
     def __init__(self, recorder: Recorder, n_args: int, result: Any) -> None:
-        self.ops = recorder.ops
-        self.n_slots = recorder.n_slots
-        self.n_args = n_args
-        self.result = _result_spec(recorder, result)
+        self.ops: list[Op] = recorder.ops
+        self.n_slots: int = recorder.n_slots
+        self.n_args: int = n_args
+        self.result: Any = _result_spec(recorder, result)  # the result's structure, with the slots of its values
         # A step that returns a Variable with a graph and leaves the backward to its caller: the recording calls
         # keep their graphs, and a replay's results refuse backward (a replay builds no graph).
-        self.graphless = not recorder.backward_ran and bool(Config.enable_backprop) and _needs_grad(result)
-        self.result_slots = _result_slots(self.result)
+        self.graphless: bool = not recorder.backward_ran and bool(Config.enable_backprop) and _needs_grad(result)
+        self.result_slots: list[int] = _result_slots(self.result)
         self._plan_frees()
-        self.stashed = [
+        self.stashed: list[tuple[Any, str]] = [
             (op.target, name) for op in self.ops if op.kind == "forward" for name, _ in [*op.attrs, *op.bound]
         ]
-        self.arguments: list = []  # the Variables passed as array arguments, during a replay that has them
-        self.on_arguments = any(isinstance(op.target, tuple) for op in self.ops if op.kind != "forward")
-        self.program = [_compile(op, self.arguments) for op in self.ops]
-        self.expected = _expected_state(self.ops, recorder)
+        # the Variables passed as array arguments (None for plain arrays), during a replay that has them
+        self.arguments: list[Variable | None] = []
+        self.on_arguments: bool = any(isinstance(op.target, tuple) for op in self.ops if op.kind != "forward")
+        self.program: list[Callable[[list[Any]], None]] = [_compile(op, self.arguments) for op in self.ops]
+        self.expected: list[tuple[Any, bool | None, bool | None]] = _expected_state(self.ops, recorder)
         # The variant of the step (see CapturedStep): which gradients it found present when it first touched them.
-        self.state = tuple(has_grad for _, _, has_grad in self.expected if has_grad is not None)
+        self.state: tuple[bool, ...] = tuple(has_grad for _, _, has_grad in self.expected if has_grad is not None)
         for op in self.ops:  # the graph of the recording call is not needed by the replay
             if op.kind == "forward" and not self.graphless:
                 _release_graph(op.target)
@@ -60,21 +61,23 @@ class Tape:
             if slot not in kept:
                 self.ops[k].frees.append(slot)
 
-    def run(self, values: list) -> None:
+    def run(self, values: list[Any]) -> None:
         """The recorded ops on `values` (the arguments in the first slots)."""
         for run in self.program:
             run(values)
         for f, name in self.stashed:  # what forwards left for later ops is not held between steps
             setattr(f, name, None)
 
-    def run_on(self, arrays: list) -> list:
+    def run_on(self, arrays: Sequence[Any]) -> list[Any]:
         """The slot values after running the recorded ops on `arrays` (the step's array arguments)."""
-        values: list = [None] * self.n_slots
+        values: list[Any] = [None] * self.n_slots
         values[: self.n_args] = arrays
         self.run(values)
         return values
 
-    def replay(self, arrays: list, variables: list | None) -> Any:
+    def replay(self, arrays: Sequence[Any], variables: list[Variable | None] | None) -> Any:
+        """One call of the step on `arrays` (its array arguments' data; `variables`, the Variables among the
+        arguments or None), as a CUDA graph where the tape has one: the step's result."""
         if self.on_arguments:
             self.arguments[:] = variables
             try:
@@ -84,7 +87,7 @@ class Tape:
         values = self.graph.replay(arrays) if self.graph is not None else None
         return _build_result(self.result, self.run_on(arrays) if values is None else values, self.graphless)
 
-    def fits(self, variables: list | None) -> bool:
+    def fits(self, variables: Sequence[Variable | None] | None) -> bool:
         """Whether the Variables the tape acts on are as they were when it was recorded: the same
         `requires_grad`, and a gradient where the recording read one, none where it set the first."""
         for target, requires_grad, has_grad in self.expected:
@@ -104,11 +107,13 @@ def _needs_grad(result: Any) -> bool:
     return isinstance(result, Variable) and result.creator is not None and result.requires_grad
 
 
-def _expected_state(ops: list, recorder: Recorder) -> list:
+def _expected_state(ops: list[Op], recorder: Recorder) -> list[tuple[Any, bool | None, bool | None]]:
     """(target, requires_grad or None, has a gradient or None) to check before each replay: the flags of the
     Variables from before the step, and whether each Variable whose gradient the tape touches before clearing it
     had one (a read means it had, a first set means it had none)."""
-    expected = [(recorder.target(v), v.requires_grad, None) for v in recorder.external.values()]
+    expected: list[tuple[Any, bool | None, bool | None]] = [
+        (recorder.target(v), v.requires_grad, None) for v in recorder.external.values()
+    ]
     seen: set = set()
     for op in ops:
         if op.kind in ("read_grad", "set_grad", "clear_grad"):
@@ -263,7 +268,7 @@ def _result_spec(recorder: Recorder, result: Any) -> Any:
     return ("variable" if isinstance(result, Variable) else "array", slot)
 
 
-def _result_slots(spec: Any) -> list:
+def _result_slots(spec: Any) -> list[int]:
     if spec is None:
         return []
     kind, value = spec
@@ -273,7 +278,7 @@ def _result_slots(spec: Any) -> list:
     return [s for item in items for s in _result_slots(item)]
 
 
-def _build_result(spec: Any, values: list, graphless: bool = False) -> Any:
+def _build_result(spec: Any, values: list[Any] | dict[int, Any], graphless: bool = False) -> Any:
     if spec is None:
         return None
     kind, value = spec

@@ -43,10 +43,11 @@ def _pil_image() -> Any:
 class Compose:
     """Apply `transforms` in order."""
 
-    def __init__(self, transforms: Sequence[Callable] = ()) -> None:
-        self.transforms = list(transforms)
+    def __init__(self, transforms: Sequence[Callable[[Any], Any]] = ()) -> None:
+        self.transforms: list[Callable[[Any], Any]] = list(transforms)
 
     def __call__(self, x: Any) -> Any:
+        """x through every transform in order."""
         for t in self.transforms:
             x = t(x)
         return x
@@ -59,8 +60,8 @@ class Normalize:
     """(x - mean) / std; a sequence mean/std is per channel, along the first (channel) axis."""
 
     def __init__(self, mean: float | Sequence[float] = 0, std: float | Sequence[float] = 1) -> None:
-        self.mean = mean
-        self.std = std
+        self.mean: float | Sequence[float] = mean
+        self.std: float | Sequence[float] = std
 
     @staticmethod
     def _per_channel(value: Any, array: np.ndarray) -> Any:
@@ -77,6 +78,7 @@ class Normalize:
         return value.reshape((-1,) + (1,) * (array.ndim - 1))
 
     def __call__(self, array: np.ndarray) -> np.ndarray:
+        """(array - mean) / std."""
         return (array - self._per_channel(self.mean, array)) / self._per_channel(self.std, array)
 
 
@@ -84,6 +86,7 @@ class Flatten:
     """A 1-d copy of the example."""
 
     def __call__(self, array: np.ndarray) -> np.ndarray:
+        """The elements of `array` in a new 1-d array."""
         return np.ravel(array).copy()
 
 
@@ -91,9 +94,10 @@ class AsType:
     """Cast the example to `dtype`."""
 
     def __init__(self, dtype: Any = np.float32) -> None:
-        self.dtype = dtype
+        self.dtype: Any = dtype
 
     def __call__(self, array: np.ndarray) -> np.ndarray:
+        """A copy of `array` of dtype `dtype`."""
         return np.asarray(array).astype(self.dtype)
 
 
@@ -119,9 +123,10 @@ class Convert:
 
     def __init__(self, mode: str = "RGB") -> None:
         _pil_image()
-        self.mode = mode
+        self.mode: str = mode
 
     def __call__(self, img: Any) -> Any:
+        """The PIL image `img` converted to `mode`."""
         Image = _pil_image()
         if self.mode == "BGR":
             r, g, b = img.convert("RGB").split()
@@ -134,10 +139,11 @@ class Resize:
 
     def __init__(self, size: int | Sequence[int], mode: Any = None) -> None:
         Image = _pil_image()
-        self.size = pair(size, "Resize: size")
-        self.mode = Image.Resampling.BILINEAR if mode is None else mode
+        self.size: tuple[int, int] = pair(size, "Resize: size")
+        self.mode: Any = Image.Resampling.BILINEAR if mode is None else mode
 
     def __call__(self, img: Any) -> Any:
+        """The PIL image `img` resized to `size`."""
         return img.resize(self.size, self.mode)
 
 
@@ -146,9 +152,10 @@ class CenterCrop:
 
     def __init__(self, size: int | Sequence[int]) -> None:
         _pil_image()
-        self.size = pair(size, "CenterCrop: size")
+        self.size: tuple[int, int] = pair(size, "CenterCrop: size")
 
     def __call__(self, img: Any) -> Any:
+        """The central `size` region of the PIL image `img`."""
         width, height = img.size
         out_w, out_h = self.size
         if out_w > width or out_h > height:
@@ -161,9 +168,10 @@ class ToArray:
     """A PIL image as a NumPy array of shape (channels, height, width) and `dtype`; arrays pass unchanged."""
 
     def __init__(self, dtype: Any = np.float32) -> None:
-        self.dtype = dtype
+        self.dtype: Any = dtype
 
     def __call__(self, img: Any) -> np.ndarray:
+        """`img` as a (channels, height, width) array (an array is returned as it is)."""
         if isinstance(img, np.ndarray):
             return img
         Image = _pil_image()
@@ -182,6 +190,7 @@ class ToPIL:
         _pil_image()
 
     def __call__(self, array: np.ndarray) -> Any:
+        """`array` (channels, height, width) as a PIL image."""
         Image = _pil_image()
         data = np.asarray(array).transpose(1, 2, 0)
         if data.shape[2] == 1:
@@ -199,10 +208,11 @@ class RandomHorizontalFlip:
     def __init__(self, p: float = 0.5, seed: int | np.random.Generator | None = None) -> None:
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"RandomHorizontalFlip: p must be a probability in [0, 1], got {p}")
-        self.p = p
-        self.rng = make_rng(seed)
+        self.p: float = p
+        self.rng: np.random.Generator = make_rng(seed)
 
     def __call__(self, img: Any) -> Any:
+        """`img` mirrored left-right with probability `p`, else `img` itself."""
         if self.rng.random() >= self.p:
             return img
         if isinstance(img, np.ndarray):

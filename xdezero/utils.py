@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -52,7 +52,7 @@ def show_progress(block_num: int, block_size: int, total_size: int) -> None:
     print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done * 100:.2f}%", end="", file=sys.stdout, flush=True)
 
 
-def sum_to(x: Any, shape: tuple) -> Any:
+def sum_to(x: Any, shape: Sequence[int]) -> Any:
     """Sum the raw array `x` down to `shape` (undoing broadcasting)."""
     return sum_to_array(array_namespace(x), x, tuple(shape))
 

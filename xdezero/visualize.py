@@ -95,7 +95,7 @@ def get_dot_graph(output: Variable, verbose: bool = True) -> str:
     return "digraph g {\n" + body + "\n}\n"
 
 
-def plot_dot_graph(output: Variable, verbose: bool = True, to_file: str | os.PathLike = "graph.png") -> Any:
+def plot_dot_graph(output: Variable, verbose: bool = True, to_file: str | os.PathLike[str] = "graph.png") -> Any:
     """Write the graph of `output` as DOT text to `to_file` with a `.dot` suffix and render it to `to_file`
     with Graphviz's `dot` program, in the format named by its extension (png, svg, pdf, ...).
 

@@ -13,7 +13,7 @@ from xdezero.backends._devices import (
     to_numpy,
 )
 from xdezero.backends._fused import fused
-from xdezero.backends._graphs import graph_kit, graph_safe_matmul, graph_safe_stack
+from xdezero.backends._graphs import GraphKit, graph_kit, graph_safe_matmul, graph_safe_stack
 from xdezero.backends._host import Bits, dtype_name, place, to_host
 from xdezero.backends._im2col import (
     add_windows,
@@ -69,6 +69,7 @@ __all__ = [
     "clear_buffer_pool",
     "check_index_arrays",
     "deferring_checks",
+    "GraphKit",
     "graph_kit",
     "graph_safe_matmul",
     "graph_safe_stack",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -42,7 +43,7 @@ _deferred = threading.local()
 
 
 @contextmanager
-def deferring_checks(into: list):
+def deferring_checks(into: list[Any]) -> Iterator[list[Any]]:
     """Inside: `check_index_arrays` appends its arguments to `into` and checks nothing (this thread only). For
     a CUDA-graph capture, where no value can cross to the host: the capturer checks them at each launch."""
     previous = getattr(_deferred, "sink", None)
@@ -53,7 +54,9 @@ def deferring_checks(into: list):
         _deferred.sink = previous
 
 
-def check_index_arrays(arrays: list, ranges: list, where: str, error: type = ValueError) -> list:
+def check_index_arrays(
+    arrays: Sequence[Any], ranges: Sequence[tuple[int, int, str]], where: str, error: type[Exception] = ValueError
+) -> list[Any]:
     """`arrays` (integer arrays of one library) after checking low <= a < high for each (low, high, what) in
     `ranges`, with one host transfer for all of them; raises `error` naming `where`, `what`, the offending value
     and the accepted range. Use the returned arrays: on Dask they carry the check into the graph."""
@@ -106,6 +109,6 @@ def _cupy_all_inside(eager: list) -> bool:
     return int(to_numpy(total)) == 0
 
 
-def check_ids(ids: Any, low: int, high: int, where: str, what: str = "id", error: type = ValueError) -> Any:
+def check_ids(ids: Any, low: int, high: int, where: str, what: str = "id", error: type[Exception] = ValueError) -> Any:
     """`ids` after checking low <= ids < high (see `check_index_arrays`)."""
     return check_index_arrays([ids], [(low, high, what)], where, error)[0]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -24,22 +24,22 @@ import array_api_compat
 
 from xdezero.backends._cublas import cupy_gemm, prepare
 
-_capture = threading.local()  # set on the thread that is capturing a CuPy graph
+_capturing = threading.local()  # set on the thread that is capturing a CuPy graph
 
 
 def cupy_capturing() -> bool:
     """Whether this thread is capturing a CuPy graph."""
-    return getattr(_capture, "cupy", False)
+    return getattr(_capturing, "cupy", False)
 
 
 @contextmanager
 def capturing_cupy() -> Iterator[None]:
     """Inside: this thread captures a CuPy graph (whose device's cuBLAS handle was prepared first)."""
-    _capture.cupy = True
+    _capturing.cupy = True
     try:
         yield
     finally:
-        _capture.cupy = False
+        _capturing.cupy = False
 
 
 def graph_safe_matmul(xp: Any, a: Any, b: Any) -> Any:
@@ -53,7 +53,7 @@ def graph_safe_matmul(xp: Any, a: Any, b: Any) -> Any:
     )
 
 
-def graph_safe_stack(xp: Any, arrays: list, axis: int) -> Any:
+def graph_safe_stack(xp: Any, arrays: Sequence[Any], axis: int) -> Any:
     """xp.stack(arrays, axis); while a CuPy graph is captured, each part copied into its slot (CuPy's
     concatenation sends its table of pointers from the host, which a capture refuses)."""
     if not cupy_capturing():
@@ -91,7 +91,7 @@ _cupy_pools: list = []  # (weak reference to the kit, pool)
 class CupyGraphs:
     """CUDA graphs through `cupy.cuda.Stream.begin_capture`, with a `cupy.cuda.MemoryPool` per capturer."""
 
-    name = "CuPy"
+    name: str = "CuPy"
 
     def __init__(self, device: Any) -> None:
         cupy = sys.modules["cupy"]
@@ -132,16 +132,20 @@ class CupyGraphs:
             current.wait_event(self._stream.record())
 
     def launch(self, graph: Any) -> None:
+        """Run the graph's kernels once."""
         graph.launch()  # on the current stream
 
     def copy_into(self, target: Any, source: Any) -> None:
+        """Copy `source` into the fixed buffer `target` (a kernel, which a graph can hold)."""
         self._cupy.copyto(target, source)
 
     def copy(self, a: Any) -> Any:
+        """A fresh copy of `a`."""
         return a.copy()
 
     @staticmethod
     def same_memory(a: Any, b: Any) -> bool:
+        """Whether `a` and `b` are the same memory, of the same size and dtype."""
         return a.data.ptr == b.data.ptr and a.size == b.size and a.dtype == b.dtype
 
     def release(self) -> None:
@@ -152,7 +156,7 @@ class CupyGraphs:
 class TorchGraphs:
     """CUDA graphs through `torch.cuda.CUDAGraph`, whose private memory pool torch keeps with the graph."""
 
-    name = "torch"
+    name: str = "torch"
 
     def __init__(self, device: Any) -> None:
         torch = self._torch = sys.modules["torch"]
@@ -181,25 +185,32 @@ class TorchGraphs:
         return graph
 
     def launch(self, graph: Any) -> None:
+        """Run the graph's kernels once."""
         graph.replay()
 
     @staticmethod
     def copy_into(target: Any, source: Any) -> None:
+        """Copy `source` into the fixed buffer `target` (a kernel, which a graph can hold)."""
         target.copy_(source)
 
     @staticmethod
     def copy(a: Any) -> Any:
+        """A fresh copy of `a`."""
         return a.clone()
 
     @staticmethod
     def same_memory(a: Any, b: Any) -> bool:
+        """Whether `a` and `b` are the same memory, of the same size and dtype."""
         return a.data_ptr() == b.data_ptr() and a.numel() == b.numel() and a.dtype == b.dtype
 
     def release(self) -> None:
-        pass  # torch frees a graph's pool with the graph and its tensors
+        """Nothing to give back: torch frees a graph's pool with the graph and its tensors."""
 
 
-def graph_kit(arrays: list) -> CupyGraphs | TorchGraphs | None:
+GraphKit = CupyGraphs | TorchGraphs  # what `graph_kit` gives: the CUDA-graph operations of one library
+
+
+def graph_kit(arrays: Sequence[Any]) -> GraphKit | None:
     """The CUDA-graph operations for `arrays` (a step's arguments), or None where there are none: no arrays,
     arrays on the host, of JAX or another library, or of more than one library or device."""
     if not arrays:

@@ -30,6 +30,7 @@ class Bits(NamedTuple):
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """The array's shape."""
         return self.bits.shape
 
 

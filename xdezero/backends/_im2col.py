@@ -8,6 +8,7 @@ library gets its fastest spelling here, with a portable fallback built from conc
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import array_api_compat
@@ -20,6 +21,7 @@ from xdezero.backends._namespace import array_namespace, device_of
 from xdezero.backends._scratch import empty as reused_empty
 
 Pair = tuple[int, int]
+Shape = tuple[int, ...]
 
 
 def _mutable_like_numpy(x: Any) -> bool:
@@ -28,6 +30,7 @@ def _mutable_like_numpy(x: Any) -> bool:
 
 
 def out_size(size: int, k: int, s: int, p: int) -> int:
+    """The output length of a window `k` sliding by `s` over `size` padded by `p` on each side."""
     return (size + 2 * p - k) // s + 1
 
 
@@ -60,7 +63,7 @@ def pad_images(x: Any, pad: Pair, value: float = 0.0) -> Any:
     return x
 
 
-def windows(x: Any, kernel: Pair, stride: Pair, pad: Pair, value: float = 0.0) -> list:
+def windows(x: Any, kernel: Pair, stride: Pair, pad: Pair, value: float = 0.0) -> list[Any]:
     """The KH·KW strided views (N, C, OH, OW) of the padded x, one per kernel offset, in (i, j) row-major order."""
     kh, kw = kernel
     sh, sw = stride
@@ -104,7 +107,7 @@ def im2col_matrix(x: Any, kernel: Pair, stride: Pair, pad: Pair) -> Any:
     return xp.reshape(stack(xp, parts, axis=1), (c * kernel[0] * kernel[1], n * oh * ow))
 
 
-def col2im_matrix(col: Any, shape: tuple, kernel: Pair, stride: Pair, pad: Pair) -> Any:
+def col2im_matrix(col: Any, shape: Shape, kernel: Pair, stride: Pair, pad: Pair) -> Any:
     """The adjoint of im2col_matrix: col (C·KH·KW, N·OH·OW) summed back into an (N, C, H, W) image."""
     if array_api_compat.is_cupy_array(col):
         return _cupy_col2im_matrix(col, shape, kernel, stride, pad)
@@ -187,7 +190,7 @@ def _cupy_im2col_matrix(x: Any, kernel: Pair, stride: Pair, pad: Pair) -> Any:
     return col
 
 
-def _cupy_col2im_matrix(col: Any, shape: tuple, kernel: Pair, stride: Pair, pad: Pair) -> Any:
+def _cupy_col2im_matrix(col: Any, shape: Shape, kernel: Pair, stride: Pair, pad: Pair) -> Any:
     cupy = sys.modules["cupy"]
     n, c, h, w = shape
     oh, ow = out_size(h, kernel[0], stride[0], pad[0]), out_size(w, kernel[1], stride[1], pad[1])
@@ -197,7 +200,7 @@ def _cupy_col2im_matrix(col: Any, shape: tuple, kernel: Pair, stride: Pair, pad:
     return img
 
 
-def add_windows(parts: list, shape: tuple, kernel: Pair, stride: Pair, pad: Pair) -> Any:
+def add_windows(parts: Sequence[Any], shape: Shape, kernel: Pair, stride: Pair, pad: Pair) -> Any:
     """The adjoint of `windows`: an (N, C, H, W) array where each part (N, C, OH, OW) is added at its window
     positions; overlapping windows accumulate and whatever lands in the padding is dropped."""
     n, c, h, w = shape
@@ -209,7 +212,7 @@ def add_windows(parts: list, shape: tuple, kernel: Pair, stride: Pair, pad: Pair
     oh, ow = first.shape[2], first.shape[3]
     xp = array_namespace(first)
 
-    def span(i: int, j: int) -> tuple:
+    def span(i: int, j: int) -> tuple[slice, ...]:
         return (slice(None), slice(None), slice(i, i + sh * (oh - 1) + 1, sh), slice(j, j + sw * (ow - 1) + 1, sw))
 
     if _mutable_like_numpy(first) or array_api_compat.is_torch_array(first):
@@ -227,7 +230,7 @@ def add_windows(parts: list, shape: tuple, kernel: Pair, stride: Pair, pad: Pair
     return out[:, :, ph : ph + h, pw : pw + w]
 
 
-def _add_windows_functional(xp: Any, parts: list, padded: Pair, kernel: Pair, stride: Pair) -> Any:
+def _add_windows_functional(xp: Any, parts: Sequence[Any], padded: Pair, kernel: Pair, stride: Pair) -> Any:
     """No setitem: dilate each part by the stride (interleave zeros), pad it to its offset, and sum."""
     hp, wp = padded
     kw = kernel[1]
@@ -275,7 +278,7 @@ def _place(xp: Any, a: Any, axis: int, offset: int, size: int) -> Any:
     return pieces[0] if len(pieces) == 1 else xp.concat(pieces, axis=axis)
 
 
-def col2im(col: Any, shape: tuple, kernel: Pair, stride: Pair, pad: Pair) -> Any:
+def col2im(col: Any, shape: Shape, kernel: Pair, stride: Pair, pad: Pair) -> Any:
     """The adjoint of im2col: col (N, C, KH, KW, OH, OW) summed back into an (N, C, H, W) image."""
     n, c, h, w = shape
     kh, kw = kernel
@@ -297,12 +300,18 @@ class ColumnPlan:
     (C·KH·KW, M), the GEMM output (OC, M) goes back to images, and back again for the gradients.
     Here M = N·OH·OW, one column per output pixel (any library, any stride)."""
 
-    def __init__(self, shape: tuple, kernel: Pair, stride: Pair, pad: Pair):
+    shape: Shape
+    kernel: Pair
+    stride: Pair
+    pad: Pair
+
+    def __init__(self, shape: Shape, kernel: Pair, stride: Pair, pad: Pair) -> None:
         self.shape, self.kernel, self.stride, self.pad = tuple(shape), kernel, stride, pad
         h, w = self.shape[2:]
-        self.out_hw = (out_size(h, kernel[0], stride[0], pad[0]), out_size(w, kernel[1], stride[1], pad[1]))
+        self.out_hw: Pair = (out_size(h, kernel[0], stride[0], pad[0]), out_size(w, kernel[1], stride[1], pad[1]))
 
     def im2col(self, x: Any) -> Any:
+        """x (N, C, H, W) -> its columns (C·KH·KW, M)."""
         return im2col_matrix(x, self.kernel, self.stride, self.pad)
 
     def to_images(self, y: Any, bias: Any = None) -> Any:
@@ -321,6 +330,7 @@ class ColumnPlan:
         return xp.reshape(xp.permute_dims(xp.reshape(g, (n, oc, -1)), (1, 0, 2)), (oc, -1))
 
     def col2im(self, col: Any) -> Any:
+        """The adjoint of `im2col`: columns (C·KH·KW, M) summed back into images (N, C, H, W)."""
         return col2im_matrix(col, self.shape, self.kernel, self.stride, self.pad)
 
     def conv(self, Wm: Any, x: Any) -> Any:
@@ -345,14 +355,19 @@ class WideColumnPlan(ColumnPlan):
     outside the output (the right and bottom margins) are computed and dropped; the gradients are zero there.
     """
 
-    def __init__(self, shape: tuple, kernel: Pair, stride: Pair, pad: Pair):
+    hp: int  # the padded images' height and width
+    wp: int
+
+    def __init__(self, shape: Shape, kernel: Pair, stride: Pair, pad: Pair) -> None:
         super().__init__(shape, kernel, stride, pad)
         n, _, h, w = self.shape
         self.hp, self.wp = h + 2 * pad[0], w + 2 * pad[1]
-        self.length = n * self.hp * self.wp
-        self.reach = (kernel[0] - 1) * self.wp + kernel[1] - 1  # the largest shift
+        self.length: int = n * self.hp * self.wp
+        self.reach: int = (kernel[0] - 1) * self.wp + kernel[1] - 1  # the largest shift
 
-    def _padded(self, channels: int, dtype: Any, reach: int = 0, filled: tuple | None = None) -> tuple:
+    def _padded(
+        self, channels: int, dtype: Any, reach: int = 0, filled: tuple[Pair, Pair] | None = None
+    ) -> tuple[Any, Any]:
         """A (channels, M + reach) buffer and its (channels, N, Hp, Wp) view, zero everywhere except, when given,
         in the box `filled` = ((row0, row1), (col0, col1)) of each image, which the caller then writes. The
         buffer is a reused one (backends/_scratch.py): fresh pages would cost more than clearing."""
@@ -374,10 +389,12 @@ class WideColumnPlan(ColumnPlan):
         return images[:, :, ph : ph + h, pw : pw + w]
 
     def im2col(self, x: Any) -> Any:
+        """x (N, C, H, W) -> its columns (C·KH·KW, M), one copy of KH·KW contiguous runs."""
         c, (kh, kw) = self.shape[1], self.kernel
         return self._windows_4d(x).reshape(c * kh * kw, self.length)  # the one copy
 
     def to_images(self, y: Any, bias: Any = None) -> Any:
+        """(OC, M) plus bias (OC,) -> (N, OC, OH, OW), the margins' columns dropped."""
         oc, n = y.shape[0], self.shape[0]
         oh, ow = self.out_hw
         y = y.reshape(oc, n, self.hp, self.wp)[:, :, :oh, :ow].transpose(1, 0, 2, 3)
@@ -389,12 +406,14 @@ class WideColumnPlan(ColumnPlan):
         return out
 
     def from_images(self, g: Any) -> Any:
+        """(N, OC, OH, OW) -> (OC, M), zero in the margins."""
         oh, ow = self.out_hw
         buf, images = self._padded(g.shape[1], g.dtype, filled=((0, oh), (0, ow)))
         images[:, :, :oh, :ow] = g.transpose(1, 0, 2, 3)
         return buf
 
     def col2im(self, col: Any) -> Any:
+        """The adjoint of `im2col`: KH·KW shifted runs added back into the padded images."""
         c = self.shape[1]
         kh, kw = self.kernel
         buf, images = self._padded(c, col.dtype, self.reach)
@@ -404,16 +423,16 @@ class WideColumnPlan(ColumnPlan):
             buf[:, shift : shift + self.length] += col[:, k]  # `buf` is ours
         return self._inner(images).transpose(1, 0, 2, 3)
 
-    deconv_block = 8192  # columns per block of the deconvolution's GEMM (see deconv)
+    deconv_block: int = 8192  # columns per block of the deconvolution's GEMM (see deconv)
 
     # The GEMMs run over blocks of columns: a block of the column matrix stays in cache and its memory is
     # reused, where the whole (C·KH·KW, M) matrix would be written to fresh pages on every call.
 
-    def _blocks(self, rows: int) -> list:
+    def _blocks(self, rows: int) -> list[Pair]:
         step = max(256, (1 << 18) // rows)  # about 1 MiB of float32 columns
         return [(s, min(s + step, self.length)) for s in range(0, self.length, step)]
 
-    def _column_blocks(self, x: Any):
+    def _column_blocks(self, x: Any) -> Iterator[tuple[int, int, Any]]:
         """(a, b, columns a:b of the (C·KH·KW, M) column matrix of x), each block copied into one reused buffer."""
         win = self._windows_4d(x)
         c, kh, kw = win.shape[:3]
@@ -425,12 +444,14 @@ class WideColumnPlan(ColumnPlan):
             yield a, b, buffer[:, : b - a]
 
     def conv(self, Wm: Any, x: Any) -> Any:
+        """Wm (OC, C·KH·KW) @ im2col(x): (OC, M), block by block."""
         y = reused_empty((Wm.shape[0], self.length), np.result_type(Wm, x))
         for a, b, columns in self._column_blocks(x):
             np.matmul(Wm, columns, out=y[:, a:b])
         return y
 
     def grad_w(self, x: Any, g: Any) -> Any:
+        """im2col(x) @ gᵀ for g (OC, M): (C·KH·KW, OC), block by block."""
         # One copy: OpenBLAS runs a block against rows of gᵀ faster than against its view.
         gt = reused_empty((g.shape[1], g.shape[0]), g.dtype)
         gt[...] = g.T
@@ -441,6 +462,7 @@ class WideColumnPlan(ColumnPlan):
         return total
 
     def deconv(self, Wt: Any, g: Any) -> Any:
+        """col2im(Wt (C·KH·KW, OC) @ g (OC, M)): images (N, C, H, W), block by block."""
         # col2im block by block: each (C·KH·KW, block) slice of Wt @ g is added into the padded images while it
         # is still in cache, instead of writing the whole column matrix to memory and reading it back. Blocks
         # are wider than the convolution's: OpenBLAS runs this small inner dimension (OC) slowly on short ones.
@@ -469,7 +491,7 @@ class WideColumnPlan(ColumnPlan):
         return as_strided(buf, (c, kh, kw, self.length), (buf.strides[0], self.wp * s, s, s), writeable=False)
 
 
-def column_plan(x: Any, shape: tuple, kernel: Pair, stride: Pair, pad: Pair) -> ColumnPlan:
+def column_plan(x: Any, shape: Shape, kernel: Pair, stride: Pair, pad: Pair) -> ColumnPlan:
     """The column layout for convolutions on images of `shape` made of arrays like `x`."""
     if stride == (1, 1) and array_api_compat.is_numpy_array(x):
         return WideColumnPlan(shape, kernel, stride, pad)

@@ -8,6 +8,7 @@ of a reduction, so the engine narrows them back to the widest floating dtype of 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -15,7 +16,7 @@ import numpy as np
 LEGACY_NUMPY = np.lib.NumpyVersion(np.__version__) < "2.0.0"
 
 
-def keep_input_precision(value: np.float64, inputs: list) -> Any:
+def keep_input_precision(value: np.float64, inputs: Sequence[Any]) -> Any:
     """`value`, a float64 NumPy scalar an op computed from `inputs` (their data), as the widest floating dtype of
     the NumPy inputs when that is narrower than float64; unchanged when no input is floating (integer means)."""
     widest = None

@@ -31,7 +31,7 @@ def pack(arrays: Sequence[Any], scale: float = 1.0) -> Any:
     return flat if scale == 1.0 else flat * scale
 
 
-def unpack(flat: Any, shapes: Sequence[tuple]) -> list:
+def unpack(flat: Any, shapes: Sequence[tuple[int, ...]]) -> list[Any]:
     """Disjoint views of `flat` with the given shapes (the inverse of `pack`)."""
     xp = array_namespace(flat)
     out, offset = [], 0

@@ -79,7 +79,7 @@ def _cupy_uniform(shape: tuple, like: Any, dtype: Any) -> Any:
         return gen.random(shape, dtype=dtype)
 
 
-def uniform(shape: tuple, like: Any, dtype: Any = None) -> Any:
+def uniform(shape: tuple[int, ...], like: Any, dtype: Any = None) -> Any:
     """Uniform [0, 1) samples of `shape`, as an array of `like`'s library and device (dtype: `like`'s dtype)."""
     shape = tuple(int(s) for s in shape)
     dtype = like.dtype if dtype is None else dtype

@@ -29,7 +29,7 @@ def _host_index(index: Any) -> Any:
     return to_numpy(index)  # a listed host transfer (see _devices)
 
 
-def flat_positions(shape: tuple, index: Any) -> np.ndarray:
+def flat_positions(shape: tuple[int, ...], index: Any) -> np.ndarray:
     """Flat positions (in a C-ordered array of `shape`) of the elements that `x[index]` selects."""
     return np.arange(math.prod(shape)).reshape(shape)[_host_index(index)]
 
@@ -85,7 +85,7 @@ def _add_rows(xp: Any, shape: tuple, ids: Any, values: Any) -> Any:
     return xp.reshape(segment_sum(ids, xp.reshape(rows, (ids.shape[0], math.prod(rest))), n_rows), shape)
 
 
-def scatter_add(shape: tuple, index: Any, values: Any) -> Any:
+def scatter_add(shape: tuple[int, ...], index: Any, values: Any) -> Any:
     """A fresh array of `shape`, zero except `values` added at `index`; repeated indices accumulate.
 
     A single integer array indexes rows (axis 0) and stays on the device (and lazy on Dask); a boolean array

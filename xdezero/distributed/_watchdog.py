@@ -28,9 +28,11 @@ class Watchdog:
         threading.Thread(target=self._watch, name="xdezero-collective-watchdog", daemon=True).start()
 
     def arm(self, what: str) -> None:
+        """Start the time-out of the collective `what` (about to block)."""
         self._armed = (time.monotonic() + self.timeout, what)
 
     def disarm(self) -> None:
+        """The armed collective completed."""
         self._armed = None
 
     def _watch(self) -> None:

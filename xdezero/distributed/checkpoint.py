@@ -34,7 +34,7 @@ def _shared(obj: Any) -> bool:
     return isinstance(obj, Layer | Optimizer | MultiNodeOptimizer)
 
 
-def save_checkpoint(comm: Communicator, file: str | os.PathLike | IO[bytes], **objects: Any) -> None:
+def save_checkpoint(comm: Communicator, file: str | os.PathLike[str] | IO[bytes], **objects: Any) -> None:
     """Call on every rank: models and optimizers are saved from rank 0, every other object (data loaders) and
     the random streams from each rank; rank 0 writes `file`. With one process, the file is that of
     `xdezero.save_checkpoint`."""
@@ -52,7 +52,7 @@ def save_checkpoint(comm: Communicator, file: str | os.PathLike | IO[bytes], **o
     comm.barrier()  # the file exists for every rank once save_checkpoint returns
 
 
-def load_checkpoint(comm: Communicator, file: str | os.PathLike | IO[bytes], **objects: Any) -> dict[str, Any]:
+def load_checkpoint(comm: Communicator, file: str | os.PathLike[str] | IO[bytes], **objects: Any) -> dict[str, Any]:
     """Call on every rank, with the objects built as when saving: each rank restores the shared states and its
     own, and its random streams. A file saved by another number of ranks is an error saying both numbers."""
     check_objects("load_checkpoint", objects, "load_state_dict")

@@ -16,8 +16,8 @@ class SubDataset:
     """The examples `dataset[indices[0]]`, `dataset[indices[1]]`, ... (a DataLoader takes it like any data set)."""
 
     def __init__(self, dataset: Any, indices: np.ndarray) -> None:
-        self.dataset = dataset
-        self.indices = np.asarray(indices, dtype=np.int64)
+        self.dataset: Any = dataset
+        self.indices: np.ndarray = np.asarray(indices, dtype=np.int64)
 
     def __getitem__(self, index: int) -> Any:
         if not -len(self) <= index < len(self):

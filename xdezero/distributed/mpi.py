@@ -30,6 +30,14 @@ class MpiCommunicator(Communicator):
     """
 
     name = "mpi"
+    # Set in __init__; declared here so that type checkers see them as the base class's ints, not redefinitions.
+    rank: int
+    size: int
+    intra_rank: int
+    intra_size: int
+    inter_rank: int
+    inter_size: int
+    mpi_comm: Any  # an mpi4py communicator
 
     def __init__(
         self,
@@ -58,7 +66,7 @@ class MpiCommunicator(Communicator):
         intra.Free()
         inter.Free()
         self._ops = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
-        self.cuda_aware = cuda_aware
+        self.cuda_aware: bool = cuda_aware
         self._watchdog = None
         if timeout is not None and self.size > 1:
             on_timeout = report_and_abort(self.rank, self.size, self.abort)
@@ -101,10 +109,13 @@ class MpiCommunicator(Communicator):
         return buf
 
     def bcast_obj(self, obj: Any, root: int = 0) -> Any:
+        """Rank `root`'s `obj` on every rank (pickled)."""
         return self._blocking("a broadcast", self.mpi_comm.bcast, obj, root=root)
 
     def barrier(self) -> None:
+        """Return once every rank has called `barrier`."""
         self._blocking("a barrier", self.mpi_comm.Barrier)
 
     def abort(self, code: int = 1) -> None:
+        """End every process of the job now."""
         self.mpi_comm.Abort(code)

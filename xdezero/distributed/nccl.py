@@ -30,13 +30,13 @@ class NcclCommunicator(Communicator):
             raise ImportError("the 'nccl' communicator needs CuPy with NCCL: pip install cupy-cuda12x") from e
         if not getattr(nccl, "available", True):
             raise RuntimeError("the 'nccl' communicator: this CuPy build has no NCCL support")
-        self.mpi = MpiCommunicator(mpi_comm, abort_on_exception=abort_on_exception)
+        self.mpi: MpiCommunicator = MpiCommunicator(mpi_comm, abort_on_exception=abort_on_exception)
         for attr in ("rank", "size", "intra_rank", "intra_size", "inter_rank", "inter_size"):
             setattr(self, attr, getattr(self.mpi, attr))
         self._cupy, self._nccl = cupy, nccl
         cupy.cuda.Device(self.intra_rank % cupy.cuda.runtime.getDeviceCount()).use()
         uid = self.mpi.bcast_obj(nccl.get_unique_id() if self.rank == 0 else None)
-        self.nccl_comm = nccl.NcclCommunicator(self.size, uid, self.rank)
+        self.nccl_comm: Any = nccl.NcclCommunicator(self.size, uid, self.rank)
         self._ops = {"sum": nccl.NCCL_SUM, "max": nccl.NCCL_MAX, "min": nccl.NCCL_MIN}
         self._dtypes = {
             "float16": nccl.NCCL_FLOAT16,
@@ -83,11 +83,14 @@ class NcclCommunicator(Communicator):
         return buf
 
     def bcast_obj(self, obj: Any, root: int = 0) -> Any:
+        """Rank `root`'s `obj` on every rank (pickled)."""
         return self.mpi.bcast_obj(obj, root)
 
     def barrier(self) -> None:
+        """Return once every rank has called `barrier`."""
         self._cupy.cuda.get_current_stream().synchronize()
         self.mpi.barrier()
 
     def abort(self, code: int = 1) -> None:
+        """End every process of the job now."""
         self.mpi.abort(code)

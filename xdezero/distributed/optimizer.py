@@ -27,6 +27,11 @@ class MultiNodeOptimizer:
     before `setup` avoids the lost step.
     """
 
+    # Kept in the instance's __dict__ (see __setattr__), declared here for type checkers only.
+    actual_optimizer: Optimizer
+    communicator: Communicator
+    skipped_updates: int
+
     def __init__(self, actual_optimizer: Optimizer, communicator: Communicator) -> None:
         if not callable(getattr(actual_optimizer, "update", None)) or not hasattr(actual_optimizer, "setup"):
             raise TypeError(
@@ -51,6 +56,7 @@ class MultiNodeOptimizer:
             setattr(self.actual_optimizer, name, value)
 
     def setup(self, target: Any) -> MultiNodeOptimizer:
+        """Set up the wrapped optimizer on `target` (a model) and give its parameters rank 0's values."""
         self.actual_optimizer.setup(target)
         named = named_params(target, "MultiNodeOptimizer.setup")
         self.communicator.bcast_params([(k, p) for k, p in named if p.data is not None])
@@ -58,6 +64,7 @@ class MultiNodeOptimizer:
         return self
 
     def update(self) -> None:
+        """Average the gradients over all ranks, then apply the wrapped optimizer's update."""
         if self.actual_optimizer.target is None:
             raise RuntimeError("MultiNodeOptimizer.update: call setup(model) first")
         if self._pending and not self._broadcast_created():

@@ -28,10 +28,13 @@ class SingleCommunicator(Communicator):
         return buf
 
     def bcast_obj(self, obj: Any, root: int = 0) -> Any:
+        """Rank `root`'s `obj` on every rank (pickled)."""
         return obj
 
     def barrier(self) -> None:
+        """Return once every rank has called `barrier`."""
         pass
 
     def abort(self, code: int = 1) -> None:
+        """End every process of the job now."""
         os._exit(code)

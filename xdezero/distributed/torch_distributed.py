@@ -35,6 +35,14 @@ class TorchCommunicator(Communicator):
     own, else gloo."""
 
     name = "torch"
+    # Set in __init__; declared here so that type checkers see them as the base class's ints, not redefinitions.
+    rank: int
+    size: int
+    intra_rank: int
+    intra_size: int
+    inter_rank: int
+    inter_size: int
+    device: Any  # the torch.device its buffers live on
 
     def __init__(
         self,
@@ -63,7 +71,7 @@ class TorchCommunicator(Communicator):
             td.init_process_group(backend, timeout=timeout)
             # Left to the interpreter's teardown, a live gloo group can end the process in std::terminate.
             atexit.register(_destroy, td)
-        self.backend = td.get_backend()
+        self.backend: str = td.get_backend()
         self.rank, self.size = td.get_rank(), td.get_world_size()
         self.intra_rank = int(os.environ.get("LOCAL_RANK", 0))
         self.intra_size = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
@@ -104,14 +112,17 @@ class TorchCommunicator(Communicator):
         return buf
 
     def bcast_obj(self, obj: Any, root: int = 0) -> Any:
+        """Rank `root`'s `obj` on every rank (pickled)."""
         box = [obj]
         self._td.broadcast_object_list(box, src=root)
         return box[0]
 
     def barrier(self) -> None:
+        """Return once every rank has called `barrier`."""
         self._td.barrier()
 
     def abort(self, code: int = 1) -> None:
+        """End every process of the job now."""
         # No collective abort in torch.distributed: leaving at once closes this rank's connections, the peers'
         # pending collectives fail, and torchrun (or torch.multiprocessing.spawn) ends the other workers.
         os._exit(code)

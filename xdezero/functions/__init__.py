@@ -1,5 +1,9 @@
 """Differentiable functions, DeZero's `dezero.functions` (import as `F`)."""
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+
 from xdezero import core
 from xdezero.core import Function, Variable, as_array, as_variable, operators
 from xdezero.functions import activation, reduce, shape
@@ -84,35 +88,35 @@ from xdezero.functions.shape import (
 class Softmax(activation.Softmax):
     """Softmax over `axis` (default 1), DeZero's signature."""
 
-    def __init__(self, axis: int | tuple = 1):
+    def __init__(self, axis: int | tuple[int, ...] = 1) -> None:
         super().__init__(axis)
 
 
 class LogSoftmax(activation.LogSoftmax):
     """Log-softmax over `axis` (default 1), DeZero's signature."""
 
-    def __init__(self, axis: int | tuple = 1):
+    def __init__(self, axis: int | tuple[int, ...] = 1) -> None:
         super().__init__(axis)
 
 
 class Transpose(shape.Transpose):
     """Transpose by `axes` (reversed by default), DeZero's signature."""
 
-    def __init__(self, axes: tuple | None = None):
+    def __init__(self, axes: Sequence[int] | None = None) -> None:
         super().__init__(None if axes is None else tuple(axes))
 
 
 class Max(reduce.Max):
     """Max over `axis` (all axes by default), DeZero's signature."""
 
-    def __init__(self, axis: int | tuple | None = None, keepdims: bool = False):
+    def __init__(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> None:
         super().__init__(axis, keepdims)
 
 
 class Min(reduce.Min):
     """Min over `axis` (all axes by default), DeZero's signature."""
 
-    def __init__(self, axis: int | tuple | None = None, keepdims: bool = False):
+    def __init__(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> None:
         super().__init__(axis, keepdims)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from xdezero.backends import array_namespace, device_of, fused
@@ -13,13 +14,13 @@ from xdezero.functions.shape import normalize_axis, sum
 __all__ = ["sigmoid", "sigmoid_simple", "relu", "leaky_relu", "softmax", "softmax_simple", "log_softmax"]
 
 
-def _live_output(f: Function, recompute) -> Variable:
+def _live_output(f: Function, recompute: Callable[[], Variable]) -> Variable:
     """The function's output if it is still alive and still made by `f`, else an equivalent recomputation."""
     y = f.outputs[0]()
     return y if y is not None and y.creator is f else recompute()
 
 
-def _sigmoid(xp, x):
+def _sigmoid(xp: Any, x: Any) -> Any:
     # The tanh form never overflows, unlike 1 / (1 + exp(-x)) at x = -1000.
     y = xp.tanh(x * 0.5)
     y *= 0.5  # in place on this call's own fresh array (JAX rebinds)
@@ -27,7 +28,7 @@ def _sigmoid(xp, x):
     return y
 
 
-def _sigmoid_grad(xp, y, gy):
+def _sigmoid_grad(xp: Any, y: Any, gy: Any) -> Any:
     g = 1 - y
     g *= y
     g *= gy
@@ -37,10 +38,12 @@ def _sigmoid_grad(xp, y, gy):
 class Sigmoid(Function):
     """y = 1 / (1 + e⁻ˣ); dy/dx = y (1 - y)."""
 
-    def forward(self, x):
+    def forward(self, x: Any) -> Any:
+        """y = 1 / (1 + e⁻ˣ), computed as (1 + tanh(x/2)) / 2."""
         return fused("sigmoid", _sigmoid, self.xp, x)  # one kernel on CuPy
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> Variable:
+        """gx = gy y (1 - y)."""
         y = _live_output(self, lambda: sigmoid(self.inputs[0]))
         return SigmoidGrad()(y, gy)
 
@@ -48,11 +51,13 @@ class Sigmoid(Function):
 class SigmoidGrad(Function):
     """g = gy y (1 - y); dg/dy = gy (1 - 2y), dg/dgy = y (1 - y)."""
 
-    def forward(self, y, gy):
+    def forward(self, y: Any, gy: Any) -> Any:
+        """g = gy y (1 - y)."""
         # A primitive so that sigmoid's backward is one pass over the batch instead of four (one kernel on CuPy).
         return fused("sigmoid_grad", _sigmoid_grad, self.xp, y, gy)
 
-    def backward(self, gg):
+    def backward(self, gg: Variable) -> tuple[Variable, Variable]:
+        """(dy, dgy) = (gg gy (1 - 2y), gg y (1 - y))."""
         y, gy = self.inputs
         return gg * gy * (1 - 2 * y), gg * y * (1 - y)
 
@@ -68,7 +73,7 @@ def sigmoid_simple(x: Any) -> Variable:
     return 1 / (1 + exp(-x))
 
 
-def _relu(xp, x):
+def _relu(xp: Any, x: Any) -> tuple[Any, Any]:
     # max(x, 0) rather than where(x > 0, x, 0): NumPy's where is ~10x slower on an unpredictable mask.
     zero = xp.zeros((), dtype=x.dtype, device=device_of(x))
     return xp.maximum(x, zero), xp.astype(x > 0, x.dtype)
@@ -77,13 +82,16 @@ def _relu(xp, x):
 class ReLU(Function):
     """y = max(x, 0); dy/dx = 1 where x > 0, else 0."""
 
-    keeps_inputs = False
+    keeps_inputs: bool = False
+    mask: Any  # dy/dx as a 0/1 array of x's dtype, set by forward
 
-    def forward(self, x):
+    def forward(self, x: Any) -> Any:
+        """y = max(x, 0)."""
         y, self.mask = fused("relu", _relu, self.xp, x)  # NumPy: into reused buffers
         return y
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> Variable:
+        """gx = gy · [x > 0]."""
         return gy * self.mask
 
 
@@ -95,16 +103,19 @@ def relu(x: Any) -> Variable:
 class LeakyReLU(Function):
     """y = x where x > 0, else slope·x; dy/dx = 1 or slope."""
 
-    keeps_inputs = False
+    keeps_inputs: bool = False
+    mask: Any  # dy/dx: 1 or slope per element, set by forward
 
-    def __init__(self, slope: float):
+    def __init__(self, slope: float) -> None:
         self.slope = slope
 
-    def forward(self, x):
+    def forward(self, x: Any) -> Any:
+        """y = x · (1 where x > 0, else slope)."""
         self.mask = self.xp.astype(x > 0, x.dtype) * (1 - self.slope) + self.slope
         return x * self.mask  # a product, not `where`, which NumPy runs ~10x slower on an unpredictable mask
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> Variable:
+        """gx = gy · (1 where x > 0, else slope)."""
         return gy * self.mask
 
 
@@ -116,28 +127,30 @@ def leaky_relu(x: Any, slope: float = 0.2) -> Variable:
 class Softmax(Function):
     """y = eˣ / Σ eˣ over `axis`; dx = y (gy - Σ y gy)."""
 
-    def __init__(self, axis: tuple):
+    def __init__(self, axis: tuple[int, ...]) -> None:
         self.axis = axis
 
-    def forward(self, x):
+    def forward(self, x: Any) -> Any:
+        """y = eˣ⁻ᵐ / Σ eˣ⁻ᵐ with m = max x over `axis`."""
         xp = self.xp
         # A primitive because exp(x) alone overflows: shift by the max, which leaves softmax unchanged.
         e = xp.exp(x - xp.max(x, axis=self.axis, keepdims=True))
         return e / xp.sum(e, axis=self.axis, keepdims=True)
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> Variable:
+        """gx = y (gy - Σ y gy)."""
         y = _live_output(self, lambda: softmax(self.inputs[0], self.axis))
         gx = y * gy
         return gx - y * sum(gx, self.axis, keepdims=True)
 
 
-def softmax(x: Any, axis: int | tuple = 1) -> Variable:
+def softmax(x: Any, axis: int | tuple[int, ...] = 1) -> Variable:
     """eˣ / Σ eˣ over `axis`, finite for any finite x."""
     x = as_variable(x)
     return Softmax(normalize_axis(axis, x.ndim, "softmax"))(x)
 
 
-def softmax_simple(x: Any, axis: int | tuple = 1) -> Variable:
+def softmax_simple(x: Any, axis: int | tuple[int, ...] = 1) -> Variable:
     """Softmax composed from exp, sum and division."""
     x = as_variable(x)
     axes = normalize_axis(axis, x.ndim, "softmax_simple")
@@ -146,7 +159,7 @@ def softmax_simple(x: Any, axis: int | tuple = 1) -> Variable:
     return y / sum(y, axes, keepdims=True)
 
 
-def _finite_max(data, axes):
+def _finite_max(data: Any, axes: tuple[int, ...]) -> Any:
     xp = array_namespace(data)
     m = xp.max(data, axis=axes, keepdims=True)
     return xp.where(xp.isfinite(m), m, xp.zeros_like(m))
@@ -155,10 +168,11 @@ def _finite_max(data, axes):
 class LogSoftmax(Function):
     """y = x - log Σ eˣ over `axis`; dx = gy - eʸ Σ gy."""
 
-    def __init__(self, axis: tuple):
+    def __init__(self, axis: tuple[int, ...]) -> None:
         self.axis = axis
 
-    def forward(self, x):
+    def forward(self, x: Any) -> Any:
+        """y = (x - m) - log Σ eˣ⁻ᵐ with m = max x over `axis`."""
         # A primitive because log(softmax(x)) underflows to log 0 for logits far below the max. It is (x - m) - log s,
         # not x - logsumexp(x): x - (m + log s) rounds at the scale of m (3e-5 off at x = 1000 in float32).
         xp = self.xp
@@ -168,13 +182,14 @@ class LogSoftmax(Function):
         # log 0 = -inf is the right answer for a row of -inf, so the log is guarded only against the warning.
         return z - xp.where(s > 0, xp.log(xp.where(s > 0, s, 1.0)), -math.inf)
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> Variable:
+        """gx = gy - eʸ Σ gy."""
         y = self.outputs[0]()
         p = exp(y) if y is not None and y.creator is self else softmax(self.inputs[0], self.axis)
         return gy - p * sum(gy, self.axis, keepdims=True)
 
 
-def log_softmax(x: Any, axis: int | tuple = 1) -> Variable:
+def log_softmax(x: Any, axis: int | tuple[int, ...] = 1) -> Variable:
     """log softmax(x) over `axis`, finite for any finite x."""
     x = as_variable(x)
     return LogSoftmax(normalize_axis(axis, x.ndim, "log_softmax"))(x)

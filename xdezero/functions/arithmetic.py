@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -39,7 +40,7 @@ def _check_broadcastable(name: str, a: Any, b: Any) -> None:
             )
 
 
-def _unbroadcast(gx: Variable, shape: tuple) -> Variable:
+def _unbroadcast(gx: Variable, shape: tuple[int, ...]) -> Variable:
     return gx if gx.shape == shape else sum_to(gx, shape)
 
 
@@ -48,13 +49,15 @@ class Add(Function):
 
     keeps_inputs = False
 
-    def forward(self, x0, x1):
-        self.shapes = (tuple(x0.shape), tuple(x1.shape))
+    def forward(self, x0: Any, x1: Any) -> Any:
+        """y = x0 + x1, broadcasting."""
+        self.shapes: tuple[tuple[int, ...], tuple[int, ...]] = (tuple(x0.shape), tuple(x1.shape))
         if self.shapes[0] != self.shapes[1]:
             _check_broadcastable("add", x0, x1)
         return x0 + x1
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> tuple[Variable | None, Variable | None]:
+        """gx0, gx1 = (gy, gy), each summed over its broadcast axes."""
         n0, n1 = self.needs_grad
         return (_unbroadcast(gy, self.shapes[0]) if n0 else None, _unbroadcast(gy, self.shapes[1]) if n1 else None)
 
@@ -64,13 +67,15 @@ class Sub(Function):
 
     keeps_inputs = False
 
-    def forward(self, x0, x1):
-        self.shapes = (tuple(x0.shape), tuple(x1.shape))
+    def forward(self, x0: Any, x1: Any) -> Any:
+        """y = x0 - x1, broadcasting."""
+        self.shapes: tuple[tuple[int, ...], tuple[int, ...]] = (tuple(x0.shape), tuple(x1.shape))
         if self.shapes[0] != self.shapes[1]:
             _check_broadcastable("sub", x0, x1)
         return x0 - x1
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> tuple[Variable | None, Variable | None]:
+        """gx0, gx1 = (gy, -gy), each summed over its broadcast axes."""
         n0, n1 = self.needs_grad
         return (_unbroadcast(gy, self.shapes[0]) if n0 else None, _unbroadcast(-gy, self.shapes[1]) if n1 else None)
 
@@ -78,15 +83,17 @@ class Sub(Function):
 class Mul(Function):
     """y = x0 * x1; dy/dx0 = x1, dy/dx1 = x0."""
 
-    inputs_read = ((1,), (0,))
+    inputs_read: tuple[tuple[int, ...], ...] | None = ((1,), (0,))
 
-    def forward(self, x0, x1):
-        self.shapes = (tuple(x0.shape), tuple(x1.shape))
+    def forward(self, x0: Any, x1: Any) -> Any:
+        """y = x0 * x1, broadcasting."""
+        self.shapes: tuple[tuple[int, ...], tuple[int, ...]] = (tuple(x0.shape), tuple(x1.shape))
         if self.shapes[0] != self.shapes[1]:
             _check_broadcastable("mul", x0, x1)
         return x0 * x1
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> tuple[Variable | None, Variable | None]:
+        """gx0, gx1 = (gy x1, gy x0), each summed over its broadcast axes."""
         x0, x1 = self.inputs
         n0, n1 = self.needs_grad
         return (
@@ -98,15 +105,17 @@ class Mul(Function):
 class Div(Function):
     """y = x0 / x1; dy/dx0 = 1/x1, dy/dx1 = -x0/x1²."""
 
-    inputs_read = ((1,), (0, 1))
+    inputs_read: tuple[tuple[int, ...], ...] | None = ((1,), (0, 1))
 
-    def forward(self, x0, x1):
-        self.shapes = (tuple(x0.shape), tuple(x1.shape))
+    def forward(self, x0: Any, x1: Any) -> Any:
+        """y = x0 / x1, broadcasting."""
+        self.shapes: tuple[tuple[int, ...], tuple[int, ...]] = (tuple(x0.shape), tuple(x1.shape))
         if self.shapes[0] != self.shapes[1]:
             _check_broadcastable("div", x0, x1)
         return x0 / x1
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> tuple[Variable | None, Variable | None]:
+        """gx0, gx1 = (gy / x1, -gy x0 / x1²), each summed over its broadcast axes."""
         x0, x1 = self.inputs
         n0, n1 = self.needs_grad
         gx0 = gy / x1
@@ -121,10 +130,12 @@ class Neg(Function):
 
     keeps_inputs = False
 
-    def forward(self, x):
+    def forward(self, x: Any) -> Any:
+        """y = -x."""
         return -x
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> Variable:
+        """gx = -gy."""
         return -gy
 
 
@@ -133,13 +144,15 @@ class AddConstant(Function):
 
     keeps_inputs = False
 
-    def __init__(self, c):
-        self.c = c
+    def __init__(self, c: float) -> None:
+        self.c: float = c
 
-    def forward(self, x):
+    def forward(self, x: Any) -> Any:
+        """y = x + c."""
         return x + self.c
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> Variable:
+        """gx = gy."""
         return gy
 
 
@@ -148,13 +161,15 @@ class RSubConstant(Function):
 
     keeps_inputs = False
 
-    def __init__(self, c):
-        self.c = c
+    def __init__(self, c: float) -> None:
+        self.c: float = c
 
-    def forward(self, x):
+    def forward(self, x: Any) -> Any:
+        """y = c - x."""
         return self.c - x
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> Variable:
+        """gx = -gy."""
         return -gy
 
 
@@ -163,13 +178,15 @@ class MulConstant(Function):
 
     keeps_inputs = False
 
-    def __init__(self, c):
-        self.c = c
+    def __init__(self, c: float) -> None:
+        self.c: float = c
 
-    def forward(self, x):
+    def forward(self, x: Any) -> Any:
+        """y = c x."""
         return x * self.c
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> Variable:
+        """gx = c gy."""
         return gy * self.c
 
 
@@ -178,26 +195,30 @@ class DivConstant(Function):
 
     keeps_inputs = False
 
-    def __init__(self, c):
-        self.c = c
+    def __init__(self, c: float) -> None:
+        self.c: float = c
 
-    def forward(self, x):
+    def forward(self, x: Any) -> Any:
+        """y = x / c."""
         return x / self.c
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> Variable:
+        """gx = gy / c."""
         return gy / self.c
 
 
 class RDivConstant(Function):
     """y = c / x for a Python number c; dy/dx = -c/x²."""
 
-    def __init__(self, c):
-        self.c = c
+    def __init__(self, c: float) -> None:
+        self.c: float = c
 
-    def forward(self, x):
+    def forward(self, x: Any) -> Any:
+        """y = c / x."""
         return self.c / x
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> Variable:
+        """gx = -c gy / x²."""
         (x,) = self.inputs
         return gy * (-self.c) / (x * x)
 
@@ -205,13 +226,15 @@ class RDivConstant(Function):
 class Pow(Function):
     """y = x ** c for a Python number c; dy/dx = c x^(c-1)."""
 
-    def __init__(self, c):
-        self.c = c
+    def __init__(self, c: float) -> None:
+        self.c: float = c
 
-    def forward(self, x):
+    def forward(self, x: Any) -> Any:
+        """y = x ** c."""
         return x**self.c
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> Variable:
+        """gx = c x^(c-1) gy (zero for c = 0)."""
         (x,) = self.inputs
         if self.c == 0:  # x**0 is constant; c x^(c-1) would be 0 * inf = nan at x = 0
             return Variable(self.xp.zeros_like(x.data), requires_grad=False)
@@ -221,13 +244,15 @@ class Pow(Function):
 class RPow(Function):
     """y = c ** x for a positive Python number c; dy/dx = log(c) c^x."""
 
-    def __init__(self, c):
-        self.c = c
+    def __init__(self, c: float) -> None:
+        self.c: float = c
 
-    def forward(self, x):
+    def forward(self, x: Any) -> Any:
+        """y = c ** x."""
         return self.c**x
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> Variable:
+        """gx = log(c) c^x gy."""
         (x,) = self.inputs
         return gy * rpow(x, self.c) * math.log(self.c)
 
@@ -237,14 +262,16 @@ class SumTo(Function):
 
     keeps_inputs = False
 
-    def __init__(self, shape):
-        self.shape = tuple(shape)
+    def __init__(self, shape: Sequence[int]) -> None:
+        self.shape: tuple[int, ...] = tuple(shape)
 
-    def forward(self, x):
-        self.x_shape = tuple(x.shape)
+    def forward(self, x: Any) -> Any:
+        """y = x summed down to `shape`."""
+        self.x_shape: tuple[int, ...] = tuple(x.shape)
         return sum_to_array(self.xp, x, self.shape)
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> Variable:
+        """gx = gy broadcast to x's shape."""
         return broadcast_to(gy, self.x_shape)
 
 
@@ -253,22 +280,24 @@ class BroadcastTo(Function):
 
     keeps_inputs = False
 
-    def __init__(self, shape):
-        self.shape = tuple(shape)
+    def __init__(self, shape: Sequence[int]) -> None:
+        self.shape: tuple[int, ...] = tuple(shape)
 
-    def forward(self, x):
-        self.x_shape = tuple(x.shape)
+    def forward(self, x: Any) -> Any:
+        """y = x broadcast to `shape`, as a fresh array."""
+        self.x_shape: tuple[int, ...] = tuple(x.shape)
         try:
             y = self.xp.broadcast_to(x, self.shape)
         except (ValueError, RuntimeError) as e:
             raise ValueError(f"broadcast_to: cannot broadcast shape {self.x_shape} to {self.shape}") from e
         return self.xp.asarray(y, copy=True)
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> Variable:
+        """gx = gy summed down to x's shape."""
         return sum_to(gy, self.x_shape)
 
 
-def sum_to_array(xp: Any, x: Any, shape: tuple) -> Any:
+def sum_to_array(xp: Any, x: Any, shape: Sequence[int]) -> Any:
     """Sum the raw array `x` down to `shape` (undoing a broadcast)."""
     shape = tuple(shape)
     if tuple(x.shape) == shape:
@@ -346,7 +375,7 @@ def rpow(x: Any, c: Any) -> Variable:
     return RPow(_number(c))(x)
 
 
-def sum_to(x: Any, shape: tuple) -> Variable:
+def sum_to(x: Any, shape: Sequence[int]) -> Variable:
     """Sum x down to `shape`; the backward of broadcasting."""
     x = as_variable(x)
     if x.shape == tuple(shape):
@@ -354,7 +383,7 @@ def sum_to(x: Any, shape: tuple) -> Variable:
     return SumTo(shape)(x)
 
 
-def broadcast_to(x: Any, shape: tuple) -> Variable:
+def broadcast_to(x: Any, shape: Sequence[int]) -> Variable:
     """Broadcast x to `shape`."""
     x = as_variable(x)
     if x.shape == tuple(shape):

@@ -120,13 +120,16 @@ def _check_bias(name: str, b: Variable | None, channels: int) -> None:
 class Conv2d(Function):
     """y = W ⋆ x + b (cross-correlation); dy/dx = deconv2d(gy, W), dy/dW = conv2d_grad_w(x, gy), dy/db = Σ gy."""
 
-    inputs_read = ((1,), (0,), ())  # gx reads W, gW reads x, gb reads neither
+    inputs_read: tuple[tuple[int, ...], ...] | None = ((1,), (0,), ())  # gx reads W, gW reads x, gb neither
+    x_hw: tuple[int, ...]  # (H, W) of x, set by forward
+    kernel: Pair  # (KH, KW) of W, set by forward
 
-    def __init__(self, stride: Pair, pad: Pair):
+    def __init__(self, stride: Pair, pad: Pair) -> None:
         self.stride = stride
         self.pad = pad
 
-    def forward(self, x, W, b=None):
+    def forward(self, x: Any, W: Any, b: Any = None) -> Any:
+        """y = W ⋆ x + b, one GEMM over the column layout of x."""
         xp = self.xp
         oc = W.shape[0]
         self.x_hw, self.kernel = tuple(x.shape[2:]), tuple(W.shape[2:])
@@ -134,7 +137,8 @@ class Conv2d(Function):
         # One GEMM (OC, C·KH·KW) @ (C·KH·KW, M); the bias is added in the one copy back to NCHW.
         return plan.to_images(plan.conv(xp.reshape(W, (oc, -1)), x), b)
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> tuple[Variable | None, ...]:
+        """(gx, gW[, gb]) = (deconv2d(gy, W), conv2d_grad_w(x, gy)[, Σ gy]); None where no gradient is needed."""
         # Only what is needed: images given as data (a CNN's input) need no deconvolution.
         x, W = self.inputs[:2]
         needs = self.needs_grad
@@ -154,12 +158,15 @@ class Conv2DGrad(Function):
     """(gx, gW) of y = conv2d(x, W) for the upstream gy: (deconv2d(gy, W), conv2d_grad_w(x, gy)) in one step,
     so that gy goes to the column layout once. Bilinear in (x, W) and gy, so its backward is again convolutions."""
 
-    def __init__(self, kernel: Pair, stride: Pair, pad: Pair):
+    kernel: Pair
+
+    def __init__(self, kernel: Pair, stride: Pair, pad: Pair) -> None:
         self.kernel = tuple(kernel)
         self.stride = stride
         self.pad = pad
 
-    def forward(self, x, W, gy):
+    def forward(self, x: Any, W: Any, gy: Any) -> tuple[Any, Any]:
+        """(gx, gW) = (deconv2d(gy, W), conv2d_grad_w(x, gy))."""
         xp = self.xp
         oc, c = W.shape[:2]
         plan = column_plan(x, tuple(x.shape), self.kernel, self.stride, self.pad)
@@ -168,7 +175,10 @@ class Conv2DGrad(Function):
         gW = xp.permute_dims(plan.grad_w(x, g), (1, 0))
         return gx, xp.reshape(gW, (oc, c, *self.kernel))
 
-    def backward(self, ggx, ggW):
+    def backward(
+        self, ggx: Variable | None, ggW: Variable | None
+    ) -> tuple[Variable | None, Variable | None, Variable | None]:
+        """(dx, dW, dgy) = (deconv2d(gy, ggW), conv2d_grad_w(ggx, gy), conv2d(ggx, W) + conv2d(x, ggW))."""
         # An output nobody kept has no gradient (None): its terms vanish; so do those of inputs needing none.
         x, W, gy = self.inputs
         need_x, need_W, need_gy = self.needs_grad
@@ -191,12 +201,16 @@ class Conv2DGrad(Function):
 class Deconv2d(Function):
     """y = Wᵀ ⋆ x + b (transposed convolution); dy/dx = conv2d(gy, W), dy/dW = conv2d_grad_w(gy, x), dy/db = Σ gy."""
 
-    def __init__(self, stride: Pair, pad: Pair, outsize: Pair):
+    outsize: tuple[int, ...]  # (H, W) of y
+    kernel: Pair  # (KH, KW) of W, set by forward
+
+    def __init__(self, stride: Pair, pad: Pair, outsize: Pair) -> None:
         self.stride = stride
         self.pad = pad
         self.outsize = outsize
 
-    def forward(self, x, W, b=None):
+    def forward(self, x: Any, W: Any, b: Any = None) -> Any:
+        """y = Wᵀ ⋆ x + b, one GEMM into the column layout of y."""
         xp = self.xp
         c, oc = W.shape[:2]
         n = x.shape[0]
@@ -208,9 +222,10 @@ class Deconv2d(Function):
             y = y + xp.reshape(b, (oc, 1, 1))
         return y
 
-    inputs_read = ((1,), (0,), ())  # gx reads W, gW reads x, gb reads neither
+    inputs_read: tuple[tuple[int, ...], ...] | None = ((1,), (0,), ())  # gx reads W, gW reads x, gb neither
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> tuple[Variable | None, ...]:
+        """(gx, gW[, gb]) = (conv2d(gy, W), conv2d_grad_w(gy, x)[, Σ gy]); None where no gradient is needed."""
         x, W = self.inputs[:2]
         needs = self.needs_grad
         gx = conv2d(gy, W, stride=self.stride, pad=self.pad) if needs[0] else None
@@ -224,12 +239,15 @@ class Conv2DGradW(Function):
     """gW = Σₙ gy ⊗ im2col(x), the weight gradient of conv2d(x, W); bilinear, so its backward is
     (deconv2d(gy, ggW), conv2d(x, ggW))."""
 
-    def __init__(self, kernel: Pair, stride: Pair, pad: Pair):
+    kernel: Pair
+
+    def __init__(self, kernel: Pair, stride: Pair, pad: Pair) -> None:
         self.kernel = tuple(kernel)
         self.stride = stride
         self.pad = pad
 
-    def forward(self, x, gy):
+    def forward(self, x: Any, gy: Any) -> Any:
+        """gW = Σₙ gy ⊗ im2col(x)."""
         xp = self.xp
         c = x.shape[1]
         oc = gy.shape[1]
@@ -237,7 +255,8 @@ class Conv2DGradW(Function):
         gW = xp.permute_dims(plan.grad_w(x, plan.from_images(gy)), (1, 0))
         return xp.reshape(gW, (oc, c, *self.kernel))
 
-    def backward(self, ggW):
+    def backward(self, ggW: Variable) -> tuple[Variable | None, Variable | None]:
+        """(gx, ggy) = (deconv2d(gy, ggW), conv2d(x, ggW)); None where no gradient is needed."""
         x, gy = self.inputs
         need_x, need_gy = self.needs_grad
         gx = deconv2d(gy, ggW, stride=self.stride, pad=self.pad, outsize=x.shape[2:]) if need_x else None
@@ -258,7 +277,7 @@ def conv2d(x: Any, W: Any, b: Any = None, stride: int | Pair = 1, pad: int | Pai
 
 
 def deconv2d(
-    x: Any, W: Any, b: Any = None, stride: int | Pair = 1, pad: int | Pair = 0, outsize: Any = None
+    x: Any, W: Any, b: Any = None, stride: int | Pair = 1, pad: int | Pair = 0, outsize: Sequence[int] | None = None
 ) -> Variable:
     """Transposed 2-D convolution of x (N, C, H, W) with W (C, OC, KH, KW), plus b (OC,): the adjoint of conv2d."""
     x, W = as_variable(x), as_variable(W)
@@ -304,12 +323,18 @@ def conv2d_simple(x: Any, W: Any, b: Any = None, stride: int | Pair = 1, pad: in
 class Im2col(Function):
     """col = the sliding windows of x; dcol/dx = col2im (sums each window back)."""
 
-    keeps_inputs = False
+    keeps_inputs: bool = False
+    kernel: Pair
+    stride: Pair
+    pad: Pair
+    to_matrix: bool
+    input_shape: tuple[int, ...]  # x's shape, set by forward
 
-    def __init__(self, kernel: Pair, stride: Pair, pad: Pair, to_matrix: bool):
+    def __init__(self, kernel: Pair, stride: Pair, pad: Pair, to_matrix: bool) -> None:
         self.kernel, self.stride, self.pad, self.to_matrix = kernel, stride, pad, to_matrix
 
-    def forward(self, x):
+    def forward(self, x: Any) -> Any:
+        """col = the windows of x: (N·OH·OW, C·KH·KW) with to_matrix, else (N, C, KH, KW, OH, OW)."""
         self.input_shape = tuple(x.shape)
         col = im2col_array(x, self.kernel, self.stride, self.pad)
         if not self.to_matrix:
@@ -317,20 +342,26 @@ class Im2col(Function):
         n, c, kh, kw, oh, ow = col.shape
         return self.xp.reshape(self.xp.permute_dims(col, (0, 4, 5, 1, 2, 3)), (n * oh * ow, c * kh * kw))
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> Variable:
+        """gx = col2im(gy)."""
         return col2im(gy, self.input_shape, self.kernel, self.stride, self.pad, self.to_matrix)
 
 
 class Col2im(Function):
     """x = Σ of the windows in col placed back on the image; dx/dcol = im2col."""
 
-    keeps_inputs = False
+    keeps_inputs: bool = False
+    kernel: Pair
+    stride: Pair
+    pad: Pair
+    to_matrix: bool
 
-    def __init__(self, input_shape: tuple, kernel: Pair, stride: Pair, pad: Pair, to_matrix: bool):
+    def __init__(self, input_shape: tuple[int, ...], kernel: Pair, stride: Pair, pad: Pair, to_matrix: bool) -> None:
         self.input_shape = input_shape
         self.kernel, self.stride, self.pad, self.to_matrix = kernel, stride, pad, to_matrix
 
-    def forward(self, col):
+    def forward(self, col: Any) -> Any:
+        """x = the windows in col summed back into an image of `input_shape`."""
         if self.to_matrix:
             n, c = self.input_shape[:2]
             oh, ow = _out_hw("col2im", self.input_shape[2:], self.kernel, self.stride, self.pad)
@@ -338,11 +369,14 @@ class Col2im(Function):
             col = self.xp.permute_dims(col, (0, 3, 4, 5, 1, 2))
         return col2im_array(col, self.input_shape, self.kernel, self.stride, self.pad)
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> Variable:
+        """gcol = im2col(gy)."""
         return im2col(gy, self.kernel, self.stride, self.pad, self.to_matrix)
 
 
-def im2col(x: Any, kernel_size: int | Pair, stride: int | Pair = 1, pad: int | Pair = 0, to_matrix: bool = True):
+def im2col(
+    x: Any, kernel_size: int | Pair, stride: int | Pair = 1, pad: int | Pair = 0, to_matrix: bool = True
+) -> Variable:
     """Sliding windows of x (N, C, H, W): (N·OH·OW, C·KH·KW) with to_matrix, else (N, C, KH, KW, OH, OW)."""
     x = as_variable(x)
     _check_images("im2col", x)
@@ -353,7 +387,7 @@ def im2col(x: Any, kernel_size: int | Pair, stride: int | Pair = 1, pad: int | P
 
 def col2im(
     x: Any,
-    input_shape: tuple,
+    input_shape: Sequence[int],
     kernel_size: int | Pair,
     stride: int | Pair = 1,
     pad: int | Pair = 0,
@@ -390,7 +424,7 @@ def _tiles(shape: tuple, kernel: Pair, stride: Pair, pad: Pair) -> bool:
     return stride == kernel and pad == (0, 0) and shape[2] % kernel[0] == 0 and shape[3] % kernel[1] == 0
 
 
-def _running_max(xp: Any, parts: list) -> tuple:
+def _running_max(xp: Any, parts: list[Any]) -> tuple[Any, Any]:
     """(max of the parts, index of the first part holding it): ties keep the earlier part."""
     y, index = parts[0], None
     for k in range(1, len(parts)):
@@ -414,12 +448,23 @@ def _spread_portable(xp: Any, g: Any, index: Any, count: int, axis: int) -> Any:
 class Pooling(Function):
     """y = max over each window (padding counts as -inf); dy/dx = gy routed to the first arg-max of its window."""
 
-    keeps_inputs = False
+    keeps_inputs: bool = False
+    kernel: Pair
+    stride: Pair
+    pad: Pair
+    # Set by forward: x's shape; whether the windows tile x; the arg-max, as the window slot of each output
+    # (`index`) or, for tiling windows, as the column within its row and the row (`col_index`, `row_index`).
+    x_shape: tuple[int, ...]
+    tiles: bool
+    index: Any
+    col_index: Any
+    row_index: Any
 
-    def __init__(self, kernel: Pair, stride: Pair, pad: Pair):
+    def __init__(self, kernel: Pair, stride: Pair, pad: Pair) -> None:
         self.kernel, self.stride, self.pad = kernel, stride, pad
 
-    def forward(self, x):
+    def forward(self, x: Any) -> Any:
+        """y = max over each window, recording the arg-max."""
         xp = self.xp
         self.x_shape = tuple(x.shape)
         self.tiles = _tiles(self.x_shape, self.kernel, self.stride, self.pad)
@@ -436,7 +481,7 @@ class Pooling(Function):
         self.index = index
         return y
 
-    def _forward_tiles(self, x):
+    def _forward_tiles(self, x: Any) -> Any:
         # Non-overlapping windows: the max along each row of a window first (KW column views), then down the
         # rows (KH row views of the reshaped result). Each stage is a few whole-array passes, and together the
         # two stages pick the same first arg-max in row-major window order.
@@ -447,7 +492,8 @@ class Pooling(Function):
         y, self.row_index = _running_max(xp, [rows[:, :, :, i, :] for i in range(kh)])
         return y
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> Variable:
+        """gx = gy placed at each window's arg-max."""
         return PoolingGrad(self)(gy)
 
 
@@ -455,12 +501,13 @@ class PoolingGrad(Function):
     """gx = gy placed at each window's arg-max (accumulated where windows overlap); linear in gy, its backward
     picks ggx at the same arg-max positions."""
 
-    keeps_inputs = False
+    keeps_inputs: bool = False
 
-    def __init__(self, pooling: Pooling):
+    def __init__(self, pooling: Pooling) -> None:
         self.pooling = pooling
 
-    def forward(self, gy):
+    def forward(self, gy: Any) -> Any:
+        """gx = gy placed at each window's arg-max, summed where windows overlap."""
         p, xp = self.pooling, self.xp
         if p.tiles:
             (kh, kw), (n, c, h, w) = p.kernel, p.x_shape
@@ -473,19 +520,21 @@ class PoolingGrad(Function):
         parts = [xp.where(p.index == k, gy, zero) for k in range(p.kernel[0] * p.kernel[1])]
         return add_windows(parts, p.x_shape, p.kernel, p.stride, p.pad)
 
-    def backward(self, ggx):
+    def backward(self, ggx: Variable) -> Variable:
+        """ggy = ggx at the arg-max positions."""
         return PoolingWithIndexes(self.pooling)(ggx)
 
 
 class PoolingWithIndexes(Function):
     """y = x at the arg-max positions recorded by a max pooling; dy/dx = PoolingGrad."""
 
-    keeps_inputs = False
+    keeps_inputs: bool = False
 
-    def __init__(self, pooling: Pooling):
+    def __init__(self, pooling: Pooling) -> None:
         self.pooling = pooling
 
-    def forward(self, x):
+    def forward(self, x: Any) -> Any:
+        """y = x at the recorded arg-max of each window."""
         p, xp = self.pooling, self.xp
         if p.tiles:
             (kh, kw), (n, c, h, w) = p.kernel, p.x_shape
@@ -494,11 +543,12 @@ class PoolingWithIndexes(Function):
             return _pick(xp, [rows[:, :, :, i, :] for i in range(kh)], p.row_index)
         return _pick(xp, windows(x, p.kernel, p.stride, p.pad), p.index)
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> Variable:
+        """gx = gy placed at the recorded arg-max positions."""
         return PoolingGrad(self.pooling)(gy)
 
 
-def _pick(xp: Any, parts: list, index: Any) -> Any:
+def _pick(xp: Any, parts: list[Any], index: Any) -> Any:
     """parts[index[...]] elementwise (index None: a single part)."""
     y = parts[0]
     for k in range(1, len(parts)):
@@ -536,12 +586,17 @@ def pooling_simple(x: Any, kernel_size: int | Pair, stride: int | Pair = 1, pad:
 class AveragePooling(Function):
     """y = mean over each window (padding counts as zeros in the mean); dy/dx = gy/(KH·KW) spread over the window."""
 
-    keeps_inputs = False
+    keeps_inputs: bool = False
+    kernel: Pair
+    stride: Pair
+    pad: Pair
+    x_shape: tuple[int, ...]  # set by forward
 
-    def __init__(self, kernel: Pair, stride: Pair, pad: Pair):
+    def __init__(self, kernel: Pair, stride: Pair, pad: Pair) -> None:
         self.kernel, self.stride, self.pad = kernel, stride, pad
 
-    def forward(self, x):
+    def forward(self, x: Any) -> Any:
+        """y = Σ of each window / (KH·KW)."""
         self.x_shape = tuple(x.shape)
         parts = windows(x, self.kernel, self.stride, self.pad)
         total = parts[0]
@@ -549,24 +604,27 @@ class AveragePooling(Function):
             total = total + part
         return total * (1.0 / len(parts))
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> Variable:
+        """gx = gy/(KH·KW) added over each window."""
         return AveragePoolingGrad(self)(gy)
 
 
 class AveragePoolingGrad(Function):
     """gx = gy/(KH·KW) added over each window; linear, its backward is average pooling again."""
 
-    keeps_inputs = False
+    keeps_inputs: bool = False
 
-    def __init__(self, pooling: AveragePooling):
+    def __init__(self, pooling: AveragePooling) -> None:
         self.pooling = pooling
 
-    def forward(self, gy):
+    def forward(self, gy: Any) -> Any:
+        """gx = gy/(KH·KW) added over each window."""
         p = self.pooling
         k = p.kernel[0] * p.kernel[1]
         return add_windows([gy * (1.0 / k)] * k, p.x_shape, p.kernel, p.stride, p.pad)
 
-    def backward(self, ggx):
+    def backward(self, ggx: Variable) -> Variable:
+        """ggy = average pooling of ggx."""
         p = self.pooling
         return AveragePooling(p.kernel, p.stride, p.pad)(ggx)
 

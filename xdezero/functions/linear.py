@@ -27,9 +27,11 @@ def _check_linear(x: Any, W: Any, b: Any) -> None:
 class Linear(Function):
     """y = x W + b; dy/dx = gy Wᵀ, dy/dW = xᵀ gy, dy/db = Σₙ gy."""
 
-    inputs_read = ((1,), (0,), ())  # gx reads W, gW reads x, gb reads neither
+    inputs_read: tuple[tuple[int, ...], ...] | None = ((1,), (0,), ())  # gx reads W, gW reads x, gb neither
+    b_shape: tuple[int, ...]  # set by forward when there is a bias
 
-    def forward(self, x, W, b=None):
+    def forward(self, x: Any, W: Any, b: Any = None) -> Any:
+        """y = x W + b."""
         # One node instead of matmul + add: the common 2-D layer case, without the intermediate x W.
         y = fused("matmul", matmul_arrays, self.xp, x, W)  # NumPy: into a reused buffer
         if b is None:
@@ -40,7 +42,8 @@ class Linear(Function):
             return y
         return y + b
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> tuple[Variable | None, ...]:
+        """(gx, gW[, gb]) = (gy Wᵀ, xᵀ gy[, Σₙ gy]); None where no gradient is needed."""
         x, W = self.inputs[:2]
         needs = self.needs_grad
         gx = matmul(gy, W.T) if needs[0] else None  # none for data fed to the first layer

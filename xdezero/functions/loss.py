@@ -35,12 +35,16 @@ def _batch_size(x: Any, where: str) -> int:
 class MeanSquaredError(Function):
     """y = Σ (x0 - x1)² / N (N = batch size); dy/dx0 = 2 (x0 - x1) / N = -dy/dx1."""
 
-    def forward(self, x0, x1):
+    n: int  # the batch size N, set by forward
+
+    def forward(self, x0: Any, x1: Any) -> Any:
+        """y = Σ (x0 - x1)² / N."""
         diff = x0 - x1
         self.n = _batch_size(diff, "mean_squared_error")
         return self.xp.sum(diff * diff) / self.n
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> tuple[Variable, Variable]:
+        """(gx0, gx1) = (2 (x0 - x1) gy / N, -2 (x0 - x1) gy / N), each summed to its input's shape."""
         x0, x1 = self.inputs
         gx = (x0 - x1) * (gy * (2 / self.n))
         return sum_to(gx, x0.shape), sum_to(-gx, x1.shape)
@@ -130,7 +134,7 @@ def _label_positions(xp: Any, t: Any, n_classes: int) -> Any:
     return xp.arange(t.shape[0], dtype=t.dtype, device=device_of(t)) * n_classes + t
 
 
-def _softmax_cross_entropy(xp, x, t):
+def _softmax_cross_entropy(xp: Any, x: Any, t: Any) -> tuple[Any, Any]:
     """(mean over rows of log Σ eˣ - x[n, tₙ], softmax(x)) for logits x (N, C) and checked labels t (N,)."""
     n, c = x.shape
     m = xp.max(x, axis=1, keepdims=True)
@@ -145,7 +149,7 @@ def _softmax_cross_entropy(xp, x, t):
     return (xp.sum(log_s) - xp.sum(picked)) / n, e / s
 
 
-def _softmax_cross_entropy_grad(xp, p, t, gy):
+def _softmax_cross_entropy_grad(xp: Any, p: Any, t: Any, gy: Any) -> Any:
     """(p - onehot(t)) gy / N."""
     n, c = p.shape
     classes = xp.arange(c, dtype=t.dtype, device=device_of(p))
@@ -155,7 +159,11 @@ def _softmax_cross_entropy_grad(xp, p, t, gy):
 class SoftmaxCrossEntropy(Function):
     """y = -Σₙ log softmax(x)[n, tₙ] / N; dy/dx = (softmax(x) - onehot(t)) / N."""
 
-    def forward(self, x, t):
+    t: Any  # the labels as checked class ids, set by forward
+    p: Any  # softmax(x), set by forward for the backward
+
+    def forward(self, x: Any, t: Any) -> Any:
+        """y = -Σₙ log softmax(x)[n, tₙ] / N."""
         # A primitive: log(softmax(x)) would underflow to log 0 for very negative logits. p = softmax(x) is kept
         # for the backward, which then costs one pass instead of recomputing softmax. The labels become ids here,
         # not in the wrapper, so that a captured step checks and converts each new batch's labels.
@@ -163,7 +171,8 @@ class SoftmaxCrossEntropy(Function):
         loss, self.p = fused("softmax_cross_entropy", _softmax_cross_entropy, self.xp, x, self.t)
         return loss
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> tuple[Variable, None]:
+        """gx = (softmax(x) - onehot(t)) gy / N; none for the labels."""
         return SoftmaxCrossEntropyGrad(self)(self.inputs[0], gy), None
 
 
@@ -171,15 +180,17 @@ class SoftmaxCrossEntropyGrad(Function):
     """gx = (p - onehot(t)) gy / N with p = softmax(x) cached by the forward;
     dgx/dx = softmax's Jacobian applied to ggx · gy / N, dgx/dgy = Σ ggx (p - onehot(t)) / N."""
 
-    def __init__(self, loss: SoftmaxCrossEntropy):
+    def __init__(self, loss: SoftmaxCrossEntropy) -> None:
         self.loss = loss  # its p and ids, read when this runs (a captured step's replay renews them)
 
-    def forward(self, x, gy):
+    def forward(self, x: Any, gy: Any) -> Any:
+        """gx = (p - onehot(t)) gy / N."""
         # A primitive so that the backward of the loss reuses p: one multiply plus a subtraction at the labels.
         loss = self.loss
         return fused("softmax_cross_entropy_grad", _softmax_cross_entropy_grad, self.xp, loss.p, loss.t, gy)
 
-    def backward(self, ggx):
+    def backward(self, ggx: Variable) -> tuple[Variable, Variable]:
+        """(gx, ggy) = ((p ggx - p Σ p ggx) gy / N, Σ ggx (p - onehot(t)) / N)."""
         x, gy = self.inputs
         n, c = x.shape
         p = softmax(x, axis=1)
@@ -223,13 +234,15 @@ def _targets(x: Variable, t: Any, where: str) -> Variable:
 class SigmoidCrossEntropy(Function):
     """y = Σ [softplus(x) - t x] / N; dy/dx = (sigmoid(x) - t) / N."""
 
-    def forward(self, x, t):
+    def forward(self, x: Any, t: Any) -> Any:
+        """y = Σ [max(x, 0) - t x + log(1 + e^-|x|)] / N."""
         xp = self.xp
         # A primitive: log(sigmoid(x)) is log 0 for x = -1000; softplus(x) = max(x, 0) + log1p(e^-|x|) is not.
         loss = xp.maximum(x, 0.0) - x * t + xp.log1p(xp.exp(-xp.abs(x)))
         return xp.sum(loss) / x.shape[0]
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> tuple[Variable, None]:
+        """gx = (sigmoid(x) - t) gy / N; none for the targets."""
         x, t = self.inputs
         return (sigmoid(x) - t) * (gy * (1 / x.shape[0])), None
 

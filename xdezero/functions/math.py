@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from xdezero.core import Function, Variable
 
 __all__ = ["square", "exp", "log", "sin", "cos", "tanh", "sqrt", "abs"]
@@ -10,10 +12,12 @@ __all__ = ["square", "exp", "log", "sin", "cos", "tanh", "sqrt", "abs"]
 class Square(Function):
     """y = x²; dy/dx = 2x."""
 
-    def forward(self, x):
+    def forward(self, x: Any) -> Any:
+        """y = x²."""
         return x * x
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> Variable:
+        """gx = 2x gy."""
         (x,) = self.inputs
         return gy * (x * 2)
 
@@ -21,10 +25,12 @@ class Square(Function):
 class Exp(Function):
     """y = eˣ; dy/dx = y."""
 
-    def forward(self, x):
+    def forward(self, x: Any) -> Any:
+        """y = eˣ."""
         return self.xp.exp(x)
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> Variable:
+        """gx = eˣ gy."""
         (x,) = self.inputs
         return gy * exp(x)
 
@@ -32,10 +38,12 @@ class Exp(Function):
 class Log(Function):
     """y = log x; dy/dx = 1/x."""
 
-    def forward(self, x):
+    def forward(self, x: Any) -> Any:
+        """y = log x."""
         return self.xp.log(x)
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> Variable:
+        """gx = gy / x."""
         (x,) = self.inputs
         return gy / x
 
@@ -43,10 +51,12 @@ class Log(Function):
 class Sin(Function):
     """y = sin x; dy/dx = cos x."""
 
-    def forward(self, x):
+    def forward(self, x: Any) -> Any:
+        """y = sin x."""
         return self.xp.sin(x)
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> Variable:
+        """gx = cos(x) gy."""
         (x,) = self.inputs
         return gy * cos(x)
 
@@ -54,10 +64,12 @@ class Sin(Function):
 class Cos(Function):
     """y = cos x; dy/dx = -sin x."""
 
-    def forward(self, x):
+    def forward(self, x: Any) -> Any:
+        """y = cos x."""
         return self.xp.cos(x)
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> Variable:
+        """gx = -sin(x) gy."""
         (x,) = self.inputs
         return gy * -sin(x)
 
@@ -65,10 +77,12 @@ class Cos(Function):
 class Tanh(Function):
     """y = tanh x; dy/dx = 1 - y²."""
 
-    def forward(self, x):
+    def forward(self, x: Any) -> Any:
+        """y = tanh x."""
         return self.xp.tanh(x)
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> Variable:
+        """gx = (1 - y²) gy."""
         (x,) = self.inputs
         y = tanh(x)  # recomputed from the input, so the output need not stay alive
         return gy * (1 - y * y)
@@ -77,10 +91,12 @@ class Tanh(Function):
 class Sqrt(Function):
     """y = √x; dy/dx = 1/(2y)."""
 
-    def forward(self, x):
+    def forward(self, x: Any) -> Any:
+        """y = √x."""
         return self.xp.sqrt(x)
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> Variable:
+        """gx = gy / (2√x)."""
         (x,) = self.inputs
         return gy / (sqrt(x) * 2)
 
@@ -88,49 +104,51 @@ class Sqrt(Function):
 class Abs(Function):
     """y = |x|; dy/dx = sign(x)."""
 
-    def forward(self, x):
+    def forward(self, x: Any) -> Any:
+        """y = |x|."""
         return self.xp.abs(x)
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> Variable:
+        """gx = sign(x) gy."""
         (x,) = self.inputs
         return gy * self.xp.sign(x.data)
 
 
-def square(x) -> Variable:
+def square(x: Any) -> Variable:
     """x²."""
     return Square()(x)
 
 
-def exp(x) -> Variable:
+def exp(x: Any) -> Variable:
     """eˣ."""
     return Exp()(x)
 
 
-def log(x) -> Variable:
+def log(x: Any) -> Variable:
     """Natural logarithm."""
     return Log()(x)
 
 
-def sin(x) -> Variable:
+def sin(x: Any) -> Variable:
     """sin x."""
     return Sin()(x)
 
 
-def cos(x) -> Variable:
+def cos(x: Any) -> Variable:
     """cos x."""
     return Cos()(x)
 
 
-def tanh(x) -> Variable:
+def tanh(x: Any) -> Variable:
     """tanh x."""
     return Tanh()(x)
 
 
-def sqrt(x) -> Variable:
+def sqrt(x: Any) -> Variable:
     """√x."""
     return Sqrt()(x)
 
 
-def abs(x) -> Variable:
+def abs(x: Any) -> Variable:
     """|x|."""
     return Abs()(x)

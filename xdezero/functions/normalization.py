@@ -17,12 +17,14 @@ __all__ = ["dropout", "batch_norm", "batch_nrom", "BatchNorm"]
 class Dropout(Function):
     """y = x · mask / (1 - r), mask ~ Bernoulli(1 - r) drawn on each call; dy/dx = mask / (1 - r)."""
 
-    keeps_inputs = False
+    keeps_inputs: bool = False
+    mask: Any  # the kept elements' scale: 0 or 1/(1 - r), set by forward
 
-    def __init__(self, dropout_ratio: float):
+    def __init__(self, dropout_ratio: float) -> None:
         self.dropout_ratio = dropout_ratio
 
-    def forward(self, x):
+    def forward(self, x: Any) -> Any:
+        """y = x · mask / (1 - r), with a new mask drawn."""
         # The mask is drawn here, inside the op, so that a captured step draws a new one on every replay.
         if isinstance(x, np.ndarray):
             keep = np.random.rand(*x.shape) > self.dropout_ratio  # DeZero's draw from NumPy's global generator
@@ -32,7 +34,8 @@ class Dropout(Function):
         self.mask = self.xp.astype(keep, x.dtype) * (1.0 / (1.0 - self.dropout_ratio))
         return x * self.mask
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> Variable:
+        """gx = gy · mask / (1 - r)."""
         return gy * self.mask
 
 
@@ -82,11 +85,17 @@ class RunningStatistics(Function):
     statistics `mean_target`, `var_target` (Variables or mutable arrays); returns the new mean. Not differentiated:
     running statistics are not trained. One op, so that a captured step updates them on every replay."""
 
-    def __init__(self, mean_target: Any, var_target: Any, decay: float, var_scale: float):
+    mean_target: Any
+    var_target: Any
+    decay: float
+    var_scale: float
+
+    def __init__(self, mean_target: Any, var_target: Any, decay: float, var_scale: float) -> None:
         self.mean_target, self.var_target = mean_target, var_target
         self.decay, self.var_scale = decay, var_scale
 
-    def forward(self, mean, var, mu, sigma2):
+    def forward(self, mean: Any, var: Any, mu: Any, sigma2: Any) -> Any:
+        """mean ← mean·decay + mu·(1 - decay), var ← var·decay + sigma2·var_scale; returns the new mean."""
         xp = self.xp
         c = mean.shape[0]
         stats = (mean, var, xp.reshape(mu, (c,)), xp.reshape(sigma2, (c,)), self.decay, self.var_scale)
@@ -99,19 +108,27 @@ class RunningStatistics(Function):
 class NormalizeWithStatistics(Function):
     """y = (x - mean) / √(var + eps) per channel (test mode); dy/dx = 1/√(var + eps), none for the statistics."""
 
-    def __init__(self, per_channel: tuple, eps: float):
+    per_channel: tuple[int, ...]
+    eps: float
+    inv_std: Any  # 1/√(var + eps) shaped `per_channel`, set by forward
+
+    def __init__(self, per_channel: tuple[int, ...], eps: float) -> None:
         self.per_channel, self.eps = per_channel, eps
 
-    def forward(self, x, mean, var):
+    def forward(self, x: Any, mean: Any, var: Any) -> Any:
+        """y = (x - mean) / √(var + eps) per channel."""
         xp = self.xp
         self.inv_std = xp.reshape((xp.astype(var, x.dtype) + self.eps) ** -0.5, self.per_channel)
         return (x - xp.reshape(xp.astype(mean, x.dtype), self.per_channel)) * self.inv_std
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> tuple[Variable, None, None]:
+        """gx = gy / √(var + eps); none for the statistics."""
         return gy * self.inv_std, None, None
 
 
-def _running_statistics(xp, mean, var, batch_mean, batch_var, decay, var_scale):
+def _running_statistics(
+    xp: Any, mean: Any, var: Any, batch_mean: Any, batch_var: Any, decay: float, var_scale: float
+) -> tuple[Any, Any]:
     """(mean·decay + batch_mean·(1 - decay), var·decay + batch_var·var_scale), in the running statistics' dtype."""
     new_mean = mean * decay + xp.astype(batch_mean, mean.dtype) * (1 - decay)
     return new_mean, var * decay + xp.astype(batch_var, var.dtype) * var_scale

@@ -13,13 +13,13 @@ from xdezero.functions.shape import normalize_axis, reshape
 __all__ = ["max", "min", "clip", "logsumexp", "max_backward_shape"]
 
 
-def max_backward_shape(x: Any, axis: int | tuple | None) -> list[int]:
+def max_backward_shape(x: Any, axis: int | tuple[int, ...] | None) -> list[int]:
     """The shape of a max/min over `axis` with the reduced axes kept as 1 (so it broadcasts back to x)."""
     axes = normalize_axis(axis, x.ndim, "max_backward_shape")
     return [1 if i in axes else s for i, s in enumerate(x.shape)]
 
 
-def logsumexp(x: Any, axis: int | tuple | None = 1) -> Any:
+def logsumexp(x: Any, axis: int | tuple[int, ...] | None = 1) -> Any:
     """log Σ exp(x) over `axis` on a raw array, keeping the reduced axes (shifted by the max for stability)."""
     xp = array_namespace(x)
     axes = normalize_axis(axis, x.ndim, "logsumexp")
@@ -40,17 +40,19 @@ class _Extremum(Function):
     """
 
     keeps_inputs = False
-    name = "max"
+    name: str = "max"
 
-    def __init__(self, axis: Any, keepdims: bool):
-        self.axis = axis
-        self.keepdims = keepdims
+    def __init__(self, axis: int | tuple[int, ...] | None, keepdims: bool) -> None:
+        self.axis: int | tuple[int, ...] | None = axis
+        self.keepdims: bool = keepdims
 
-    def reduce(self, x, axes, keepdims):
+    def reduce(self, x: Any, axes: tuple[int, ...], keepdims: bool) -> Any:
+        """The raw reduction of array x over `axes` (xp.max or xp.min)."""
         raise NotImplementedError
 
-    def forward(self, x):
-        self.x_shape = tuple(x.shape)
+    def forward(self, x: Any) -> Any:
+        """y = max/min x over `axis`; keeps the mask of tied positions for backward."""
+        self.x_shape: tuple[int, ...] = tuple(x.shape)
         axes = normalize_axis(self.axis, x.ndim, self.name)
         if x.ndim and any(x.shape[a] == 0 for a in axes):
             raise ValueError(f"{self.name}: cannot reduce over an empty axis of an array of shape {self.x_shape}")
@@ -61,35 +63,42 @@ class _Extremum(Function):
         count = xp.sum(xp.astype(hits, xp.int32), axis=axes, keepdims=True)
         counted = count > 0  # no position equals y only where y is NaN: that slice's gradient is NaN
         share = xp.astype(hits, x.dtype) / xp.astype(xp.where(counted, count, 1), x.dtype)
-        self.mask = xp.where(counted, share, math.nan)
-        self.kept_shape = tuple(y.shape)
+        self.mask: Any = xp.where(counted, share, math.nan)
+        self.kept_shape: tuple[int, ...] = tuple(y.shape)
         return y if self.keepdims else self.xp.reshape(y, tuple(s for i, s in enumerate(y.shape) if i not in axes))
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> Variable:
+        """gx = gy broadcast back to x's shape, times the mask (1/k at each of k tied extrema)."""
         gy = reshape(gy, self.kept_shape)
         return broadcast_to(gy, self.x_shape) * self.mask
 
 
 class Max(_Extremum):
+    """y = max x over `axis`; dy/dx = 1/k at each of the k positions equal to y, 0 elsewhere."""
+
     name = "max"
 
-    def reduce(self, x, axes, keepdims):
+    def reduce(self, x: Any, axes: tuple[int, ...], keepdims: bool) -> Any:
+        """xp.max(x, axis=axes, keepdims=keepdims)."""
         return self.xp.max(x, axis=axes, keepdims=keepdims)
 
 
 class Min(_Extremum):
+    """y = min x over `axis`; dy/dx = 1/k at each of the k positions equal to y, 0 elsewhere."""
+
     name = "min"
 
-    def reduce(self, x, axes, keepdims):
+    def reduce(self, x: Any, axes: tuple[int, ...], keepdims: bool) -> Any:
+        """xp.min(x, axis=axes, keepdims=keepdims)."""
         return self.xp.min(x, axis=axes, keepdims=keepdims)
 
 
-def max(x: Any, axis: int | tuple | None = None, keepdims: bool = False) -> Variable:
+def max(x: Any, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Variable:
     """Largest element of x over `axis` (all axes by default)."""
     return Max(axis, keepdims)(x)
 
 
-def min(x: Any, axis: int | tuple | None = None, keepdims: bool = False) -> Variable:
+def min(x: Any, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Variable:
     """Smallest element of x over `axis` (all axes by default)."""
     return Min(axis, keepdims)(x)
 
@@ -99,16 +108,18 @@ class Clip(Function):
 
     keeps_inputs = False
 
-    def __init__(self, x_min: float, x_max: float):
-        self.x_min = x_min
-        self.x_max = x_max
+    def __init__(self, x_min: float, x_max: float) -> None:
+        self.x_min: float = x_min
+        self.x_max: float = x_max
 
-    def forward(self, x):
+    def forward(self, x: Any) -> Any:
+        """y = x clipped to [x_min, x_max]."""
         xp = self.xp
-        self.mask = xp.astype((x >= self.x_min) & (x <= self.x_max), x.dtype)
+        self.mask: Any = xp.astype((x >= self.x_min) & (x <= self.x_max), x.dtype)
         return xp.clip(x, self.x_min, self.x_max)
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> Variable:
+        """gx = gy where x_min <= x <= x_max, else 0."""
         return gy * self.mask
 
 

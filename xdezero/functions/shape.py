@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from xdezero.backends import check_ids, check_index_arrays, device_of, fused, graph_safe_matmul, scatter_add
@@ -27,12 +28,12 @@ __all__ = [
 ]
 
 
-def normalize_axis(axis: int | tuple | list | None, ndim: int, where: str) -> tuple[int, ...]:
+def normalize_axis(axis: int | Sequence[int] | None, ndim: int, where: str) -> tuple[int, ...]:
     """`axis` as a sorted tuple of non-negative ints (all axes for None); a clear error when out of range."""
     if axis is None:
         return tuple(range(ndim))
     axes = (axis,) if isinstance(axis, int) else tuple(axis)
-    out = []
+    out: list[int] = []
     for a in axes:
         if not isinstance(a, int) or not -ndim <= a < ndim:
             raise ValueError(
@@ -45,7 +46,9 @@ def normalize_axis(axis: int | tuple | list | None, ndim: int, where: str) -> tu
     return tuple(sorted(out))
 
 
-def reshape_sum_backward(gy: Variable, x_shape: tuple, axis: Any, keepdims: bool) -> Variable:
+def reshape_sum_backward(
+    gy: Variable, x_shape: tuple[int, ...], axis: int | Sequence[int] | None, keepdims: bool
+) -> Variable:
     """Reshape the gradient of a sum over `axis` so that it broadcasts back to `x_shape`."""
     axes = normalize_axis(axis, len(x_shape), "sum")
     if keepdims or not axes or gy.ndim == len(x_shape):
@@ -59,20 +62,23 @@ def reshape_sum_backward(gy: Variable, x_shape: tuple, axis: Any, keepdims: bool
 class Reshape(Function):
     """y = x viewed with a new shape; dy/dx = reshape back."""
 
-    keeps_inputs = False
+    keeps_inputs: bool = False
+    x_shape: tuple[int, ...]  # set by forward
 
-    def __init__(self, shape: tuple):
+    def __init__(self, shape: tuple[int, ...]) -> None:
         self.shape = shape
 
-    def forward(self, x):
+    def forward(self, x: Any) -> Any:
+        """y = x with `shape`."""
         self.x_shape = tuple(x.shape)
         return self.xp.reshape(x, self.shape)
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> Variable:
+        """gx = gy reshaped to x's shape."""
         return reshape(gy, self.x_shape)
 
 
-def _resolve_shape(shape: tuple, size: int) -> tuple:
+def _resolve_shape(shape: tuple[int, ...], size: int) -> tuple[int, ...]:
     known = math.prod(s for s in shape if s != -1)
     if shape.count(-1) > 1 or (shape.count(-1) == 0 and known != size) or (known and size % known):
         raise ValueError(f"reshape: cannot reshape an array of size {size} into shape {shape}")
@@ -104,7 +110,7 @@ def flatten(x: Any) -> Variable:
     return reshape(x, (x.shape[0], -1))
 
 
-def reshape(x: Any, shape: tuple | int) -> Variable:
+def reshape(x: Any, shape: int | Sequence[int]) -> Variable:
     """x with a new shape (one dimension may be -1)."""
     x = as_variable(x)
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
@@ -117,24 +123,27 @@ def reshape(x: Any, shape: tuple | int) -> Variable:
 class Transpose(Function):
     """y = x with permuted axes; dy/dx = the inverse permutation."""
 
-    keeps_inputs = False
+    keeps_inputs: bool = False
+    axes: tuple[int, ...] | None
 
-    def __init__(self, axes: tuple | None):
-        self.axes = axes
+    def __init__(self, axes: tuple[int, ...] | None) -> None:
+        self.axes = axes  # None (reverse all axes) until forward resolves it
 
-    def forward(self, x):
+    def forward(self, x: Any) -> Any:
+        """y = x with its axes permuted by `axes` (reversed when None)."""
         axes = tuple(reversed(range(x.ndim))) if self.axes is None else self.axes
         if sorted(a % x.ndim for a in axes) != list(range(x.ndim)) or len(axes) != x.ndim:
             raise ValueError(f"transpose: axes {self.axes} are not a permutation of the {x.ndim} axes of {x.shape}")
         self.axes = tuple(a % x.ndim for a in axes)
         return self.xp.permute_dims(x, self.axes)
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> Variable:
+        """gx = gy with the inverse permutation."""
         inverse = tuple(sorted(range(len(self.axes)), key=self.axes.__getitem__))
         return transpose(gy, inverse)
 
 
-def transpose(x: Any, axes: tuple | None = None) -> Variable:
+def transpose(x: Any, axes: Sequence[int] | None = None) -> Variable:
     """x with its axes permuted (reversed by default)."""
     return Transpose(None if axes is None else tuple(axes))(x)
 
@@ -215,15 +224,18 @@ def _checked_tuple(xp, x, index, where):
 class GetItem(Function):
     """y = x[slices]; dy/dx scatters gy back, accumulating repeated indices."""
 
-    keeps_inputs = False
+    keeps_inputs: bool = False
+    x_shape: tuple[int, ...]  # set by forward
+    index: Any  # `slices` as forward applied it: a checked tuple, an id array or a boolean mask
 
-    def __init__(self, slices: Any, where: str = "get_item", checked: bool = False, ids_only: bool = False):
+    def __init__(self, slices: Any, where: str = "get_item", checked: bool = False, ids_only: bool = False) -> None:
         self.slices = slices
         self.where = where
         self.checked = checked  # integer ids already range-checked (by the first-order node)
         self.ids_only = ids_only  # an integer array holds ids in [0, n) (embed_id), not indices in [-n, n)
 
-    def forward(self, x):
+    def forward(self, x: Any) -> Any:
+        """y = x[slices]."""
         xp = self.xp
         self.x_shape = tuple(x.shape)
         index = _index_for(xp, x, self.slices)
@@ -250,23 +262,26 @@ class GetItem(Function):
         except IndexError as e:
             raise IndexError(f"{self.where}: index {self.index!r} is invalid for shape {self.x_shape}: {e}") from e
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> Variable:
+        """gx = zeros(x.shape) with gy added at slices."""
         return GetItemGrad(self.index, self.x_shape)(gy)
 
 
 class GetItemGrad(Function):
     """y = zeros(shape) with gy added at slices; dy/dgy = gy[slices]."""
 
-    keeps_inputs = False
+    keeps_inputs: bool = False
 
-    def __init__(self, slices: Any, in_shape: tuple):
+    def __init__(self, slices: Any, in_shape: tuple[int, ...]) -> None:
         self.slices = slices
         self.in_shape = in_shape
 
-    def forward(self, gy):
+    def forward(self, gy: Any) -> Any:
+        """y = zeros(in_shape) with gy added at slices (repeated indices accumulate)."""
         return scatter_add(self.in_shape, self.slices, gy)
 
-    def backward(self, ggx):
+    def backward(self, ggx: Variable) -> Variable:
+        """ggy = ggx[slices]."""
         return GetItem(self.slices, checked=True)(ggx)
 
 
@@ -283,28 +298,31 @@ def get_item(x: Any, slices: Any) -> Variable:
 class Sum(Function):
     """y = Σ x over `axis`; dy/dx = 1 (broadcast back)."""
 
-    keeps_inputs = False
+    keeps_inputs: bool = False
+    x_shape: tuple[int, ...]  # set by forward
 
-    def __init__(self, axis: Any, keepdims: bool):
+    def __init__(self, axis: int | Sequence[int] | None, keepdims: bool) -> None:
         self.axis = axis
         self.keepdims = keepdims
 
-    def forward(self, x):
+    def forward(self, x: Any) -> Any:
+        """y = Σ x over `axis`."""
         self.x_shape = tuple(x.shape)
         axes = normalize_axis(self.axis, x.ndim, "sum")
         return self.xp.sum(x, axis=axes, keepdims=self.keepdims)
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> Variable:
+        """gx = gy broadcast back to x's shape."""
         gy = reshape_sum_backward(gy, self.x_shape, self.axis, self.keepdims)
         return broadcast_to(gy, self.x_shape)
 
 
-def sum(x: Any, axis: int | tuple | None = None, keepdims: bool = False) -> Variable:
+def sum(x: Any, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Variable:
     """Σ x over `axis` (all axes by default)."""
     return Sum(axis, keepdims)(x)
 
 
-def average(x: Any, axis: int | tuple | None = None, keepdims: bool = False) -> Variable:
+def average(x: Any, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Variable:
     """Mean of x over `axis` (all axes by default)."""
     x = as_variable(x)
     y = sum(x, axis, keepdims)
@@ -328,9 +346,11 @@ def matmul_arrays(xp: Any, x: Any, W: Any) -> Any:
 class MatMul(Function):
     """y = x @ W (batched, broadcasting); dy/dx = gy @ Wᵀ, dy/dW = xᵀ @ gy."""
 
-    inputs_read = ((1,), (0,))
+    inputs_read: tuple[tuple[int, ...], ...] | None = ((1,), (0,))  # gx reads W, gW reads x
+    shapes: tuple[tuple[int, ...], tuple[int, ...]]  # (x.shape, W.shape), set by forward
 
-    def forward(self, x, W):
+    def forward(self, x: Any, W: Any) -> Any:
+        """y = x @ W."""
         if x.ndim < 2 or W.ndim < 2 or x.shape[-1] != W.shape[-2]:
             raise ValueError(
                 f"matmul: shapes {tuple(x.shape)} and {tuple(W.shape)} do not align "
@@ -339,7 +359,8 @@ class MatMul(Function):
         self.shapes = (tuple(x.shape), tuple(W.shape))
         return fused("matmul", matmul_arrays, self.xp, x, W)  # NumPy: into a reused buffer
 
-    def backward(self, gy):
+    def backward(self, gy: Variable) -> tuple[Variable | None, Variable | None]:
+        """(gx, gW) = (gy @ Wᵀ, xᵀ @ gy), each summed to its input's shape; None where no gradient is needed."""
         x, W = self.inputs
         need_x, need_W = self.needs_grad
         gx = sum_to(matmul(gy, _swap_last(W)), self.shapes[0]) if need_x else None
