@@ -372,7 +372,7 @@ def test_train_mnist_mlp_on_generated_files_then_eval(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert f"MNIST (200 images) from {tmp_path / 'data'}" in result.stdout
-    assert result.stdout.splitlines()[-1] == f"wrote {weights}.npz"
+    assert result.stdout.splitlines()[-1] == f"wrote {weights}.npz and {weights}.json"
     assert json.loads((tmp_path / "mlp.json").read_text())["model"] == "mlp"
     _, test_acc = accuracies(result.stdout)
     evaluated = run("eval", f"{weights}.npz", "--data", str(tmp_path / "data"))
@@ -673,3 +673,84 @@ def test_capture_refuses_several_processes(monkeypatch, capsys):
     monkeypatch.setattr(cli, "_communicator", lambda args: fake)
     message = usage_error(capsys, ["train", "spiral", "--capture"])
     assert "--capture runs in one process; this job has 2" in message
+
+
+# --- rough edges of the first hour ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "spiral", "--epoch", "3"], r"^xdezero train spiral: error: unrecognized arguments: --epoch 3 \(see"),
+        (
+            ["train", "spiral", "--model", "cnn"],
+            r"unrecognized arguments: --model cnn \(see 'xdezero train spiral -h'\)",
+        ),
+        (["train", "spiral", "--hid", "3"], "unrecognized arguments: --hid 3"),
+        (["eval", "w.npz", "--epochs", "3"], r"^xdezero eval: error: unrecognized arguments: --epochs 3"),
+        (
+            ["train", "spiral", "--batch-size", "100000"],
+            r"--batch-size 100000 is larger than the 300 training examples: give at most 300",
+        ),
+        (["train", "spiral", "--backend", "jax", "--threads", "2"], "--threads sets torch's and NumPy's CPU threads"),
+    ],
+    ids=["abbreviation", "option_of_another_task", "abbreviated_hidden", "eval_option", "batch_size", "jax_threads"],
+)
+def test_bad_arguments_are_one_line_naming_the_command_that_was_given(capsys, argv, message):
+    line = usage_error(capsys, argv)
+    assert re.search(message, line), line
+
+
+def test_eval_of_a_folder_or_of_the_sidecar_says_which_file_to_name(capsys, tmp_path):
+    assert re.search(
+        rf"{re.escape(str(tmp_path))} is a directory: name the \.npz file", usage_error(capsys, ["eval", str(tmp_path)])
+    )
+    line = usage_error(capsys, ["eval", str(tmp_path / "w.json")])
+    assert line.endswith(f"is the description beside the weights: name the weights, {tmp_path / 'w.npz'}"), line
+
+
+def test_a_data_dir_that_is_a_file_or_missing_is_named_as_the_variable(capsys, tmp_path, monkeypatch):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    monkeypatch.setenv("XDEZERO_DATA_DIR", str(afile))
+    line = usage_error(capsys, ["train", "mnist", "--epochs", "1"])
+    assert f"XDEZERO_DATA_DIR={afile} is not a folder" in line and "--data" not in line, line
+
+
+def test_one_epoch_is_said_in_the_singular_and_quiet_output_points_to_nothing_above(capsys, tmp_path):
+    assert cli.main(["train", "spiral", "--epochs", "1", "-q", "--save", str(tmp_path / "w")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("done: 1 epoch in ") and "above" not in out[0], out
+    assert out[1] == f"wrote {tmp_path / 'w.npz'} and {tmp_path / 'w.json'}"
+
+
+def test_threads_limit_numpys_blas_and_are_restored(capsys, monkeypatch):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    before = threadpoolctl.threadpool_info()
+    seen = []
+
+    class Watching(_progress.Progress):
+        def batch(self, loss):
+            super().batch(loss)
+            seen.append({p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"})
+
+    monkeypatch.setattr(cli, "Progress", Watching)
+    assert cli.main(["train", "spiral", "--epochs", "1", "--threads", "1"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith("backend numpy, 1 BLAS thread")
+    assert all(s <= {1} for s in seen)
+    assert threadpoolctl.threadpool_info() == before
+
+
+def test_output_cut_short_by_its_reader_ends_quietly():
+    process = subprocess.Popen(
+        [sys.executable, "-m", "xdezero", "train", "spiral", "--epochs", "50"],
+        cwd=ROOT,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    process.stdout.readline()
+    process.stdout.close()  # as `| head -1` does
+    with process.stderr:
+        err = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141 and "Traceback" not in err, err

@@ -150,7 +150,7 @@ def test_save_writes_the_weights_of_a_stopped_run(tmp_path, capsys, monkeypatch)
     signal_at(monkeypatch, 25, signum=signal.SIGTERM)
     assert cli.main([*SPIRAL, "--epochs", "5", "--save", str(weights)]) == 143
     out, err = capsys.readouterr()
-    assert out.splitlines()[-1] == f"wrote {weights}" and "done:" not in out
+    assert out.splitlines()[-1] == f"wrote {weights} and {tmp_path / 'w.json'}" and "done:" not in out
     assert err == "xdezero: stopped by SIGTERM in epoch 3 after batch 5 of 10\n"
     assert json.loads((tmp_path / "w.json").read_text())["hidden"] == 10
     monkeypatch.undo()

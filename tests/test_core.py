@@ -164,6 +164,8 @@ def test_mixed_libraries_raise_type_error_naming_both():
     b = Variable(array_api_strict.ones(2, dtype=array_api_strict.float64))
     with pytest.raises(TypeError, match=r"different libraries in one operation: array_api_strict and numpy"):
         F.add(a, b)
+    with pytest.raises(TypeError, match=r"move them to one library first: xdezero\.backends\.to_library\(x, 'numpy'\)"):
+        F.mul(a, b)
     with pytest.raises(TypeError, match=r"array_api_strict and numpy"):
         a * b.data
 
@@ -503,3 +505,16 @@ def test_item_of_more_than_one_element_says_how_to_get_one(xp):
         Variable(asarray(xp, np.ones((2, 3)))).item()
     with pytest.raises(TypeError, match=r"exactly one element.*shape \(0,\)"):
         float(Variable(asarray(xp, np.ones(0))))
+
+
+def test_xdezero_seed_seeds_numpys_global_generator_too():
+    """One call makes a NumPy program reproducible, as torch.manual_seed does a torch one."""
+    import xdezero
+
+    xdezero.seed(11)
+    first = (np.random.random(3), np.random.permutation(5))
+    np.random.seed(11)
+    assert np.array_equal(np.random.random(3), first[0]) and np.array_equal(np.random.permutation(5), first[1])
+    for bad in (-1, 2**32, 1.5, True):
+        with pytest.raises(ValueError, match=r"seed: expected an integer from 0 to 2\*\*32 - 1"):
+            xdezero.seed(bad)

@@ -135,7 +135,7 @@ def test_same_meaning_for_the_names_that_are_easy_to_get_wrong():
     assert L.pair(3) == T.pair(3) == FC.pair(3) == (3, 3)
     assert core.Config.train is True and xdezero.is_simple_core is False
     assert core.setup_variable() is None
-    assert xdezero.seed is xdezero.backends.seed  # the seed for the generators of libraries other than NumPy
+    assert xdezero.seed is xdezero.backends.seed  # seeds NumPy's global generator and those of the other libraries
     with core.no_grad():
         assert core.Config.enable_backprop is False
     with core.test_mode():

@@ -116,7 +116,8 @@ def test_cli_trains_data_parallel_like_one_process(n, batch, tmp_path):
     assert header.endswith(f", {n} processes (mpi)")
     # Printed once; the same batches in the same order, so the same losses and accuracies (the 32 examples of
     # a batch split 11/11/10 over 3 ranks still give the gradient of the whole batch).
-    assert without_timing(rest) == without_timing(single.stdout.partition("\n")[2]) + f"wrote {tmp_path / 'w.npz'}\n"
+    wrote = f"wrote {tmp_path / 'w.npz'} and {tmp_path / 'w.json'}\n"
+    assert without_timing(rest) == without_timing(single.stdout.partition("\n")[2]) + wrote
     assert (tmp_path / "w.npz").exists() and not list(tmp_path.glob(".*.tmp"))
 
 

@@ -482,8 +482,8 @@ def test_dropout_train_and_test_mode(xp):
         if numpy:
             np.random.seed(123)
 
-    state = np.random.get_state()
     reseed()
+    state = np.random.get_state()  # xdezero.seed seeds NumPy's generator too; dropout must not draw from it
     y = F.dropout(x, 0.4)
     values = to_numpy(y)
     assert y.dtype == xp.float32

@@ -8,6 +8,7 @@ are `xdezero.datasets.locate_mnist`'s.
 
 from __future__ import annotations
 
+import os
 import zlib
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,14 @@ def mnist_folder(data: str | None, *, test_only: bool = False) -> Path:
     """
     try:
         return locate_mnist(data, test_only=test_only)
+    except (FileExistsError, NotADirectoryError) as e:  # the cache folder's path names a file
+        raise TaskError(
+            f"XDEZERO_DATA_DIR={os.environ.get('XDEZERO_DATA_DIR')} is not a folder ({e.strerror}): point it at a "
+            "folder (it is created if missing), or unset it to use ~/.xdezero"
+        ) from None
     except FileNotFoundError as e:
+        if data is None:
+            raise TaskError(f"the data folder (XDEZERO_DATA_DIR or ~/.xdezero): {e}") from None
         raise TaskError(f"--data {e}") from None
     except ValueError as e:
         hint = "" if data is not None else ", or pass --data FOLDER to use MNIST-format files of your own"

@@ -67,6 +67,11 @@ DEFAULT_LR = {
 }
 # What the weights' sidecar (FILE.json beside FILE.npz) records, so that `xdezero eval` rebuilds the model.
 SIDECAR_KEYS = ("task", "model", "hidden", "activation")
+# Each task's defaults (hidden: None = the model's own, "help" says which).
+TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
+    "spiral": {"epochs": 300, "hidden": 30, "help": 30, "batch_size": 30},
+    "mnist": {"epochs": 5, "hidden": None, "help": "1000 for the MLP, 128 for the CNN", "batch_size": 100},
+}
 # A tiny problem gains nothing from more threads, and on a busy machine spinning OpenMP threads cost 10x.
 SMALL_TASK_THREADS = {"spiral": 1}
 
@@ -79,7 +84,12 @@ class UsageError(Exception):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose errors are one line, `PROG: error: MESSAGE (see 'PROG -h')`, with exit status 2."""
+    """argparse whose errors are one line, `PROG: error: MESSAGE (see 'PROG -h')`, with exit status 2, and that
+    takes options only as spelled (no abbreviations: `--epoch 3` is an error, not `--epochs 3`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> Any:
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} -h')\n")
@@ -219,12 +229,29 @@ def _use_gpu_of_rank(backend: str, intra_rank: int) -> None:
             torch.cuda.set_device(intra_rank % torch.cuda.device_count())
 
 
-def _set_threads(backend: str, threads: int | None) -> Callable[[], None]:
-    """Limit torch's intra-op threads to `threads` for this run; returns what restores the old count.
+def _set_threads(backend: str, threads: int | None, given: bool) -> Callable[[], None]:
+    """Limit the backend's threads to `threads` for this run (torch's intra-op threads; NumPy's BLAS through
+    threadpoolctl); returns what restores the old count. JAX sizes its thread pool when imported: --threads
+    given with it is an error. `given`: the user asked (not the task's default)."""
+    if threads is None:
+        return lambda: None
+    if backend == "numpy":
+        if importlib.util.find_spec("threadpoolctl") is None:
+            if not given:
+                return lambda: None
+            raise UsageError("--threads on NumPy limits its BLAS through threadpoolctl: pip install threadpoolctl")
+        from threadpoolctl import threadpool_limits
 
-    NumPy's BLAS and JAX size their thread pools when imported: this command leaves them alone.
-    """
-    if backend != "torch" or threads is None or importlib.util.find_spec("torch") is None:
+        limits = threadpool_limits(limits=threads, user_api="blas")
+        return limits.restore_original_limits
+    if backend in ("jax", "array_api_strict", "cupy"):
+        if given:
+            raise UsageError(
+                f"--threads sets torch's and NumPy's CPU threads; backend {backend} takes none (its threads are set "
+                "by the library itself: XLA_FLAGS for JAX, NumPy's for array_api_strict)"
+            )
+        return lambda: None
+    if importlib.util.find_spec("torch") is None:
         return lambda: None  # a missing torch is reported by _converter, in one line
     import torch
 
@@ -321,9 +348,16 @@ def train(args: argparse.Namespace, comm: Any, out: TextIO) -> int:
         done, taken = check_resume(resume, run.settings, comm) if resume else (0, 0)
     except ResumeError as e:
         raise UsageError(str(e)) from None
-    np.random.seed(args.seed)  # this program owns the process: make the weight initialisation reproducible
+    xdezero.seed(args.seed)  # this program owns the process: NumPy's weight initialisation and xdezero's streams
     train_set, test_set, description = _load(args)
     description = description.replace("{n}", str(len(train_set)))
+    if args.batch_size > len(train_set):
+        if args.batch_size_given:
+            raise UsageError(
+                f"--batch-size {args.batch_size} is larger than the {len(train_set)} training examples: give at most "
+                f"{len(train_set)}"
+            )
+        args.batch_size = len(train_set)  # a data set smaller than one default batch: one batch of all of it
     model = build_model(args.task, model_name, hidden, args.activation)
     with xdezero.no_grad(), xdezero.test_mode():
         # Parameters take their shapes from a first input: create them now (the same draws a first step would
@@ -351,6 +385,8 @@ def train(args: argparse.Namespace, comm: Any, out: TextIO) -> int:
         import torch
 
         threads = f", {torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}"
+    elif args.backend == "numpy" and args.threads is not None:
+        threads = f", {args.threads} BLAS thread{'s' if args.threads > 1 else ''}"
     processes = f", {comm.size} processes ({comm.name})" if comm.size > 1 else ""
     if not args.quiet:
         if resume:
@@ -424,7 +460,7 @@ def train(args: argparse.Namespace, comm: Any, out: TextIO) -> int:
     weights = _save(model, args, model_name, hidden) if args.save and comm.rank == 0 else None
     if stop:
         if weights:
-            print(f"wrote {weights}", file=out)
+            print(f"wrote {weights} and {_sidecar(weights)}", file=out)
         if comm.rank == 0:
             if loader.iteration:
                 at = f"in epoch {epoch} after batch {loader.iteration} of {len(loader)}"
@@ -438,13 +474,18 @@ def train(args: argparse.Namespace, comm: Any, out: TextIO) -> int:
     train_acc = _accuracy(model, train_set, convert, comm)
     test_acc = _accuracy(model, test_set, convert, comm)
     print(
-        f"done: {args.epochs} epochs in {elapsed:.1f} s; final weights: training accuracy {train_acc:.4f}, "
-        f"test accuracy {test_acc:.4f} (the running accuracy above is averaged over each epoch's batches "
-        "while the weights were still changing)",
+        f"done: {args.epochs} epoch{'s' if args.epochs != 1 else ''} in {elapsed:.1f} s; final weights: training "
+        f"accuracy {train_acc:.4f}, test accuracy {test_acc:.4f}"
+        + (
+            ""
+            if args.quiet
+            else " (the running accuracy above is averaged over each epoch's batches while the weights were still "
+            "changing)"
+        ),
         file=out,
     )
     if weights:
-        print(f"wrote {weights}", file=out)
+        print(f"wrote {weights} and {_sidecar(weights)}", file=out)
     plot = getattr(args, "plot", None)
     if plot and comm.rank == 0:  # parameters are the same on every rank: one writer
         _plot(plot, model, convert, train_set, run.losses)
@@ -511,6 +552,11 @@ def _plot(path: str, model: Any, convert: Callable, dataset: Any, losses: Sequen
 def evaluate(args: argparse.Namespace, out: TextIO) -> int:
     """Print the test-split accuracy of the weights in `args.file`, rebuilding the model its sidecar names."""
     path = _npz_to_read(args.file)
+    if os.path.isdir(args.file):
+        raise UsageError(f"{args.file} is a directory: name the .npz file that 'xdezero train --save FILE' wrote")
+    if args.file.endswith(".json"):
+        weights = Path(args.file).with_suffix(".npz")
+        raise UsageError(f"{args.file} is the description beside the weights: name the weights, {weights}")
     if not os.path.isfile(path):
         raise UsageError(f"{args.file}: no such weights file")
     sidecar = _sidecar(path)
@@ -595,9 +641,8 @@ def _add_runtime_options(parser: argparse.ArgumentParser, task: str | None) -> N
     parser.add_argument(
         "--threads",
         type=positive_int,
-        default=small,
-        help="torch's CPU threads for this run (default "
-        + (f"{small}: the problem is too small to gain from more)" if small else "torch's own)"),
+        help="CPU threads for this run: torch's, or NumPy's BLAS (through threadpoolctl) (default "
+        + (f"{small}: the problem is too small to gain from more)" if small else "the library's own)"),
     )
 
 
@@ -610,7 +655,7 @@ def _add_training_options(task: argparse.ArgumentParser, name: str, defaults: di
     task.add_argument(
         "--batch-size",
         type=positive_int,
-        default=d["batch_size"],
+        default=None,  # d["batch_size"], filled in by main: a default larger than the data set is not an error
         help=f"examples per step, over all processes together (default {d['batch_size']})",
     )
     task.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="update rule (default sgd)")
@@ -679,7 +724,7 @@ def _parser() -> ArgumentParser:
     train = commands.add_parser("train", help="train an example model")
     tasks = train.add_subparsers(dest="task", required=True, metavar="TASK")
     spiral = tasks.add_parser("spiral", help="an MLP on the 3-class spiral data set")
-    _add_training_options(spiral, "spiral", {"epochs": 300, "hidden": 30, "help": 30, "batch_size": 30})
+    _add_training_options(spiral, "spiral", TRAINING_DEFAULTS["spiral"])
     spiral.add_argument(
         "--plot", metavar="FILE", type=image_file, help="draw the loss curve and the decision regions (.png, .svg, ...)"
     )
@@ -687,7 +732,7 @@ def _parser() -> ArgumentParser:
     _add_training_options(
         mnist,
         "mnist",
-        {"epochs": 5, "hidden": None, "help": "1000 for the MLP, 128 for the CNN", "batch_size": 100},
+        TRAINING_DEFAULTS["mnist"],
     )
     mnist.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="the book's MLP or a small CNN")
     _add_data_option(mnist)
@@ -701,11 +746,28 @@ def _parser() -> ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `xdezero` command; returns the exit status (0 success, 2 usage errors)."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if getattr(args, "task", None):
+        args.batch_size_given = args.batch_size is not None
+        if args.batch_size is None:
+            args.batch_size = TRAINING_DEFAULTS[args.task]["batch_size"]
+    if unknown:  # named by the command that was given, whose -h lists what it takes
+        command = " ".join(filter(None, [parser.prog, args.command, getattr(args, "task", None)]))
+        print(f"{command}: error: unrecognized arguments: {' '.join(unknown)} (see '{command} -h')", file=sys.stderr)
+        return 2
     if argv is None:  # run as the command, an application: large temporaries stay in this process
         tune_allocator()
     rank = 0
-    restore_threads = _set_threads(getattr(args, "backend", ""), getattr(args, "threads", None))
+    threads = getattr(args, "threads", None)
+    given = threads is not None
+    if not given:
+        threads = SMALL_TASK_THREADS.get(getattr(args, "task", ""))
+    try:
+        restore_threads = _set_threads(getattr(args, "backend", ""), threads, given)
+    except UsageError as e:
+        print(f"xdezero: error: {e}", file=sys.stderr)
+        return 2
     try:
         if args.command == "info":
             return info(sys.stdout)
@@ -721,6 +783,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nxdezero: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left (`xdezero train ... | head`): stop quietly, as a shell tool does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 141
     except Stopped as e:
         if rank == 0:
             print(f"\nxdezero: {e.name} again: stopped at once, nothing saved", file=sys.stderr)

@@ -82,7 +82,8 @@ def _mixed_namespace(arrays) -> ModuleType:
         raise TypeError(
             "cannot combine arrays from different libraries in one operation: "
             + " and ".join(libraries)
-            + "; move them to one library first (e.g. with xdezero.backends.to_cpu / to_gpu)"
+            + "; move them to one library first: xdezero.backends.to_library(x, 'numpy') (or 'torch', 'jax', ...), "
+            "or Variable.to_library / Layer.to_library"
         )
     return array_api_compat.array_namespace(*arrays)
 

@@ -4,7 +4,7 @@ The portable way draws on the host with a `numpy.random.Generator` and moves the
 `xp.asarray(..., device=...)`. CuPy, torch and JAX arrays get a generator of their own library, so that the
 numbers are made on the array's device; those generators are created lazily from the seed, and only for a
 library whose array was passed in (so a library the user did not import is never imported).
-NumPy's global random state is never touched.
+NumPy's global random state is touched only by `seed`, which seeds it too.
 """
 
 from __future__ import annotations
@@ -31,10 +31,13 @@ def draws() -> int:
 
 
 def seed(n: int | None) -> None:
-    """Seed every xdezero random stream (None: fresh entropy); NumPy's global RNG is left alone."""
+    """Seed every random stream a program draws from: xdezero's own (one per library and device, derived from `n`)
+    and NumPy's global generator (`np.random.seed(n)`, which DeZero's order of draws uses), as `torch.manual_seed`
+    seeds everything of torch's. None: fresh entropy. `n` in [0, 2**32 - 1], the seeds NumPy's generator takes."""
     global _seed, _host
-    if n is not None and (not isinstance(n, int | np.integer) or n < 0):
-        raise ValueError(f"seed: expected a non-negative integer or None, got {n!r}")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int | np.integer) or not 0 <= n < 2**32):
+        raise ValueError(f"seed: expected an integer from 0 to 2**32 - 1 (4294967295) or None, got {n!r}")
+    np.random.seed(None if n is None else int(n))
     with _lock:
         _seed = None if n is None else int(n)
         _host = np.random.default_rng(_seed)
