@@ -85,8 +85,8 @@ MUTANTS = (
     Mutant(
         "neg_grad_sign",
         "xdezero/functions/arithmetic.py",
-        "return -x\n\n    def backward(self, gy):\n        return -gy\n",
-        "return -x\n\n    def backward(self, gy):\n        return gy\n",
+        'return -x\n\n    def backward(self, gy: Variable) -> Variable:\n        """gx = -gy."""\n        return -gy\n',
+        'return -x\n\n    def backward(self, gy: Variable) -> Variable:\n        """gx = -gy."""\n        return gy\n',
         "Neg: gradient +gy instead of -gy",
         GRADIENTS,
     ),
