@@ -21,17 +21,28 @@ nox.options.error_on_missing_interpreters = os.environ.get("CI", "").lower() in 
 
 PYTHONS = ["3.11", "3.12", "3.13"]  # requires-python and the classifiers in pyproject.toml say the same
 
-# What each backend session installs on top of the package and its test extras.
-BACKEND_PACKAGES = {
+# What each array library of xdezero's registry (`xdezero.backends.libraries()`, which nox cannot import before
+# the package is installed) needs on top of the package and its test extras. tests/test_device_grammar.py checks
+# that these names are the registry's.
+LIBRARY_PACKAGES = {
     "numpy": [],
-    "array_api_strict": [],
-    "array_api_strict_device": [],  # array-api-strict's simulated second device: a GPU's rules on the CPU
-    "torch": ["torch==2.13.0"],
+    "array_api_strict": [],  # in the test extras
+    "torch": ["torch==2.13.0"],  # PyPI's Linux wheel is the CUDA build: torch_cuda installs the same
     "jax": ["jax[cpu]==0.10.2"],  # the version the suite is tested with
-    # The GPU backends, skipped without an NVIDIA GPU; the builds matching the driver: _gpu_packages().
-    "cupy": [],
-    "torch_cuda": ["torch==2.13.0"],  # PyPI's Linux wheel is the CUDA build
-    "jax_gpu": [],
+    "cupy": [],  # the build matching the driver: _gpu_packages()
+    "dask": [],  # in the test extras; its tests run in every session
+}
+# One session per test backend (tests/conftest.py's ALL_BACKENDS, checked there too): the library it runs.
+BACKENDS = {
+    "numpy": "numpy",
+    "array_api_strict": "array_api_strict",
+    "array_api_strict_device": "array_api_strict",  # its simulated second device: a GPU's rules on the CPU
+    "torch": "torch",
+    "jax": "jax",
+    # The GPU backends, skipped without an NVIDIA GPU.
+    "cupy": "cupy",
+    "torch_cuda": "torch",
+    "jax_gpu": "jax",
 }
 GPU_BACKENDS = ("cupy", "torch_cuda", "jax_gpu")
 # Oracles that the numpy session on the oldest Python installs: PyTorch, against which about 210 tests check NumPy's
@@ -91,20 +102,20 @@ def _gpu_packages(backend: str, nvidia_smi_output: str) -> list[str]:
         return [_cupy_package(nvidia_smi_output)]
     if backend == "jax_gpu":
         return [f"jax[cuda{_cuda_major(nvidia_smi_output)}]==0.10.2"]
-    return BACKEND_PACKAGES[backend]
+    return LIBRARY_PACKAGES[BACKENDS[backend]]
 
 
 def _test_sessions() -> list:
     sessions = [nox.param(p, "numpy", id=f"python='{p}', backend='numpy'") for p in PYTHONS[1:]]
     # The oldest Python keeps the short names: tests(backend='numpy'), tests(backend='torch'), ...
-    return [nox.param(PYTHONS[0], b, id=f"backend='{b}'") for b in BACKEND_PACKAGES] + sessions
+    return [nox.param(PYTHONS[0], b, id=f"backend='{b}'") for b in BACKENDS] + sessions
 
 
 @nox.session
 @nox.parametrize("python,backend", _test_sessions())
 def tests(session: nox.Session, backend: str) -> None:
     """Run the test suite with XDEZERO_BACKENDS=<backend>."""
-    packages = BACKEND_PACKAGES[backend]
+    packages = LIBRARY_PACKAGES[BACKENDS[backend]]
     if backend in GPU_BACKENDS:
         if not _has_nvidia_gpu():
             session.skip(f"no NVIDIA GPU here (nvidia-smi finds none): the {backend} backend needs one")

@@ -22,10 +22,25 @@ from typing import Any
 
 import pytest
 
+from xdezero.backends import library, parse_device
+
 # JAX would otherwise take 75% of the GPU's memory at its first allocation, leaving little to CuPy and torch.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-ALL_BACKENDS = ("numpy", "array_api_strict", "array_api_strict_device", "torch", "jax", "cupy", "torch_cuda", "jax_gpu")
+# The test backends: the library of xdezero's registry each runs, and its device as text (the one device grammar
+# of xdezero.backends), None for the library's default. noxfile.py has one session per backend (checked in
+# tests/test_device_grammar.py).
+BACKEND_DEVICES: dict[str, tuple[str, str | None]] = {
+    "numpy": ("numpy", None),
+    "array_api_strict": ("array_api_strict", None),
+    "array_api_strict_device": ("array_api_strict", "device1"),
+    "torch": ("torch", None),
+    "jax": ("jax", "cpu"),
+    "cupy": ("cupy", None),
+    "torch_cuda": ("torch", "gpu"),
+    "jax_gpu": ("jax", "gpu"),
+}
+ALL_BACKENDS = tuple(BACKEND_DEVICES)
 # Arrays of these backends do not live on the host: a test that needs the host arrays cannot run there.
 DEVICE_BACKENDS = ("array_api_strict_device", "cupy", "torch_cuda", "jax_gpu")
 
@@ -78,48 +93,38 @@ def _no_gpu(why: str) -> RuntimeError:
     return RuntimeError(f"no GPU here: {why}")
 
 
-def _jax(platform: str):
+def _configure_jax() -> None:
     jax = importlib.import_module("jax")
     jax.config.update("jax_enable_x64", True)
     # On a GPU, JAX's default float32 matmul precision is TF32 (10-bit mantissa): too coarse for the float32
     # tolerances of the tests, which the other libraries meet with full float32 products.
     jax.config.update("jax_default_matmul_precision", "highest")
-    try:
-        device = jax.devices(platform)[0]
-    except RuntimeError as e:  # JAX says "Unknown backend gpu" or "Backend 'gpu' failed to initialize"
-        raise _no_gpu(f"jax.devices({platform!r}) failed ({e})") from None
-    return DeviceNamespace(importlib.import_module("jax.numpy"), device)
+
+
+# What the tests set in a library before using it.
+_CONFIGURE = {"jax": _configure_jax}
 
 
 def _load(name: str):
     """The array namespace for `name`, or raise ImportError/RuntimeError saying why it is unusable."""
-    if name == "numpy":
-        import array_api_compat.numpy as xp
-    elif name == "array_api_strict":
-        xp = importlib.import_module("array_api_strict")
-    elif name == "array_api_strict_device":
-        strict = importlib.import_module("array_api_strict")
-        xp = DeviceNamespace(strict, strict.Device("device1"))
-    elif name in ("torch", "torch_cuda"):
-        torch = importlib.import_module("torch")
-        import array_api_compat.torch as xp
-
-        if name == "torch_cuda":
-            if not torch.cuda.is_available():
-                raise _no_gpu("torch.cuda.is_available() is False")
-            xp = DeviceNamespace(xp, torch.device("cuda", torch.cuda.current_device()))  # as tensors report it
-    elif name == "jax":
-        xp = _jax("cpu")
-    elif name == "jax_gpu":
-        xp = _jax("gpu")
-    elif name == "cupy":
-        cupy = importlib.import_module("cupy")
-        if not cupy.cuda.is_available():
-            raise _no_gpu("cupy is installed but cupy.cuda.is_available() is False")
-        import array_api_compat.cupy as xp
-    else:
-        raise ValueError(f"unknown backend {name!r}; known backends are {', '.join(ALL_BACKENDS)}")
-    return xp
+    try:
+        library_name, device = BACKEND_DEVICES[name]
+    except KeyError:
+        raise ValueError(f"unknown backend {name!r}; known backends are {', '.join(ALL_BACKENDS)}") from None
+    row = library(library_name)
+    xp = row.load()  # BackendUnavailable, a RuntimeError, saying why it cannot be imported
+    if library_name in _CONFIGURE:
+        _CONFIGURE[library_name]()
+    if row.needs_gpu and not row.gpu_probe().devices:
+        raise _no_gpu(f"{row.label} {row.gpu_probe().says}")
+    if device is None:
+        return xp
+    try:
+        found = row.find(device, where=f"XDEZERO_BACKENDS={name}", text=True)
+    except ValueError as e:
+        gpu = (parse_device(device) or ("named",))[0] == "gpu"
+        raise (_no_gpu(str(e)) if gpu else RuntimeError(str(e))) from None
+    return DeviceNamespace(xp, found.device)
 
 
 def _guard_dlpack_of_devices(strict: Any) -> None:

@@ -191,6 +191,31 @@ MUTANTS = (
         "range check of ids accepts id == high (labels, embed_id rows)",
         ("tests/test_edges_labels.py", "tests/test_edges_indexing.py", "tests/test_functions_errors.py"),
     ),
+    # --- the libraries' own kernels ---------------------------------------------------------------------------
+    Mutant(
+        "linear_grad_second_order_sign",
+        "xdezero/functions/linear.py",
+        "dgy = matmul(x, ggW) if dgy is None else dgy + matmul(x, ggW)",
+        "dgy = matmul(x, ggW) if dgy is None else dgy - matmul(x, ggW)",
+        "the backward of a hidden linear layer's gradient node drops the sign of one term",
+        ("tests/test_torch_oracle.py",),
+    ),
+    Mutant(
+        "torch_max_pool_grad_overwrites",
+        "xdezero/backends/_torch.py",
+        "return gx.scatter_add_(2, argmax[0].flatten(2), gy.flatten(2)).view(x_shape)",
+        "return gx.scatter_(2, argmax[0].flatten(2), gy.flatten(2)).view(x_shape)",
+        "torch max pooling's gradient overwrites where overlapping windows share their maximum",
+        ("tests/test_native_kernels.py",),
+    ),
+    Mutant(
+        "torch_deconv_drops_output_padding",
+        "xdezero/backends/_torch.py",
+        "return tf.conv_transpose2d(x, W, b, stride, pad, output_padding=extra)",
+        "return tf.conv_transpose2d(x, W, b, stride, pad)",
+        "torch's transposed convolution ignores the requested output size",
+        ("tests/test_native_kernels.py", "tests/test_conv.py"),
+    ),
     # --- optimizers and hooks ------------------------------------------------------------------------------
     Mutant(
         "adam_bias_correction",

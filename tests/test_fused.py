@@ -17,6 +17,7 @@ import types
 import numpy as np
 import pytest
 
+import xdezero.backends._cupy as cupy_kernels
 import xdezero.backends._fused as fused_table
 import xdezero.functions as F
 from xdezero import Parameter, optimizers
@@ -170,7 +171,9 @@ def fake_cupy_table(monkeypatch):
     fake.dtype, fake.float32, fake.float64 = np.dtype, np.float32, np.float64
     fake.ascontiguousarray, fake.max, fake.sum = np.ascontiguousarray, np.max, np.sum
     monkeypatch.setitem(sys.modules, "cupy", fake)
-    return fused_table._cupy_table()
+    from xdezero.backends._cupy import CupyBackend
+
+    return CupyBackend().composites()
 
 
 def _portable_of(name):
@@ -233,7 +236,7 @@ def test_cupy_table_covers_every_composite_with_a_launch_count(fake_cupy_table):
 
 def test_cuda_bodies_use_typed_constants():
     """A bare 0.5 in a float kernel is a double in CUDA C (a slow float64 path): constants are cast to T."""
-    bodies = [v for k, v in vars(fused_table).items() if k.isupper() and k.startswith("_") and isinstance(v, tuple)]
+    bodies = [v for k, v in vars(cupy_kernels).items() if k.isupper() and k.startswith("_") and isinstance(v, tuple)]
     assert bodies
     for spec in bodies:
         body = " ".join(s for s in spec if isinstance(s, str))
@@ -242,7 +245,7 @@ def test_cuda_bodies_use_typed_constants():
 
 def test_sigmoid_kernel_formula_matches_the_logistic_function():
     """The CUDA expression, evaluated by Python with T = float, against 1 / (1 + e^-x)."""
-    body = fused_table._SIGMOID[2].split("=", 1)[1].replace("(T)", "")
+    body = cupy_kernels._SIGMOID[2].split("=", 1)[1].replace("(T)", "")
     for x in (-30.0, -1.0, 0.0, 0.5, 4.0):
         assert math.isclose(
             eval(body, {"tanh": math.tanh, "x": x}), 1 / (1 + math.exp(-x)), rel_tol=1e-12, abs_tol=1e-15

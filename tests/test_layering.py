@@ -14,7 +14,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "xdezero"
 
 # Lowest first. A module belongs to the first layer with a prefix that matches its dotted name.
 LAYERS = [
-    ("backends", ["xdezero._config", "xdezero._files", "xdezero.backends"]),
+    ("backends", ["xdezero._config", "xdezero._files", "xdezero._geometry", "xdezero.backends"]),
     ("core", ["xdezero.core", "xdezero.core_simple"]),
     ("functions", ["xdezero.functions", "xdezero.functions_conv", "xdezero.visualize", "xdezero.testing"]),
     ("layers", ["xdezero.layers"]),
@@ -49,6 +49,9 @@ def imports(path: pathlib.Path, module: str) -> list[tuple[str, list[str], bool]
     """(imported module, names imported from it, whether the import sits inside a function or class)."""
     tree = ast.parse(path.read_text())
     top_level = set(map(id, tree.body))
+    for node in tree.body:  # `if TYPE_CHECKING:` imports never run: they count as top level
+        if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+            top_level |= set(map(id, node.body))
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found = []
     for node in ast.walk(tree):
@@ -131,6 +134,63 @@ def test_backends_import_nothing_above_them():
         if layer_of(module) == 0:
             for target, _, _ in imports(path, module):
                 assert layer_of(_known(target, known)) == 0, f"{module} imports {target}"
+
+
+# Library knowledge lives in backends/ (and the registry there). These modules are the exceptions, by design:
+# DeZero's `cuda` module is CuPy's by definition; the transports move bytes the way each library can; the image
+# transforms work on NumPy arrays and PIL images.
+MAY_NAME_LIBRARIES = ("xdezero.backends", "xdezero.cuda", "xdezero.distributed", "xdezero.transforms")
+LIBRARIES = ("torch", "jax", "jaxlib", "cupy", "dask", "array_api_strict")
+
+
+def library_branches(path: pathlib.Path) -> list[str]:
+    """Places in `path` that ask which array library they run on: an `is_<library>_array` probe, an import of a
+    library, `sys.modules["<library>"]`, or a comparison with a library's name."""
+    tree = ast.parse(path.read_text())
+    found = []
+    for node in ast.walk(tree):
+        where = f"{path.name}:{getattr(node, 'lineno', '?')}"
+        if isinstance(node, ast.Attribute) and node.attr.startswith("is_") and node.attr.endswith("_array"):
+            found.append(f"{where} probes {node.attr}")
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            found += [f"{where} imports {n}" for n in names if n.partition(".")[0] in LIBRARIES]
+        elif isinstance(node, ast.Subscript) and ast.unparse(node.value) == "sys.modules":
+            found.append(f"{where} reads {ast.unparse(node)}")
+        elif isinstance(node, ast.Compare):
+            constants = [c.value for c in [node.left, *node.comparators] if isinstance(c, ast.Constant)]
+            tuples = [
+                e.value
+                for c in node.comparators
+                if isinstance(c, ast.Tuple)
+                for e in c.elts
+                if isinstance(e, ast.Constant)
+            ]
+            named = [v for v in constants + tuples if v in LIBRARIES]
+            if named:
+                found.append(f"{where} compares with {named[0]!r}")
+    return found
+
+
+def test_only_the_backends_know_array_libraries():
+    branches = [
+        f"{module}: {branch}"
+        for module, path in modules().items()
+        if not module.startswith(MAY_NAME_LIBRARIES)
+        for branch in library_branches(path)
+    ]
+    assert not branches, "library knowledge outside backends/ (move it into the library's backend):\n" + "\n".join(
+        branches
+    )
+
+
+def test_the_library_checker_finds_a_branch(tmp_path):
+    path = tmp_path / "op.py"
+    path.write_text(
+        "import sys\nimport array_api_compat\nif array_api_compat.is_torch_array(x): pass\n"
+        "if name == 'jax': pass\ntorch = sys.modules['torch']\nimport cupy\n"
+    )
+    assert len(library_branches(path)) == 4
 
 
 def test_the_checker_finds_a_back_edge(tmp_path):

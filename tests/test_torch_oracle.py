@@ -87,3 +87,37 @@ def test_batch_norm(xp, shape):
             np.testing.assert_allclose(to_numpy(ours.grad), theirs.grad.numpy(), rtol=1e-8, atol=1e-10)
         np.testing.assert_allclose(to_numpy(mean), rm.numpy(), rtol=1e-12)
         np.testing.assert_allclose(to_numpy(var), rv.numpy(), rtol=1e-12)
+
+
+def test_hidden_linear_layers_to_the_third_order(xp):
+    """A hidden layer's backward is one node (LinearGrad) whose backward is again products: the gradient of a
+    gradient penalty, and a third derivative along a direction, against torch's autograd."""
+    rng = np.random.default_rng(7)
+    x_np = rng.standard_normal((5, 4))
+    W1_np, b1_np, W2_np, b2_np = (rng.standard_normal(s) for s in ((4, 6), (6,), (6, 3), (3,)))
+    v_np = rng.standard_normal((5, 4))
+
+    def ours():
+        x, W1, b1, W2, b2 = (Variable(asarray(xp, a)) for a in (x_np, W1_np, b1_np, W2_np, b2_np))
+        y = F.sum(F.linear(F.sigmoid(F.linear(x, W1, b1)), W2, b2) ** 3)
+        y.backward(create_graph=True)
+        gx, gW1, gW2 = x.grad, W1.grad, W2.grad
+        x.cleargrad(), W1.cleargrad(), W2.cleargrad()
+        penalty = F.sum(gx * gx) + F.sum(gW1 * gW1) + F.sum(gW2 * gW2)
+        penalty.backward(create_graph=True)
+        second = x.grad
+        x.cleargrad(), W1.cleargrad(), W2.cleargrad()
+        F.sum(second * Variable(asarray(xp, v_np))).backward()
+        return float(to_numpy(penalty)), to_numpy(second), to_numpy(x.grad), to_numpy(W2.grad)
+
+    def reference():
+        x, W1, b1, W2, b2 = (_t(a, True) for a in (x_np, W1_np, b1_np, W2_np, b2_np))
+        y = (tF.linear(torch.sigmoid(tF.linear(x, W1.T, b1)), W2.T, b2) ** 3).sum()
+        gx, gW1, gW2 = torch.autograd.grad(y, (x, W1, W2), create_graph=True)
+        penalty = (gx * gx).sum() + (gW1 * gW1).sum() + (gW2 * gW2).sum()
+        (second,) = torch.autograd.grad(penalty, (x,), create_graph=True)
+        third_x, third_W2 = torch.autograd.grad((second * _t(v_np)).sum(), (x, W2))
+        return penalty.item(), second.detach().numpy(), third_x.numpy(), third_W2.numpy()
+
+    for got, want in zip(ours(), reference(), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)

@@ -46,15 +46,16 @@ from xdezero.backends import (
     allocator_info,
     cuda_devices,
     describe_library,
+    libraries,
+    library,
     library_converter,
-    to_gpu,
     to_numpy,
     tune_allocator,
 )
 
 __all__ = ["ArgumentParser", "main", "non_negative_int", "positive_float", "positive_int"]
 
-BACKENDS = ("numpy", "cupy", "torch", "jax", "array_api_strict")
+BACKENDS = tuple(row.name for row in libraries())  # --backend: every library of the registry
 OPTIMIZERS = ("sgd", "momentum", "adam")
 # Learning rates that train each task in the default epochs (Adam's is its alpha).
 DEFAULT_LR = {
@@ -92,6 +93,7 @@ class ArgumentParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> Any:
+        """Exit 2 with the message and a pointer to the command's help."""
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} -h')\n")
 
 
@@ -157,107 +159,54 @@ def image_file(text: str) -> str:
 
 
 def _converter(backend: str, device: str | None) -> tuple[Callable[[np.ndarray], Any], str]:
-    """(a function moving NumPy arrays to `backend` on `device`, the device's name); UsageError if unusable."""
+    """(a function moving NumPy arrays to `backend` on `device`, the device's name); UsageError if unusable.
+    `device` is a string of the one device grammar (cpu, cpu:N, gpu:N, cuda:N, ..., see xdezero.backends)."""
     try:
         convert = library_converter(backend)
     except BackendUnavailable as e:
         raise UsageError(str(e)) from None
     if device is None:
         return convert, ""
-    where = f"--device {device}"
-    if backend == "numpy":
-        if device != "cpu":
-            raise UsageError(f"{where}: backend {backend} runs on the CPU only (--device cpu)")
-        return convert, "cpu"
-    if backend == "array_api_strict":  # its simulated devices behave as a GPU's: nothing converts implicitly
-        import array_api_strict
-
-        try:
-            dev = array_api_strict.Device("CPU_DEVICE" if device == "cpu" else device)
-        except ValueError:
-            raise UsageError(f"{where}: array-api-strict's devices are cpu, device1 and device2") from None
-        return (lambda a: array_api_strict.asarray(a, device=dev)), device
-    if backend == "torch":
-        import torch
-
-        try:
-            dev = torch.device(device)
-        except (RuntimeError, ValueError) as e:
-            raise UsageError(f"{where}: not a torch device ({e}); try cpu, cuda or cuda:1") from None
-        if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
-            raise UsageError(f"{where}: torch sees {torch.cuda.device_count()} CUDA GPU(s)")
-        if dev.type not in ("cpu", "cuda", "mps"):
-            raise UsageError(f"{where}: xdezero's torch backend runs on cpu, cuda or mps")
-        if dev.type == "mps" and not torch.backends.mps.is_available():
-            raise UsageError(f"{where}: torch's MPS device is not available here")
-        return (lambda a: torch.asarray(a, device=dev)), str(dev)
-    kind, _, number = device.partition(":")
-    if not (number == "" or number.isdigit()):
-        raise UsageError(f"{where}: expected KIND or KIND:INDEX, e.g. gpu or gpu:1")
-    index = int(number or 0)
-    if backend == "jax":
-        import jax
-
-        try:
-            devices = jax.devices({"cuda": "gpu"}.get(kind, kind))
-        except RuntimeError as e:
-            raise UsageError(f"{where}: JAX has no such device ({str(e).splitlines()[0]})") from None
-        if index >= len(devices):
-            raise UsageError(f"{where}: JAX sees {len(devices)} {kind} device(s)")
-        dev = devices[index]
-        return (lambda a: jax.device_put(a, dev)), str(dev)
-    # cupy
-    import cupy
-
-    count = cupy.cuda.runtime.getDeviceCount()
-    if kind not in ("cuda", "gpu") or index >= count:
-        raise UsageError(f"{where}: CuPy runs on cuda:0 to cuda:{count - 1}")
-    cupy.cuda.Device(index).use()
-    return to_gpu, f"cuda:{index}"
+    row = library(backend)
+    try:
+        found = row.find(device, where=f"--device {device}", subject=f"backend {backend}", text=True)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if found.gpu is not None and row.use_gpu is not None:
+        row.use_gpu(found.gpu)  # what the library allocates without being told where lands there too
+    return (lambda a: row.put(a, found.device)), found.name
 
 
 def _use_gpu_of_rank(backend: str, intra_rank: int) -> None:
     """Several processes on one node: each takes GPU `intra_rank` (modulo the count) rather than all GPU 0."""
-    if backend == "cupy":
-        import cupy
-
-        cupy.cuda.Device(intra_rank % cupy.cuda.runtime.getDeviceCount()).use()
-    elif backend == "torch":
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.set_device(intra_rank % torch.cuda.device_count())
+    row = library(backend)
+    if row.use_gpu is not None and (gpus := row.gpu_probe().devices):
+        row.use_gpu(intra_rank % len(gpus))
 
 
 def _set_threads(backend: str, threads: int | None, given: bool) -> Callable[[], None]:
-    """Limit the backend's threads to `threads` for this run (torch's intra-op threads; NumPy's BLAS through
-    threadpoolctl); returns what restores the old count. JAX sizes its thread pool when imported: --threads
-    given with it is an error. `given`: the user asked (not the task's default)."""
-    if threads is None:
+    """Limit the backend's CPU threads to `threads` for this run (its registry row says how); returns what
+    restores the old count. A backend that takes none (JAX sizes its pool when imported) with --threads given is
+    an error. `given`: the user asked (not the task's default)."""
+    if threads is None or backend not in BACKENDS:
         return lambda: None
-    if backend == "numpy":
-        if importlib.util.find_spec("threadpoolctl") is None:
-            if not given:
-                return lambda: None
-            raise UsageError("--threads on NumPy limits its BLAS through threadpoolctl: pip install threadpoolctl")
-        from threadpoolctl import threadpool_limits
-
-        limits = threadpool_limits(limits=threads, user_api="blas")
-        return limits.restore_original_limits
-    if backend in ("jax", "array_api_strict", "cupy"):
+    row = library(backend)
+    if not row.installed():
+        return lambda: None  # a missing library is reported by _converter, in one line
+    if row.threads is None:
         if given:
+            takers = [f"{r.label}'s" for r in reversed(libraries()) if r.threads is not None]  # torch's and NumPy's
             raise UsageError(
-                f"--threads sets torch's and NumPy's CPU threads; backend {backend} takes none (its threads are set "
-                "by the library itself: XLA_FLAGS for JAX, NumPy's for array_api_strict)"
+                f"--threads sets {', '.join(takers[:-1])} and {takers[-1]} CPU threads; backend {backend} takes "
+                f"none ({row.no_threads})"
             )
         return lambda: None
-    if importlib.util.find_spec("torch") is None:
-        return lambda: None  # a missing torch is reported by _converter, in one line
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    return lambda: torch.set_num_threads(before)
+    try:
+        return row.threads.limit(threads)
+    except BackendUnavailable as e:
+        if given:
+            raise UsageError(f"--threads {threads}: {e}") from None
+        return lambda: None
 
 
 # --- train ---------------------------------------------------------------------------------------------
@@ -381,12 +330,11 @@ def train(args: argparse.Namespace, comm: Any, out: TextIO) -> int:
     shape = f"MLP(({hidden}, {classes}), {args.activation})" if model_name == "mlp" else f"CNN({hidden})"
     on = f" on {device}" if device else ""
     threads = ""
-    if args.backend == "torch":
-        import torch
-
-        threads = f", {torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}"
-    elif args.backend == "numpy" and args.threads is not None:
-        threads = f", {args.threads} BLAS thread{'s' if args.threads > 1 else ''}"
+    setting = library(args.backend).threads
+    if setting is not None:
+        count = setting.current() if setting.current else args.threads  # torch's own count; NumPy's if given
+        if count:
+            threads = f", {count} {setting.unit}{'s' if count > 1 else ''}"
     processes = f", {comm.size} processes ({comm.name})" if comm.size > 1 else ""
     if not args.quiet:
         if resume:
@@ -611,13 +559,14 @@ def _version(dist: str) -> str:
 
 
 def info(out: TextIO) -> int:
+    """`xdezero info`: the versions, each array library's state and devices, the allocator; exit status 0."""
     rows = [
         ("xdezero", xdezero.__version__),
         ("Python", f"{platform.python_version()} ({sys.executable})"),
         ("NumPy", np.__version__),
         ("array-api-compat", _version("array-api-compat")),
     ]
-    rows += [(f"backend {name}", describe_library(name)) for name in ("numpy", "array_api_strict", *BACKENDS[1:4])]
+    rows += [(f"backend {name}", describe_library(name)) for name in BACKENDS]
     rows.append(("GPUs (CuPy)", cuda_devices()))
     rows.append(("malloc", allocator_info()))
     width = max(len(k) for k, _ in rows)
@@ -634,14 +583,17 @@ def _add_runtime_options(parser: argparse.ArgumentParser, task: str | None) -> N
     parser.add_argument("--backend", choices=BACKENDS, default="numpy", help="array library (default numpy)")
     parser.add_argument(
         "--device",
-        help="the backend's device: cpu, cuda, cuda:1 (torch), gpu:0 (jax), device1 (array_api_strict), ... "
-        "(default: its own)",
+        help="the backend's device, the same for every backend: cpu, cpu:N, gpu, gpu:N (cuda and cuda:N are the "
+        "same), or a name of its own (device1 and device2 of array_api_strict, mps of torch) (default: its current "
+        "GPU where it sees one, else cpu)",
     )
     small = SMALL_TASK_THREADS.get(task or "")
     parser.add_argument(
         "--threads",
         type=positive_int,
-        help="CPU threads for this run: torch's, or NumPy's BLAS (through threadpoolctl) (default "
+        help="CPU threads for this run: "
+        + ", ".join(row.threads.what for row in libraries() if row.threads is not None)
+        + " (default "
         + (f"{small}: the problem is too small to gain from more)" if small else "the library's own)"),
     )
 

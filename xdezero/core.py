@@ -21,8 +21,10 @@ import numpy as np
 from xdezero._config import Config, enable_backprop_flag, no_grad, test_mode, using_config
 from xdezero.backends import (
     LEGACY_NUMPY,
+    Backend,
     array_namespace,
     as_array_data,
+    backend_of_namespace,
     dtype_name,
     keep_input_precision,
     memory_key,
@@ -531,6 +533,11 @@ class Function:
             self.outputs = [weakref.ref(y) for y in outputs]
             self._keep(inputs)
         return outputs
+
+    @property
+    def backend(self) -> Backend:
+        """The kernels of the inputs' array library (the backend beside the namespace `xp`)."""
+        return backend_of_namespace(self.xp)
 
     def _keep(self, inputs: list) -> None:
         """Keep the inputs whose data backward reads; hold the others weakly, with a record of their source."""

@@ -182,12 +182,11 @@ class DataLoader:
         or a device string of `library` (`to_device("cuda:0", library="torch")`); 'cpu' gives NumPy batches."""
         if library is None:
             library = library_of_device(device)
+        # An unusable library or device fails here, naming the devices there are, not at the first batch.
+        to_library(np.zeros(0), library, device)
         if library == "numpy":
-            if not (isinstance(device, str) and device == "cpu"):
-                raise ValueError(f"{type(self).__name__}.to_device: NumPy arrays live on 'cpu' only, got {device!r}")
             self.to_cpu()
             return
-        to_library(np.zeros(0), library, device)  # an unusable library or device fails here, not at the first batch
         self.gpu = False
         self.device, self.library = device, library
 

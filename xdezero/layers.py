@@ -22,6 +22,7 @@ import numpy as np
 
 import xdezero.functions as F
 from xdezero._files import FileLike, atomic_write, opened, read_entry, read_text, write_npz
+from xdezero._geometry import pair
 from xdezero.backends import (
     Bits,
     array_namespace,
@@ -35,7 +36,6 @@ from xdezero.backends import (
     to_library,
 )
 from xdezero.core import Parameter, Variable
-from xdezero.functions.conv import pair
 
 __all__ = ["Layer", "Linear", "Conv2d", "Deconv2d", "RNN", "LSTM", "EmbedID", "BatchNorm", "Parameter", "pair"]
 

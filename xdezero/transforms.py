@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from xdezero.functions.conv import pair
+from xdezero._geometry import pair
 
 __all__ = [
     "Compose",

@@ -9,11 +9,11 @@ from typing import Any
 
 import numpy as np
 
+from xdezero._geometry import get_conv_outsize, get_deconv_outsize, pair
 from xdezero.backends import array_namespace, device_of, to_numpy
 from xdezero.core import Variable, as_variable
 from xdezero.datasets import cache_path, get_file
 from xdezero.functions.arithmetic import sum_to_array
-from xdezero.functions.conv import get_conv_outsize, get_deconv_outsize, pair
 from xdezero.functions.reduce import logsumexp, max_backward_shape
 from xdezero.functions.shape import reshape_sum_backward
 from xdezero.visualize import get_dot_graph, plot_dot_graph

@@ -1,6 +1,7 @@
 """The only code that knows array libraries: namespace lookup, device moves, and what the standard lacks."""
 
 from xdezero.backends._allocator import allocator_info, apply_allocator_setting, tune_allocator
+from xdezero.backends._backends import backend_named, backend_of_namespace
 from xdezero.backends._checks import check_ids, check_index_arrays, deferring_checks
 from xdezero.backends._devices import (
     is_cupy_available,
@@ -39,12 +40,22 @@ from xdezero.backends._namespace import (
     memory_key,
 )
 from xdezero.backends._packing import pack, unpack
+from xdezero.backends._portable import Backend
 from xdezero.backends._random import draws as random_draws
 from xdezero.backends._random import random_state, seed, set_random_state, uniform
+from xdezero.backends._registry import Library, libraries, library, library_of, parse_device
 from xdezero.backends._scatter import flat_positions, scatter_add, segment_sum
 from xdezero.backends._scratch import clear as clear_buffer_pool
 
 __all__ = [
+    "Library",
+    "libraries",
+    "library",
+    "library_of",
+    "parse_device",
+    "Backend",
+    "backend_named",
+    "backend_of_namespace",
     "Bits",
     "dtype_name",
     "place",

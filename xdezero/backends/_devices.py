@@ -25,7 +25,6 @@ Deliberate transfers, each one call per operation at most (never per element); D
 
 from __future__ import annotations
 
-import importlib
 import sys
 from types import ModuleType
 from typing import Any
@@ -33,37 +32,13 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from xdezero.backends._namespace import array_namespace, as_array_data, describe, library_name
-
-# The namespace that builds arrays of each library, imported only when that library is asked for by name.
-_NAMESPACE_MODULES = {
-    "numpy": "array_api_compat.numpy",
-    "array_api_strict": "array_api_strict",
-    "torch": "array_api_compat.torch",
-    "jax": "jax.numpy",
-    "cupy": "array_api_compat.cupy",
-    "dask": "array_api_compat.dask.array",
-}
-# The library of a device object, by the top-level module of its type.
-_LIBRARY_OF_DEVICE_MODULE = {
-    "torch": "torch",
-    "jaxlib": "jax",
-    "jax": "jax",
-    "cupy": "cupy",
-    "array_api_strict": "array_api_strict",
-}
+from xdezero.backends._namespace import array_namespace, as_array_data, describe
+from xdezero.backends._registry import cupy_usable, libraries, library, library_of_type, parse_device
 
 
 def is_cupy_available() -> bool:
     """True when CuPy imports and sees a usable CUDA device (importing CuPy alone proves nothing)."""
-    try:
-        import cupy
-    except ImportError:
-        return False
-    try:
-        return bool(cupy.cuda.is_available())
-    except Exception:
-        return False
+    return cupy_usable()
 
 
 def _require_cupy() -> ModuleType:
@@ -150,13 +125,29 @@ def to_gpu(x: Any) -> Any:
 
 
 def to_device(x: Any, device: Any) -> Any:
-    """Move an array to `device` within its own library (array-API `to_device`); 'cpu' and 'gpu' are shorthands."""
+    """Move an array to `device` within its own library (array-API `to_device`): one of its device objects or a
+    device string (see `xdezero.backends._registry`: 'cpu', 'cpu:N', 'gpu', 'gpu:N', 'cuda:N', ...).
+
+    DeZero's meanings hold: 'cpu' moves a CuPy array to NumPy and 'gpu' a NumPy array to CuPy (`to_cpu`,
+    `to_gpu`); so do 'cpu:0' of a CuPy array and 'gpu:N' of a NumPy array.
+    """
     if x is None:
         return x
-    if isinstance(device, str) and device == "cpu":
-        return to_cpu(x)
-    if isinstance(device, str) and device in ("gpu", "cuda"):
-        return to_gpu(x)
+    if isinstance(device, str):
+        if device == "cpu":
+            return to_cpu(x)
+        if device in ("gpu", "cuda"):
+            return to_gpu(x)
+        x = as_array_data(x, what="to_device argument")
+        row = library_of_type(type(x))  # None: a library xdezero does not know takes the string itself
+        if row is not None:
+            spec = parse_device(device)
+            partner = spec and (row.gpu_library if spec[0] == "gpu" else row.host_library)
+            if partner:  # DeZero's pair: NumPy's GPUs are CuPy's, CuPy's host is NumPy's
+                where = f"to_device of a {row.label} array"
+                found = library(partner).find(device, where=where)
+                return _to_library(x, partner, found.device, where)
+            device = row.find(device, where="to_device").device
     x = as_array_data(x, what="to_device argument")
     try:
         return array_api_compat.to_device(x, device)
@@ -176,74 +167,46 @@ def library_of_device(device: Any) -> str:
             "(torch.device('cuda:0'), jax.devices('gpu')[0], cupy.cuda.Device(0), array_api_strict.Device(...)), "
             "'cpu' or 'gpu', or name the library too"
         )
-    top = type(device).__module__.partition(".")[0]
-    try:
-        return _LIBRARY_OF_DEVICE_MODULE[top]
-    except KeyError:
+    row = library_of_type(type(device))
+    if row is None:
         raise TypeError(
             f"unknown kind of device {device!r} (type {type(device).__module__}.{type(device).__qualname__}); "
-            f"known: devices of {', '.join(sorted(set(_LIBRARY_OF_DEVICE_MODULE.values())))}, 'cpu' and 'gpu'"
-        ) from None
+            f"known: devices of {', '.join(sorted(r.name for r in libraries()))}, 'cpu' and 'gpu'"
+        )
+    return row.name
 
 
 def library_namespace(name: str) -> ModuleType:
-    """The array namespace of library `name` (one of `_NAMESPACE_MODULES`), imported now if it was not yet."""
-    try:
-        module = _NAMESPACE_MODULES[name]
-    except KeyError:
-        raise ValueError(f"unknown array library {name!r}; known: {', '.join(_NAMESPACE_MODULES)}") from None
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise RuntimeError(f"the array library {name!r} is not usable here: importing {module} failed ({e})") from e
-
-
-def _resolve_device(name: str, device: Any) -> Any:
-    """`device` as library `name` takes it: 'cpu'/'gpu' shorthands become that library's device objects."""
-    if not isinstance(device, str):
-        return device
-    if name == "jax":
-        jax = sys.modules["jax"]
-        platform = "gpu" if device in ("gpu", "cuda") else device.partition(":")[0]
-        try:
-            return jax.devices(platform)[0]
-        except RuntimeError:
-            raise RuntimeError(f"to_library: JAX has no {platform!r} device here") from None
-    if name == "torch":
-        return "cuda" if device == "gpu" else device
-    if name == "cupy":
-        if device not in ("gpu", "cuda"):
-            raise ValueError(
-                f"to_library: CuPy arrays live on the GPU; device must be 'gpu' or a cupy.cuda.Device, got {device!r}"
-            )
-        return None
-    if device == "cpu":
-        if name in ("numpy", "dask"):
-            return None
-        return library_namespace(name).__array_namespace_info__().default_device()
-    raise ValueError(f"to_library: library {name!r} has no device {device!r}; pass one of its device objects")
+    """The array namespace of library `name` (see `libraries()`), imported now if it was not yet; ValueError for
+    an unknown name, BackendUnavailable (a RuntimeError) saying why for one that cannot be imported."""
+    return library(name).load()
 
 
 def to_library(x: Any, name: str, device: Any = None) -> Any:
     """`x` as a new array of library `name` ('numpy', 'torch', 'jax', 'cupy', 'array_api_strict', 'dask') on
-    `device` (that library's default device when None; 'cpu' and 'gpu' are shorthands), same dtype and values.
+    `device` (that library's default device when None; a device string or one of its device objects), same dtype
+    and values.
 
     One explicit move: an array of another library crosses the host once; one of the same library moves with
     `to_device` (None keeps its device). The result never shares memory with `x`. JAX without `jax_enable_x64`
     narrows 64-bit dtypes to 32 bits, as it does for every array it makes.
     """
+    return _to_library(x, name, device, "to_library")
+
+
+def _to_library(x: Any, name: str, device: Any, where: str) -> Any:
     if x is None:
         return x
-    x = as_array_data(x, what="to_library argument")
-    xp = library_namespace(name)
-    if name == "cupy" and not is_cupy_available():
-        raise RuntimeError("to_library: CuPy sees no usable CUDA GPU (cupy.cuda.is_available() is False)")
-    target = _resolve_device(name, device)
-    if library_name(x) == name:
-        moved = x if target is None else to_device(x, target)
+    x = as_array_data(x, what=f"{where} argument")
+    row = library(name)
+    xp = row.load()
+    if device is None:
+        if row.needs_gpu and not row.gpu_probe().devices:
+            raise RuntimeError(f"{where}: {row.label} {row.gpu_probe().says}")
+        target = None
+    else:
+        target = row.find(device, where=where).device
+    if library_of_type(type(x)) is row:
+        moved = x if target is None else array_api_compat.to_device(x, target)
         return xp.asarray(moved, copy=True) if moved is x else moved
-    host = to_numpy(x)
-    if name == "cupy" and target is not None:
-        with target:
-            return xp.asarray(host)
-    return xp.asarray(host, copy=True) if target is None else xp.asarray(host, device=target, copy=True)
+    return row.put(to_numpy(x), target, copy=True)

@@ -1,4 +1,5 @@
-"""Which array libraries are installed and usable here, and how to move NumPy data into one of them.
+"""Which array libraries are installed and usable here, and how to move NumPy data into one of them, read from
+the registry (`_registry`).
 
 Probing imports a library only when asked about it by name (the `xdezero` command's `--backend` and `info`).
 """
@@ -12,71 +13,49 @@ from typing import Any
 
 import numpy as np
 
-from xdezero.backends._devices import is_cupy_available, to_gpu
+from xdezero.backends._registry import BackendUnavailable, library
 
-
-class BackendUnavailable(RuntimeError):
-    """An array library that cannot be used here; the message says why."""
-
-
-def _import(name: str) -> Any:
-    if importlib.util.find_spec(name) is None:
-        raise BackendUnavailable(f"backend {name!r} is not usable: {name} is not installed")
-    try:
-        return importlib.import_module(name)
-    except Exception as e:
-        raise BackendUnavailable(f"backend {name!r} is not usable: importing {name} failed ({e})") from None
+__all__ = ["BackendUnavailable", "cuda_devices", "describe_library", "library_converter"]
 
 
 def library_converter(name: str) -> Callable[[np.ndarray], Any]:
-    """A function moving NumPy arrays to library `name` (numpy, cupy, torch, jax, array_api_strict), on its GPU
-    where it has one; BackendUnavailable saying why when the library cannot be used."""
-    if name == "numpy":
-        return lambda a: a
-    module = _import(name)
-    if name == "cupy":
-        if not is_cupy_available():
-            raise BackendUnavailable("backend 'cupy' is not usable: CuPy sees no CUDA GPU")
-        return to_gpu
-    if name == "torch":
-        device = "cuda" if module.cuda.is_available() else "cpu"
-        return lambda a: module.asarray(a, device=device)
-    if name == "jax":
-        return importlib.import_module("jax.numpy").asarray
-    return module.asarray
+    """A function moving NumPy arrays to library `name` (see `libraries()`), on its current GPU where it sees one
+    (else its host device); BackendUnavailable saying why when the library cannot be used."""
+    row = library(name)
+    row.load(f"backend {name!r}")
+    if row.needs_gpu and not row.gpu_probe().devices:
+        raise BackendUnavailable(f"backend {name!r} is not usable: {row.label} {row.gpu_probe().says}")
+    device = row.preferred_device()
+    return lambda a: row.put(a, device)
 
 
 def describe_library(name: str) -> str:
     """One line saying whether library `name` is installed and usable (and on which devices); never raises."""
-    if importlib.util.find_spec(name) is None:
+    row = library(name)
+    if not row.installed():
         return "not installed"
     try:
-        module = importlib.import_module(name)
-        version = getattr(module, "__version__", "?")
-        if name == "cupy":
-            if not module.cuda.is_available():
-                return f"{version}, installed but unusable (no CUDA GPU)"
-            module.zeros(1).sum()
-            return f"{version}, usable"
-        if name == "torch":
-            module.zeros(1).sum()
-            return f"{version}, usable ({'with CUDA' if module.cuda.is_available() else 'CPU only'})"
-        if name == "jax":
-            importlib.import_module("jax.numpy").zeros(1).sum()
-            return f"{version}, usable (devices: {', '.join(sorted({d.platform for d in module.devices()}))})"
-        module.asarray([1.0])
-        return f"{version}, usable"
+        row.load()
+        version = row.version()
+        gpus = row.gpu_probe()
+        if row.needs_gpu and not gpus.devices:
+            return f"{version}, installed but unusable ({row.label} {gpus.says})"
+        row.load().sum(row.put(np.ones(1), row.preferred_device()))
+        names = [n for n, _ in row.devices(text=True)]
+        seen = ([] if names == ["cpu"] else [f"devices: {', '.join(names)}"]) + (
+            [f"{row.label} {gpus.says}"] if row.gpus else []
+        )
+        return f"{version}, usable" + (f" ({'; '.join(seen)})" if seen else "")
     except Exception as e:
         return f"installed but unusable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
 
 
 def cuda_devices() -> str:
     """The CUDA GPUs CuPy sees, e.g. '0: NVIDIA H100 80GB HBM3', or 'none (why)'; never raises."""
-    if importlib.util.find_spec("cupy") is None:
+    if not library("cupy").installed():
         return "none (CuPy is not installed)"
     try:
-        import cupy
-
+        cupy = importlib.import_module("cupy")
         names = []
         for i in range(cupy.cuda.runtime.getDeviceCount()):
             name = cupy.cuda.runtime.getDeviceProperties(i)["name"]

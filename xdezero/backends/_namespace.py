@@ -7,22 +7,29 @@ Nothing here imports CuPy, torch or JAX unless the user already did, or explicit
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
 import array_api_compat
 import numpy as np
 
+from xdezero.backends._backends import backend_of
+from xdezero.backends._registry import library_of_type
+
 # Namespace per array type; the engine reads it directly on its hot path.
 NAMESPACES: dict[type, ModuleType] = {}
 _ARRAY_TYPES: set[type] = {np.ndarray}
-_LIBRARY_OF_MODULE = {"jaxlib": "jax", "cupy": "cupy", "torch": "torch", "numpy": "numpy"}
+# Per array type, what makes an array of it fit to be held by a Variable (a torch tensor that requires grad is
+# detached), or None: arrays are taken as they come.
+_ADOPT: dict[type, Callable[[Any], Any] | None] = {np.ndarray: None}
 
 
 def library_name(x: Any) -> str:
-    """The user-facing name of the library an array belongs to: 'numpy', 'torch', 'jax', 'cupy', ..."""
-    top = type(x).__module__.partition(".")[0]
-    return _LIBRARY_OF_MODULE.get(top, top)
+    """The user-facing name of the library an array belongs to: 'numpy', 'torch', 'jax', 'cupy', ... (the
+    registry's name; the top-level module of its type for a library the registry does not know)."""
+    row = library_of_type(type(x))
+    return row.name if row is not None else type(x).__module__.partition(".")[0]
 
 
 def describe(x: Any) -> str:
@@ -39,6 +46,7 @@ def is_array(x: Any) -> bool:
         return True
     if isinstance(x, np.generic) or not array_api_compat.is_array_api_obj(x):
         return False
+    _ADOPT[t] = backend_of(x).adopt
     _ARRAY_TYPES.add(t)
     return True
 
@@ -52,10 +60,11 @@ def as_array_data(x: Any, *, what: str = "Variable data") -> Any:
                 f"(e.g. {x.reshape(-1)[:1]!r:.40}); convert it with .astype(np.float64) or similar first"
             )
         return np.asarray(x) if isinstance(x, np.generic) else x
-    if type(x) in _ARRAY_TYPES or x is None:
+    if x is None:
         return x
-    if is_array(x):
-        return x
+    if type(x) in _ARRAY_TYPES or is_array(x):
+        adopt = _ADOPT.get(type(x))
+        return x if adopt is None else adopt(x)
     raise TypeError(
         f"{what} must be an array-API array (numpy, cupy, torch, jax, dask, array-api-strict, ...) "
         f"or None, not {type(x).__module__}.{type(x).__qualname__}; "
@@ -72,7 +81,7 @@ def array_namespace(*arrays: Any) -> ModuleType:
     try:
         return NAMESPACES[t]
     except KeyError:
-        xp = NAMESPACES[t] = array_api_compat.array_namespace(arrays[0])
+        xp = NAMESPACES[t] = backend_of(arrays[0]).namespace or array_api_compat.array_namespace(arrays[0])
         return xp
 
 

@@ -1,9 +1,10 @@
 """Random numbers on any backend: absent from the array API standard.
 
 The portable way draws on the host with a `numpy.random.Generator` and moves the result with
-`xp.asarray(..., device=...)`. CuPy, torch and JAX arrays get a generator of their own library, so that the
-numbers are made on the array's device; those generators are created lazily from the seed, and only for a
-library whose array was passed in (so a library the user did not import is never imported).
+`xp.asarray(..., device=...)`. A library whose backend has a generator of its own (CuPy, torch, JAX:
+`Backend.stream_key`, `new_generator`, `draw_uniform`) gets one per device, so that the numbers are made on the
+array's device; those generators are created lazily from the seed, and only for a library whose array was passed
+in (so a library the user did not import is never imported).
 NumPy's global random state is touched only by `seed`, which seeds it too.
 """
 
@@ -13,9 +14,9 @@ import sys
 import threading
 from typing import Any
 
-import array_api_compat
 import numpy as np
 
+from xdezero.backends._backends import backend_named, backend_of
 from xdezero.backends._namespace import array_namespace, device_of
 
 _lock = threading.Lock()
@@ -51,37 +52,6 @@ def _child_seed(key: tuple[str, str]) -> int:
     return int(np.random.default_rng([_seed, *(ord(c) for c in "/".join(key))]).integers(2**62))
 
 
-def _torch_uniform(shape: tuple, like: Any, dtype: Any) -> Any:
-    torch = sys.modules["torch"]
-    key = ("torch", str(like.device))
-    gen = _per_device.get(key)
-    if gen is None:
-        gen = _per_device[key] = torch.Generator(device=like.device)
-        gen.manual_seed(_child_seed(key))
-    return torch.rand(shape, generator=gen, dtype=dtype, device=like.device)
-
-
-def _jax_uniform(shape: tuple, like: Any, dtype: Any) -> Any:
-    jax = sys.modules["jax"]
-    key = ("jax", str(device_of(like)))
-    state = _per_device.get(key)
-    if state is None:
-        state = jax.random.key(_child_seed(key) % 2**31)
-    state, sub = jax.random.split(state)
-    _per_device[key] = state
-    return jax.device_put(jax.random.uniform(sub, shape, dtype=dtype), device_of(like))
-
-
-def _cupy_uniform(shape: tuple, like: Any, dtype: Any) -> Any:
-    cupy = sys.modules["cupy"]
-    key = ("cupy", str(like.device.id))
-    with like.device:  # the generator's state lives on the device it was created on
-        gen = _per_device.get(key)
-        if gen is None:
-            gen = _per_device[key] = cupy.random.default_rng(_child_seed(key))
-        return gen.random(shape, dtype=dtype)
-
-
 def uniform(shape: tuple[int, ...], like: Any, dtype: Any = None) -> Any:
     """Uniform [0, 1) samples of `shape`, as an array of `like`'s library and device (dtype: `like`'s dtype)."""
     shape = tuple(int(s) for s in shape)
@@ -90,13 +60,15 @@ def uniform(shape: tuple[int, ...], like: Any, dtype: Any = None) -> Any:
     if not xp.isdtype(dtype, "real floating"):
         raise TypeError(f"uniform: dtype must be a real floating dtype, got {dtype}")
     _draws.count = getattr(_draws, "count", 0) + 1
+    backend = backend_of(like)
     with _lock:
-        if array_api_compat.is_torch_array(like):
-            return _torch_uniform(shape, like, dtype)
-        if array_api_compat.is_jax_array(like):
-            return _jax_uniform(shape, like, dtype)
-        if array_api_compat.is_cupy_array(like) and dtype in (sys.modules["cupy"].float32, sys.modules["cupy"].float64):
-            return _cupy_uniform(shape, like, dtype)
+        key = backend.stream_key(like, dtype)
+        if key is not None:
+            generator = _per_device.get(key)
+            if generator is None:
+                generator = backend.new_generator(like, _child_seed(key))
+            _per_device[key], sample = backend.draw_uniform(generator, shape, like, dtype)
+            return sample
         sample = _host.random(shape, dtype=np.float64)
     if isinstance(like, np.ndarray):
         return sample.astype(dtype, copy=False)
@@ -112,11 +84,10 @@ def random_state() -> dict[str, Any]:
     they are left out, and start again from the seed after `set_random_state`."""
     with _lock:
         streams: dict[str, Any] = {}
-        for (library, device), state in _per_device.items():
-            if library == "torch":
-                streams[f"torch/{device}"] = state.get_state().numpy().copy()
-            elif library == "jax":
-                streams[f"jax/{device}"] = np.asarray(sys.modules["jax"].random.key_data(state))
+        for (library, device), generator in _per_device.items():
+            state = backend_named(library).generator_state(generator)
+            if state is not None:
+                streams[f"{library}/{device}"] = state
         return {"seed": _seed, "host": _host.bit_generator.state, "streams": streams}
 
 
@@ -133,14 +104,8 @@ def set_random_state(state: dict[str, Any]) -> None:
     restored = {}
     for key, value in streams.items():
         library, _, device = key.partition("/")
-        if library == "torch" and "torch" in sys.modules:
-            torch = sys.modules["torch"]
-            gen = torch.Generator(device=device)
-            gen.set_state(torch.from_numpy(np.asarray(value, np.uint8)))
-            restored[library, device] = gen
-        elif library == "jax" and "jax" in sys.modules:
-            jax = sys.modules["jax"]
-            restored[library, device] = jax.random.wrap_key_data(jax.numpy.asarray(np.asarray(value, np.uint32)))
+        if library in sys.modules:  # a library not imported has drawn nothing here yet: it starts from the seed
+            restored[library, device] = backend_named(library).generator_from_state(np.asarray(value), device)
     with _lock:
         _seed = None if seed_value is None else int(seed_value)
         _host = host

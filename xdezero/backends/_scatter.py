@@ -10,20 +10,19 @@ A boolean mask selects every element at most once, so its scatter is a gather on
 from __future__ import annotations
 
 import math
-import sys
 from typing import Any
 
-import array_api_compat
 import numpy as np
 
+from xdezero.backends._backends import backend_of, backend_of_namespace
 from xdezero.backends._devices import to_numpy
 from xdezero.backends._namespace import array_namespace, device_of
 
 
-def _host_index(index: Any) -> Any:
+def host_index(index: Any) -> Any:
     """The same index with every array component converted to NumPy (for computing flat positions)."""
     if isinstance(index, tuple):
-        return tuple(_host_index(i) for i in index)
+        return tuple(host_index(i) for i in index)
     if index is None or isinstance(index, int | slice | type(Ellipsis) | np.ndarray | list | np.integer):
         return index
     return to_numpy(index)  # a listed host transfer (see _devices)
@@ -31,11 +30,11 @@ def _host_index(index: Any) -> Any:
 
 def flat_positions(shape: tuple[int, ...], index: Any) -> np.ndarray:
     """Flat positions (in a C-ordered array of `shape`) of the elements that `x[index]` selects."""
-    return np.arange(math.prod(shape)).reshape(shape)[_host_index(index)]
+    return np.arange(math.prod(shape)).reshape(shape)[host_index(index)]
 
 
 def _index_dtype(xp: Any, device: Any) -> Any:
-    return xp.arange(0, device=device).dtype
+    return backend_of_namespace(xp).index_dtype(xp, device)
 
 
 def segment_sum(ids: Any, rows: Any, n_segments: int) -> Any:
@@ -73,16 +72,26 @@ def _unmask(xp: Any, shape: tuple, mask: Any, values: Any) -> Any:
     return xp.reshape(xp.where(xp.reshape(m, (-1, 1)), picked, 0), shape)
 
 
-def _add_rows(xp: Any, shape: tuple, ids: Any, values: Any) -> Any:
-    """zeros(shape) with values[i] added to row ids[i] (negative ids count from the end), on the device."""
+def add_rows(shape: tuple[int, ...], ids: Any, values: Any) -> Any:
+    """zeros(shape) with values[i] added to row ids[i] (negative ids count from the end), on the device: the
+    portable segmented sum."""
+    xp = array_namespace(values)
     n_rows, rest = shape[0], tuple(shape[1:])
     values = xp.broadcast_to(values, tuple(ids.shape) + rest)
     ids = xp.reshape(xp.astype(ids, _index_dtype(xp, device_of(values))), (-1,))
     ids = xp.where(ids < 0, ids + n_rows, ids)
-    rows = xp.reshape(values, (ids.shape[0],) + rest)
-    if array_api_compat.is_torch_array(values):
-        return values.new_zeros(shape).index_add_(0, ids, rows)
-    return xp.reshape(segment_sum(ids, xp.reshape(rows, (ids.shape[0], math.prod(rest))), n_rows), shape)
+    rows = xp.reshape(values, (ids.shape[0], math.prod(rest)))
+    return xp.reshape(segment_sum(ids, rows, n_rows), shape)
+
+
+def add_at_positions(shape: tuple[int, ...], index: Any, values: Any) -> Any:
+    """zeros(shape) with `values` added at `index` (slices, tuples): the flat positions computed on the host,
+    then summed by the portable segmented sum on the device."""
+    xp = array_namespace(values)
+    positions = flat_positions(shape, index)
+    flat_values = xp.reshape(xp.broadcast_to(values, positions.shape), (-1, 1))
+    pos = xp.asarray(positions.reshape(-1), device=device_of(values))
+    return xp.reshape(segment_sum(pos, flat_values, math.prod(shape)), shape)
 
 
 def scatter_add(shape: tuple[int, ...], index: Any, values: Any) -> Any:
@@ -90,39 +99,8 @@ def scatter_add(shape: tuple[int, ...], index: Any, values: Any) -> Any:
 
     A single integer array indexes rows (axis 0) and stays on the device (and lazy on Dask); a boolean array
     is a mask over the leading axes; any other index (slices, tuples) has its flat positions computed on the host.
+    Each library's backend adds with its own accumulating primitive where it has one (`Backend.scatter_add`).
     """
     if type(index) is type(values) and array_namespace(index).isdtype(index.dtype, "bool"):
         return _unmask(array_namespace(values), shape, index, values)
-    if isinstance(values, np.ndarray):
-        out = np.zeros(shape, dtype=values.dtype)
-        np.add.at(out, _host_index(index), values)
-        return out
-    if array_api_compat.is_cupy_array(values):
-        cupy = sys.modules["cupy"]
-        with values.device:  # CuPy allocates on the current device, which may not be the values' one
-            out = cupy.zeros(shape, dtype=values.dtype)
-            if hasattr(cupy.add, "at"):  # CuPy 13+; its older cupyx.scatter_add warns as deprecated since
-                cupy.add.at(out, index, values)
-            else:
-                __import__("cupyx").scatter_add(out, index, values)
-        return out
-    if array_api_compat.is_jax_array(values):
-        import jax.numpy as jnp
-
-        return jnp.zeros(shape, dtype=values.dtype, device=device_of(values)).at[index].add(values)
-
-    xp = array_namespace(values)
-    if type(index) is type(values):
-        return _add_rows(xp, shape, index, values)
-    positions = flat_positions(shape, index)
-    size = math.prod(shape)
-    flat_values = xp.reshape(xp.broadcast_to(values, positions.shape), (-1,))
-    flat_positions_ = positions.reshape(-1)
-    if array_api_compat.is_torch_array(values):
-        import torch
-
-        pos = torch.as_tensor(flat_positions_, device=values.device)
-        out = torch.zeros(size, dtype=values.dtype, device=values.device)
-        return out.index_add_(0, pos, flat_values).reshape(shape)
-    pos = xp.asarray(flat_positions_, device=device_of(values))
-    return xp.reshape(segment_sum(pos, xp.reshape(flat_values, (-1, 1)), size), shape)
+    return backend_of(values).scatter_add(shape, index, values)

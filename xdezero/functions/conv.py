@@ -10,12 +10,11 @@ argument checks) and one window machinery, and read best side by side.
 
 from __future__ import annotations
 
-import math
-import operator
 from collections.abc import Sequence
 from typing import Any
 
-from xdezero.backends import add_windows, array_namespace, column_plan, device_of, fused, graph_safe_stack, windows
+from xdezero._geometry import get_conv_outsize, get_deconv_outsize, pair
+from xdezero.backends import array_namespace, device_of
 from xdezero.backends import col2im as col2im_array
 from xdezero.backends import im2col as im2col_array
 from xdezero.core import Function, Variable, as_variable
@@ -36,36 +35,6 @@ __all__ = [
 ]
 
 Pair = tuple[int, int]
-
-
-def pair(x: int | Sequence[int], what: str = "pair", minimum: int | None = None) -> tuple[int, int]:
-    """``(x, x)`` for an int, ``(x[0], x[1])`` for a pair of ints; each at least `minimum` when given.
-
-    The one helper behind kernel sizes, strides and pads here, in the layers and in the image transforms;
-    `what` names the argument in the error message.
-    """
-    try:
-        if isinstance(x, Sequence) and not isinstance(x, str):
-            if len(x) != 2:
-                raise TypeError
-            result = (operator.index(x[0]), operator.index(x[1]))
-        else:
-            result = (operator.index(x),) * 2
-    except TypeError:
-        raise ValueError(f"{what} must be an int or a pair of ints, got {x!r}") from None
-    if minimum is not None and min(result) < minimum:
-        raise ValueError(f"{what} must be positive, got {x!r}" if minimum == 1 else f"{what} must be >= {minimum}")
-    return result
-
-
-def get_conv_outsize(input_size: int, kernel_size: int, stride: int, pad: int) -> int:
-    """Output length of a convolution: (input + 2·pad - kernel) // stride + 1."""
-    return (input_size + pad * 2 - kernel_size) // stride + 1
-
-
-def get_deconv_outsize(size: int, k: int, s: int, p: int) -> int:
-    """Output length of a transposed convolution: s·(size - 1) + k - 2·p."""
-    return s * (size - 1) + k - 2 * p
 
 
 # --- argument checks ---------------------------------------------------------------------------------
@@ -129,13 +98,9 @@ class Conv2d(Function):
         self.pad = pad
 
     def forward(self, x: Any, W: Any, b: Any = None) -> Any:
-        """y = W ⋆ x + b, one GEMM over the column layout of x."""
-        xp = self.xp
-        oc = W.shape[0]
+        """y = W ⋆ x + b."""
         self.x_hw, self.kernel = tuple(x.shape[2:]), tuple(W.shape[2:])
-        plan = column_plan(x, tuple(x.shape), self.kernel, self.stride, self.pad)
-        # One GEMM (OC, C·KH·KW) @ (C·KH·KW, M); the bias is added in the one copy back to NCHW.
-        return plan.to_images(plan.conv(xp.reshape(W, (oc, -1)), x), b)
+        return self.backend.conv2d(x, W, b, self.stride, self.pad)
 
     def backward(self, gy: Variable) -> tuple[Variable | None, ...]:
         """(gx, gW[, gb]) = (deconv2d(gy, W), conv2d_grad_w(x, gy)[, Σ gy]); None where no gradient is needed."""
@@ -167,13 +132,7 @@ class Conv2DGrad(Function):
 
     def forward(self, x: Any, W: Any, gy: Any) -> tuple[Any, Any]:
         """(gx, gW) = (deconv2d(gy, W), conv2d_grad_w(x, gy))."""
-        xp = self.xp
-        oc, c = W.shape[:2]
-        plan = column_plan(x, tuple(x.shape), self.kernel, self.stride, self.pad)
-        g = plan.from_images(gy)
-        gx = plan.deconv(xp.permute_dims(xp.reshape(W, (oc, -1)), (1, 0)), g)
-        gW = xp.permute_dims(plan.grad_w(x, g), (1, 0))
-        return gx, xp.reshape(gW, (oc, c, *self.kernel))
+        return self.backend.conv2d_grads(x, W, gy, self.stride, self.pad)
 
     def backward(
         self, ggx: Variable | None, ggW: Variable | None
@@ -210,17 +169,9 @@ class Deconv2d(Function):
         self.outsize = outsize
 
     def forward(self, x: Any, W: Any, b: Any = None) -> Any:
-        """y = Wᵀ ⋆ x + b, one GEMM into the column layout of y."""
-        xp = self.xp
-        c, oc = W.shape[:2]
-        n = x.shape[0]
+        """y = Wᵀ ⋆ x + b."""
         self.kernel = tuple(W.shape[2:])
-        plan = column_plan(x, (n, oc, *self.outsize), self.kernel, self.stride, self.pad)
-        Wt = xp.permute_dims(xp.reshape(W, (c, -1)), (1, 0))
-        y = plan.deconv(Wt, plan.from_images(x))
-        if b is not None:
-            y = y + xp.reshape(b, (oc, 1, 1))
-        return y
+        return self.backend.deconv2d(x, W, b, self.stride, self.pad, self.outsize)
 
     inputs_read: tuple[tuple[int, ...], ...] | None = ((1,), (0,), ())  # gx reads W, gW reads x, gb neither
 
@@ -248,12 +199,7 @@ class Conv2DGradW(Function):
 
     def forward(self, x: Any, gy: Any) -> Any:
         """gW = Σₙ gy ⊗ im2col(x)."""
-        xp = self.xp
-        c = x.shape[1]
-        oc = gy.shape[1]
-        plan = column_plan(x, tuple(x.shape), self.kernel, self.stride, self.pad)
-        gW = xp.permute_dims(plan.grad_w(x, plan.from_images(gy)), (1, 0))
-        return xp.reshape(gW, (oc, c, *self.kernel))
+        return self.backend.conv2d_grad_w(x, gy, self.kernel, self.stride, self.pad)
 
     def backward(self, ggW: Variable) -> tuple[Variable | None, Variable | None]:
         """(gx, ggy) = (deconv2d(gy, ggW), conv2d(x, ggW)); None where no gradient is needed."""
@@ -419,32 +365,6 @@ def _check_pool_pad(name: str, kernel: Pair, pad: Pair) -> None:
         )
 
 
-def _tiles(shape: tuple, kernel: Pair, stride: Pair, pad: Pair) -> bool:
-    """Whether the windows tile the image exactly (stride = kernel, no padding, sizes divisible)."""
-    return stride == kernel and pad == (0, 0) and shape[2] % kernel[0] == 0 and shape[3] % kernel[1] == 0
-
-
-def _running_max(xp: Any, parts: list[Any]) -> tuple[Any, Any]:
-    """(max of the parts, index of the first part holding it): ties keep the earlier part."""
-    y, index = parts[0], None
-    for k in range(1, len(parts)):
-        better = parts[k] > y
-        y = xp.maximum(y, parts[k])
-        index = xp.astype(better, xp.int8) if index is None else xp.where(better, k, index)
-    return y, index
-
-
-def _spread(xp: Any, index: Any, g: Any, count: int, axis: int) -> Any:
-    """g routed to slot index[...] of `count` new slots inserted at `axis`, zeros elsewhere."""
-    return fused("spread_slots", _spread_portable, xp, g, index, count, axis)  # NumPy: slots written in place
-
-
-def _spread_portable(xp: Any, g: Any, index: Any, count: int, axis: int) -> Any:
-    # A 0/1 mask times g: NumPy runs this about 10x faster than `where` on an unpredictable mask (the one
-    # difference: an infinite g leaves NaN instead of 0 in the other slots).
-    return graph_safe_stack(xp, [xp.astype(index == k, g.dtype) * g for k in range(count)], axis=axis)
-
-
 class Pooling(Function):
     """y = max over each window (padding counts as -inf); dy/dx = gy routed to the first arg-max of its window."""
 
@@ -452,44 +372,16 @@ class Pooling(Function):
     kernel: Pair
     stride: Pair
     pad: Pair
-    # Set by forward: x's shape; whether the windows tile x; the arg-max, as the window slot of each output
-    # (`index`) or, for tiling windows, as the column within its row and the row (`col_index`, `row_index`).
-    x_shape: tuple[int, ...]
-    tiles: bool
-    index: Any
-    col_index: Any
-    row_index: Any
+    x_shape: tuple[int, ...]  # set by forward
+    argmax: tuple[Any, ...]  # set by forward: which slot of each window won, as the backend records it
 
     def __init__(self, kernel: Pair, stride: Pair, pad: Pair) -> None:
         self.kernel, self.stride, self.pad = kernel, stride, pad
 
     def forward(self, x: Any) -> Any:
         """y = max over each window, recording the arg-max."""
-        xp = self.xp
         self.x_shape = tuple(x.shape)
-        self.tiles = _tiles(self.x_shape, self.kernel, self.stride, self.pad)
-        if self.tiles:
-            return self._forward_tiles(x)
-        parts = windows(x, self.kernel, self.stride, self.pad, value=-math.inf)
-        # A running max over the KH·KW strided views: no column array, and the arg-max comes along for free.
-        y = parts[0]
-        index = xp.zeros(tuple(y.shape), dtype=xp.int32, device=device_of(x))
-        for k in range(1, len(parts)):
-            better = parts[k] > y
-            y = xp.where(better, parts[k], y)
-            index = xp.where(better, k, index)
-        self.index = index
-        return y
-
-    def _forward_tiles(self, x: Any) -> Any:
-        # Non-overlapping windows: the max along each row of a window first (KW column views), then down the
-        # rows (KH row views of the reshaped result). Each stage is a few whole-array passes, and together the
-        # two stages pick the same first arg-max in row-major window order.
-        xp = self.xp
-        (kh, kw), (n, c, h, w) = self.kernel, self.x_shape
-        rows, self.col_index = _running_max(xp, [x[:, :, :, j::kw] for j in range(kw)])
-        rows = xp.reshape(rows, (n, c, h // kh, kh, w // kw))
-        y, self.row_index = _running_max(xp, [rows[:, :, :, i, :] for i in range(kh)])
+        y, self.argmax = self.backend.max_pool(x, self.kernel, self.stride, self.pad)
         return y
 
     def backward(self, gy: Variable) -> Variable:
@@ -508,17 +400,8 @@ class PoolingGrad(Function):
 
     def forward(self, gy: Any) -> Any:
         """gx = gy placed at each window's arg-max, summed where windows overlap."""
-        p, xp = self.pooling, self.xp
-        if p.tiles:
-            (kh, kw), (n, c, h, w) = p.kernel, p.x_shape
-            if kh > 1:
-                gy = xp.reshape(_spread(xp, p.row_index, gy, kh, 3), (n, c, h, w // kw))
-            if kw > 1:
-                gy = xp.reshape(_spread(xp, p.col_index, gy, kw, 4), (n, c, h, w))
-            return gy
-        zero = xp.zeros_like(gy)
-        parts = [xp.where(p.index == k, gy, zero) for k in range(p.kernel[0] * p.kernel[1])]
-        return add_windows(parts, p.x_shape, p.kernel, p.stride, p.pad)
+        p = self.pooling
+        return self.backend.max_pool_grad(p.argmax, gy, p.x_shape, p.kernel, p.stride, p.pad)
 
     def backward(self, ggx: Variable) -> Variable:
         """ggy = ggx at the arg-max positions."""
@@ -535,25 +418,12 @@ class PoolingWithIndexes(Function):
 
     def forward(self, x: Any) -> Any:
         """y = x at the recorded arg-max of each window."""
-        p, xp = self.pooling, self.xp
-        if p.tiles:
-            (kh, kw), (n, c, h, w) = p.kernel, p.x_shape
-            rows = _pick(xp, [x[:, :, :, j::kw] for j in range(kw)], p.col_index)
-            rows = xp.reshape(rows, (n, c, h // kh, kh, w // kw))
-            return _pick(xp, [rows[:, :, :, i, :] for i in range(kh)], p.row_index)
-        return _pick(xp, windows(x, p.kernel, p.stride, p.pad), p.index)
+        p = self.pooling
+        return self.backend.max_pool_pick(p.argmax, x, p.kernel, p.stride, p.pad)
 
     def backward(self, gy: Variable) -> Variable:
         """gx = gy placed at the recorded arg-max positions."""
         return PoolingGrad(self.pooling)(gy)
-
-
-def _pick(xp: Any, parts: list[Any], index: Any) -> Any:
-    """parts[index[...]] elementwise (index None: a single part)."""
-    y = parts[0]
-    for k in range(1, len(parts)):
-        y = xp.where(index == k, parts[k], y)
-    return y
 
 
 def pooling(x: Any, kernel_size: int | Pair, stride: int | Pair = 1, pad: int | Pair = 0) -> Variable:
@@ -598,11 +468,7 @@ class AveragePooling(Function):
     def forward(self, x: Any) -> Any:
         """y = Σ of each window / (KH·KW)."""
         self.x_shape = tuple(x.shape)
-        parts = windows(x, self.kernel, self.stride, self.pad)
-        total = parts[0]
-        for part in parts[1:]:
-            total = total + part
-        return total * (1.0 / len(parts))
+        return self.backend.avg_pool(x, self.kernel, self.stride, self.pad)
 
     def backward(self, gy: Variable) -> Variable:
         """gx = gy/(KH·KW) added over each window."""
@@ -620,8 +486,7 @@ class AveragePoolingGrad(Function):
     def forward(self, gy: Any) -> Any:
         """gx = gy/(KH·KW) added over each window."""
         p = self.pooling
-        k = p.kernel[0] * p.kernel[1]
-        return add_windows([gy * (1.0 / k)] * k, p.x_shape, p.kernel, p.stride, p.pad)
+        return self.backend.avg_pool_grad(gy, p.x_shape, p.kernel, p.stride, p.pad)
 
     def backward(self, ggx: Variable) -> Variable:
         """ggy = average pooling of ggx."""

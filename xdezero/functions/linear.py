@@ -46,11 +46,41 @@ class Linear(Function):
         """(gx, gW[, gb]) = (gy Wᵀ, xᵀ gy[, Σₙ gy]); None where no gradient is needed."""
         x, W = self.inputs[:2]
         needs = self.needs_grad
-        gx = matmul(gy, W.T) if needs[0] else None  # none for data fed to the first layer
-        gW = matmul(x.T, gy) if needs[1] else None
+        if needs[0] and needs[1]:  # a hidden layer: both products in one node
+            gx, gW = LinearGrad()(x, W, gy)
+        else:
+            gx = matmul(gy, W.T) if needs[0] else None  # none for data fed to the first layer
+            gW = matmul(x.T, gy) if needs[1] else None
         if len(needs) == 2:
             return gx, gW
         return gx, gW, sum_to(gy, self.b_shape) if needs[2] else None
+
+
+class LinearGrad(Function):
+    """(gx, gW) = (gy Wᵀ, xᵀ gy), the gradients of y = x W for the upstream gy, in one node; bilinear, so its
+    backward is again products: dx = gy ggWᵀ, dW = ggxᵀ gy, dgy = ggx W + x ggW."""
+
+    def forward(self, x: Any, W: Any, gy: Any) -> tuple[Any, Any]:
+        """(gx, gW) = (gy Wᵀ, xᵀ gy)."""
+        xp = self.xp
+        gx = fused("matmul", matmul_arrays, xp, gy, xp.permute_dims(W, (1, 0)))
+        gW = fused("matmul", matmul_arrays, xp, xp.permute_dims(x, (1, 0)), gy)
+        return gx, gW
+
+    def backward(
+        self, ggx: Variable | None, ggW: Variable | None
+    ) -> tuple[Variable | None, Variable | None, Variable | None]:
+        """(dx, dW, dgy) = (gy ggWᵀ, ggxᵀ gy, ggx W + x ggW); an output nobody kept has no gradient (None)."""
+        x, W, gy = self.inputs
+        need_x, need_W, need_gy = self.needs_grad
+        dx = matmul(gy, ggW.T) if need_x and ggW is not None else None
+        dW = matmul(ggx.T, gy) if need_W and ggx is not None else None
+        dgy = None
+        if need_gy and ggx is not None:
+            dgy = matmul(ggx, W)
+        if need_gy and ggW is not None:
+            dgy = matmul(x, ggW) if dgy is None else dgy + matmul(x, ggW)
+        return dx, dW, dgy
 
 
 def linear(x: Any, W: Any, b: Any = None) -> Variable:

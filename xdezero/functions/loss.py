@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from xdezero.backends import array_namespace, check_ids, describe, device_of, fused
+from xdezero.backends import array_namespace, backend_of_namespace, check_ids, describe, device_of, fused
 from xdezero.core import Function, Variable, as_variable
 from xdezero.functions.activation import sigmoid, softmax
 from xdezero.functions.arithmetic import sum_to
@@ -107,7 +107,7 @@ def _checked_labels(x: Variable, t: Any, where: str) -> Any:
 def _label_ids(xp: Any, t: Any, n_classes: int, where: str) -> Any:
     """Checked labels t as a 1-D array of class ids in [0, C) in the default index dtype of their library
     (a negative label is an error, not the last class)."""
-    index_dtype = xp.arange(0, device=device_of(t)).dtype
+    index_dtype = backend_of_namespace(xp).index_dtype(xp, device_of(t))
     ids = xp.astype(xp.reshape(t, (t.shape[0],)), index_dtype, copy=False)  # labels are read, never written
     return check_ids(ids, 0, n_classes, where, "label")
 

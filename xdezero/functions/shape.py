@@ -7,7 +7,15 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from xdezero.backends import check_ids, check_index_arrays, device_of, fused, graph_safe_matmul, scatter_add
+from xdezero.backends import (
+    backend_of_namespace,
+    check_ids,
+    check_index_arrays,
+    device_of,
+    fused,
+    graph_safe_matmul,
+    scatter_add,
+)
 from xdezero.core import Function, Variable, as_variable
 from xdezero.functions.arithmetic import broadcast_to, sum_to
 
@@ -174,7 +182,7 @@ def _row_ids(xp, x, index, where, checked, ids_only=False):
         raise IndexError(f"{where}: index arrays must have an integer dtype (or bool, for a mask), got {index.dtype}")
     n = x.shape[0]
     # Small or unsigned index dtypes: torch's `take` wants int32/int64, and `index + n` could overflow them.
-    ids = xp.astype(index, xp.arange(0, device=device_of(x)).dtype, copy=False)  # read, never written
+    ids = xp.astype(index, backend_of_namespace(xp).index_dtype(xp, device_of(x)), copy=False)  # read, never written
     if ids_only:
         return ids if checked else check_ids(ids, 0, n, where)
     if not checked:

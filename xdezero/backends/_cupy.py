@@ -1,0 +1,203 @@
+"""The CuPy backend: one CUDA kernel per hot composite (`cupy.ElementwiseKernel`, plus `cupy.ReductionKernel`
+where rows are summed); convolutions take the portable column layout, whose im2col and col2im are CuPy
+kernels of their own (backends/_im2col.py). CuPy is imported only when a CuPy array reaches an op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from xdezero.backends._devices import to_numpy
+from xdezero.backends._graphs import cupy_capturing
+from xdezero.backends._portable import Backend, Shape
+
+# Each kernel is written for T = float32 or float64 (CUDA's float and double overloads of tanh, exp, log,
+# sqrt); other dtypes (float16, mixed dtypes) take the portable path. `i` is the loop index in an
+# ElementwiseKernel; `n` and names starting with `_` are reserved there.
+
+_SIGMOID = ("T x", "T y", "y = tanh(x * (T)0.5) * (T)0.5 + (T)0.5")
+_SIGMOID_GRAD = ("T y, T gy", "T g", "g = ((T)1 - y) * y * gy")
+# Rows of logits x (N, C) with the row max m (N, 1): a row whose max is not finite is shifted by 0 (as the
+# portable code does), so that a row of -inf gives p = NaN-free zeros/ones as there, and log 0 = -inf.
+_SHIFT = "(isfinite(m) ? m : (T)0)"
+_ROW_SUM_EXP = ("T x, T m", "T s", f"exp(x - {_SHIFT})", "a + b", "s = a", "0")
+_PROBABILITIES = ("T x, T m, T s", "T p", f"p = exp(x - {_SHIFT}) / s")
+# One thread per row: (log s - (x[row, t] - shift)) / N, x passed raw (flat, C-contiguous) to pick the label.
+_ROW_LOSS = (
+    "raw T x, S t, T m, T s, int64 c, T inv_batch",
+    "T loss",
+    f"loss = (log(s) - (x[i * c + t] - {_SHIFT})) * inv_batch",
+)
+_SCE_GRAD = (
+    "T p, raw S t, T gy, T inv_batch, int64 c",
+    "T gx",
+    "gx = ((i % c) == t[i / c] ? p - (T)1 : p) * (gy * inv_batch)",
+)
+_SGD = ("T p, T g, T lr", "T out", "out = p - lr * g")
+_MOMENTUM = ("T p, T g, T v, T momentum, T lr", "T p_out, T v_out", "v_out = momentum * v - lr * g; p_out = p + v_out")
+_ADAM = (
+    "T p, T g, T m, T v, T beta1, T beta2, T lr, T eps",
+    "T p_out, T m_out, T v_out",
+    "T m1 = m + ((T)1 - beta1) * (g - m); T v1 = v + ((T)1 - beta2) * (g * g - v);"
+    " m_out = m1; v_out = v1; p_out = p - lr * m1 / (sqrt(v1) + eps)",
+)
+_BN_STATS = (
+    "T mean, T var, T batch_mean, T batch_var, T decay, T var_scale",
+    "T mean_out, T var_out",
+    "mean_out = mean * decay + batch_mean * ((T)1 - decay); var_out = var * decay + batch_var * var_scale",
+)
+
+
+def _composites() -> dict[str, Callable[..., Any]]:
+    import cupy
+
+    def elementwise(spec: tuple, name: str) -> Any:
+        return cupy.ElementwiseKernel(*spec, name=f"xdezero_{name}")
+
+    sigmoid_k = elementwise(_SIGMOID, "sigmoid")
+    sigmoid_grad_k = elementwise(_SIGMOID_GRAD, "sigmoid_grad")
+    row_sum_exp = cupy.ReductionKernel(*_ROW_SUM_EXP, name="xdezero_row_sum_exp")
+    probabilities = elementwise(_PROBABILITIES, "softmax_probabilities")
+    row_loss = elementwise(_ROW_LOSS, "softmax_cross_entropy_rows")
+    sce_grad = elementwise(_SCE_GRAD, "softmax_cross_entropy_grad")
+    sgd_k = elementwise(_SGD, "sgd")
+    momentum_k = elementwise(_MOMENTUM, "momentum_sgd")
+    adam_k = elementwise(_ADAM, "adam")
+    bn_stats_k = elementwise(_BN_STATS, "batch_norm_statistics")
+    floats = (cupy.dtype(cupy.float32), cupy.dtype(cupy.float64))
+
+    def same_float(*arrays: Any) -> bool:
+        dtype = arrays[0].dtype
+        return dtype in floats and all(a.dtype == dtype for a in arrays[1:])
+
+    def sigmoid(portable, xp, x):
+        return sigmoid_k(x) if same_float(x) else portable(xp, x)
+
+    def sigmoid_grad(portable, xp, y, gy):
+        return sigmoid_grad_k(y, gy) if same_float(y, gy) else portable(xp, y, gy)
+
+    def softmax_cross_entropy(portable, xp, x, t):
+        if not same_float(x) or x.ndim != 2 or x.shape[0] == 0:
+            return portable(xp, x, t)
+        batch, c = x.shape
+        x = cupy.ascontiguousarray(x)  # no copy for a matmul's output; the row kernel indexes it flat
+        m = cupy.max(x, axis=1, keepdims=True)
+        s = row_sum_exp(x, m, axis=1, keepdims=True)
+        p = probabilities(x, m, s)
+        rows = row_loss(x.ravel(), t, m.ravel(), s.ravel(), c, 1.0 / batch)
+        return cupy.sum(rows), p
+
+    def softmax_cross_entropy_grad(portable, xp, p, t, gy):
+        if not same_float(p, gy) or p.ndim != 2:
+            return portable(xp, p, t, gy)
+        return sce_grad(p, t, gy, 1.0 / p.shape[0], p.shape[1])
+
+    # While a CUDA graph is captured, parameters and their state live in the graph's own buffers
+    # (xdezero/tape_graphs.py): the updates write into them, which saves the graph a copy back per array.
+    def sgd(portable, xp, p, g, lr):
+        if not same_float(p, g):
+            return portable(xp, p, g, lr)
+        return sgd_k(p, g, lr, p) if cupy_capturing() else sgd_k(p, g, lr)
+
+    def momentum_sgd(portable, xp, p, g, v, momentum, lr):
+        if not same_float(p, g, v):
+            return portable(xp, p, g, v, momentum, lr)
+        return momentum_k(p, g, v, momentum, lr, p, v) if cupy_capturing() else momentum_k(p, g, v, momentum, lr)
+
+    def adam(portable, xp, p, g, m, v, beta1, beta2, lr, eps):
+        if not same_float(p, g, m, v):
+            return portable(xp, p, g, m, v, beta1, beta2, lr, eps)
+        return adam_k(p, g, m, v, beta1, beta2, lr, eps)
+
+    def batch_norm_statistics(portable, xp, mean, var, batch_mean, batch_var, decay, var_scale):
+        if not same_float(mean, var, batch_mean, batch_var):
+            return portable(xp, mean, var, batch_mean, batch_var, decay, var_scale)
+        return bn_stats_k(mean, var, batch_mean, batch_var, decay, var_scale)
+
+    return {
+        "sigmoid": sigmoid,
+        "sigmoid_grad": sigmoid_grad,
+        "softmax_cross_entropy": softmax_cross_entropy,
+        "softmax_cross_entropy_grad": softmax_cross_entropy_grad,
+        "sgd": sgd,
+        "momentum_sgd": momentum_sgd,
+        "adam": adam,
+        "batch_norm_statistics": batch_norm_statistics,
+    }
+
+
+_cupy_count_outside: list = []
+
+
+def _cupy_all_inside(eager: list) -> bool:
+    """CuPy: whether every id is in range, by one counting kernel per array and one transfer (the minima and
+    maxima cost four kernels more per array; they are computed, for the message, only when an id is outside)."""
+    if not _cupy_count_outside:
+        _cupy_count_outside.append(
+            _cupy().ReductionKernel(
+                "T x, int64 low, int64 high",
+                "int64 n",
+                "(x < low || x >= high) ? 1 : 0",
+                "a + b",
+                "n = a",
+                "0",
+                "xdezero_count_outside",
+            )
+        )
+    count = _cupy_count_outside[0]
+    total = None
+    for a, low, high, _ in eager:
+        n = count(a, low, high)
+        total = n if total is None else total + n
+    return int(to_numpy(total)) == 0
+
+
+def _cupy() -> Any:
+    import cupy
+
+    return cupy
+
+
+class CupyBackend(Backend):
+    """CuPy: fused kernels for the hot composites, the portable kernels for the rest."""
+
+    name = "cupy"
+
+    def composites(self) -> dict[str, Callable[..., Any]]:
+        """One CUDA kernel per composite, for float32 and float64."""
+        return _composites()
+
+    def stream_key(self, like: Any, dtype: Any) -> tuple[str, str] | None:
+        """One cupy.random generator per GPU, for float32 and float64 (other dtypes are drawn on the host)."""
+        cupy = _cupy()
+        return ("cupy", str(like.device.id)) if dtype in (cupy.float32, cupy.float64) else None
+
+    def new_generator(self, like: Any, seed: int) -> Any:
+        """cupy.random.default_rng on the array's GPU (its state lives there)."""
+        with like.device:
+            return _cupy().random.default_rng(seed)
+
+    def draw_uniform(self, generator: Any, shape: Shape, like: Any, dtype: Any) -> tuple[Any, Any]:
+        """The generator's `random`, on its GPU."""
+        with like.device:
+            return generator, generator.random(shape, dtype=dtype)
+
+    def scatter_add(self, shape: Shape, index: Any, values: Any) -> Any:
+        """cupy.add.at into fresh zeros on the values' device."""
+        cupy = _cupy()
+        with values.device:  # CuPy allocates on the current device, which may not be the values' one
+            out = cupy.zeros(shape, dtype=values.dtype)
+            if hasattr(cupy.add, "at"):  # CuPy 13+; its older cupyx.scatter_add warns as deprecated since
+                cupy.add.at(out, index, values)
+            else:
+                __import__("cupyx").scatter_add(out, index, values)
+        return out
+
+    def check_ids(self, checks: list[tuple[Any, int, int, str]], where: str, error: type[Exception]) -> list[Any]:
+        """One counting kernel per id array and one transfer; the minima and maxima, for the message, only when
+        some id is outside its range."""
+        eager = [c for c in checks if c[0].size]
+        if eager and not _cupy_all_inside(eager):
+            super().check_ids(eager, where, error)
+        return [c[0] for c in checks]

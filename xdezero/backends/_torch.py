@@ -1,0 +1,211 @@
+"""The torch backend: `torch.nn.functional`'s convolutions and pooling (oneDNN on the CPU, cuDNN on CUDA).
+
+Each kernel takes the library's own path for floating tensors of one dtype, and hands anything else (integer
+or mixed dtypes, which torch's kernels refuse) to the portable code it inherits. The weight gradient and
+both input gradients come from `convolution_backward`, the kernel torch's own autograd calls, so a double
+backward through conv2d runs torch's kernels at every order. Tensors reaching an op never require grad
+(`Variable` detaches them on the way in), so torch builds no graph behind xdezero's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+import array_api_compat.torch as compat
+import numpy as np
+import torch
+import torch.nn.functional as tf
+
+from xdezero.backends._portable import Backend, Pair, Shape
+from xdezero.backends._scatter import flat_positions
+
+_convolution_backward = torch.ops.aten.convolution_backward
+_NATIVE = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_ONE = (1, 1)
+_ZERO = (0, 0)
+
+
+def _matmul(x1: Any, x2: Any, /) -> Any:
+    """torch.matmul, straight through for two tensors of one dtype (array-api-compat's wrapper casts both to
+    their common dtype first, two `result_type` calls and two casts per product, even when there is nothing
+    to promote)."""
+    if type(x1) is torch.Tensor and type(x2) is torch.Tensor and x1.dtype == x2.dtype:
+        return torch.matmul(x1, x2)
+    return compat.matmul(x1, x2)
+
+
+def _tuned_namespace() -> ModuleType:
+    """array-api-compat's torch namespace with the calls it wraps for nothing on an op's hot path taken directly."""
+    namespace = ModuleType("xdezero.backends._torch.namespace", compat.__doc__)
+    namespace.__dict__.update({k: v for k, v in vars(compat).items() if not k.startswith("__")})
+    namespace.__xdezero_library__ = "torch"  # type: ignore[attr-defined]
+    namespace.matmul = _matmul  # type: ignore[attr-defined]
+    return namespace
+
+
+# --- composites: torch's own kernels where one call does what the portable code does in several -------------
+
+
+def _floats(*arrays: Any) -> bool:
+    dtype = arrays[0].dtype
+    return dtype.is_floating_point and all(type(a) is torch.Tensor and a.dtype == dtype for a in arrays)
+
+
+def _sigmoid(portable: Callable, xp: Any, x: Any) -> Any:
+    return torch.sigmoid(x) if _floats(x) else portable(xp, x)
+
+
+def _sigmoid_grad(portable: Callable, xp: Any, y: Any, gy: Any) -> Any:
+    return torch.ops.aten.sigmoid_backward(gy, y) if _floats(y, gy) else portable(xp, y, gy)
+
+
+def _sgd(portable: Callable, xp: Any, p: Any, g: Any, lr: float) -> Any:
+    return torch.add(p, g, alpha=-lr) if _floats(p, g) else portable(xp, p, g, lr)
+
+
+def _softmax_cross_entropy(portable: Callable, xp: Any, x: Any, t: Any) -> tuple[Any, Any]:
+    """(mean of -log softmax(x)[n, tₙ], softmax(x)) by log_softmax: two passes over x instead of eight."""
+    if not _floats(x) or x.ndim != 2 or t.dtype != torch.int64:
+        return portable(xp, x, t)
+    log_p = torch.log_softmax(x, 1)
+    return -log_p.gather(1, t.view(-1, 1)).mean(), log_p.exp()
+
+
+def _native(*arrays: Any) -> bool:
+    dtype = arrays[0].dtype
+    return dtype in _NATIVE and all(a.dtype == dtype for a in arrays[1:])
+
+
+class TorchBackend(Backend):
+    """torch tensors: torch's own convolution and pooling kernels."""
+
+    name = "torch"
+    namespace = _tuned_namespace()
+
+    def scatter_add(self, shape: Shape, index: Any, values: Any) -> Any:
+        """index_add_ into fresh zeros: along the rows for an integer tensor, else at flat positions computed on
+        the host."""
+        if type(index) is torch.Tensor:
+            rest = tuple(shape[1:])
+            values = values.broadcast_to(tuple(index.shape) + rest)
+            ids = index.reshape(-1).to(torch.int64)
+            ids = torch.where(ids < 0, ids + shape[0], ids)
+            return values.new_zeros(shape).index_add_(0, ids, values.reshape((ids.shape[0], *rest)))
+        positions = flat_positions(shape, index)
+        flat_values = values.broadcast_to(positions.shape).reshape(-1)
+        pos = torch.as_tensor(positions.reshape(-1), device=values.device)
+        return values.new_zeros(math.prod(shape)).index_add_(0, pos, flat_values).reshape(shape)
+
+    def stream_key(self, like: Any, dtype: Any) -> tuple[str, str] | None:
+        """One torch.Generator per device."""
+        return ("torch", str(like.device))
+
+    def new_generator(self, like: Any, seed: int) -> Any:
+        """A torch.Generator on the tensor's device."""
+        generator = torch.Generator(device=like.device)
+        generator.manual_seed(seed)
+        return generator
+
+    def draw_uniform(self, generator: Any, shape: Shape, like: Any, dtype: Any) -> tuple[Any, Any]:
+        """torch.rand with the device's generator."""
+        return generator, torch.rand(shape, generator=generator, dtype=dtype, device=like.device)
+
+    def generator_state(self, generator: Any) -> Any:
+        """The generator's bytes."""
+        return generator.get_state().numpy().copy()
+
+    def generator_from_state(self, state: Any, device: str) -> Any:
+        """A generator on `device` set to the saved bytes."""
+        generator = torch.Generator(device=device)
+        generator.set_state(torch.from_numpy(state.astype(np.uint8)))
+        return generator
+
+    def id_bounds(self, arrays: list[Any]) -> Any:
+        """[min, max] of each array by aminmax, stacked, in one transfer."""
+        bounds = [v.to(torch.int64) for a in arrays for v in torch.aminmax(a)]
+        return torch.stack(bounds).cpu().numpy()
+
+    def composites(self) -> dict[str, Callable[..., Any]]:
+        """sigmoid, its gradient, softmax cross-entropy and the SGD update as torch's own one-call kernels."""
+        return {
+            "sigmoid": _sigmoid,
+            "sigmoid_grad": _sigmoid_grad,
+            "sgd": _sgd,
+            "softmax_cross_entropy": _softmax_cross_entropy,
+        }
+
+    @staticmethod
+    def adopt(x: Any) -> Any:
+        """x without torch's autograd: a tensor that requires grad is detached (same memory), so that torch
+        builds no graph of its own behind xdezero's."""
+        return x.detach() if x.requires_grad else x
+
+    def conv2d(self, x: Any, W: Any, b: Any, stride: Pair, pad: Pair) -> Any:
+        """y = W ⋆ x + b by torch.nn.functional.conv2d."""
+        if not (_native(x, W) if b is None else _native(x, W, b)):
+            return super().conv2d(x, W, b, stride, pad)
+        return tf.conv2d(x, W, b, stride, pad)
+
+    def deconv2d(self, x: Any, W: Any, b: Any, stride: Pair, pad: Pair, outsize: Pair) -> Any:
+        """y = Wᵀ ⋆ x + b by torch.nn.functional.conv_transpose2d; rows and columns beyond the default output
+        size (fewer than the stride) are output padding."""
+        if not (_native(x, W) if b is None else _native(x, W, b)):
+            return super().deconv2d(x, W, b, stride, pad, outsize)
+        extra = tuple(
+            o - ((n - 1) * s - 2 * p + k) for o, n, s, p, k in zip(outsize, x.shape[2:], stride, pad, W.shape[2:])
+        )
+        return tf.conv_transpose2d(x, W, b, stride, pad, output_padding=extra)
+
+    def conv2d_grad_w(self, x: Any, gy: Any, kernel: Pair, stride: Pair, pad: Pair) -> Any:
+        """gW of conv2d(x, W) by torch's convolution_backward (only the weight gradient asked for)."""
+        if not _native(x, gy):
+            return super().conv2d_grad_w(x, gy, kernel, stride, pad)
+        weight = x.new_empty(()).expand(gy.shape[1], x.shape[1], *kernel)  # its shape is all that is read
+        return _convolution_backward(gy, x, weight, None, stride, pad, _ONE, False, _ZERO, 1, (False, True, False))[1]
+
+    def conv2d_grads(self, x: Any, W: Any, gy: Any, stride: Pair, pad: Pair) -> tuple[Any, Any]:
+        """(gx, gW) of conv2d(x, W) in one call of torch's convolution_backward."""
+        if not _native(x, W, gy):
+            return super().conv2d_grads(x, W, gy, stride, pad)
+        gx, gW, _ = _convolution_backward(gy, x, W, None, stride, pad, _ONE, False, _ZERO, 1, (True, True, False))
+        return gx, gW
+
+    def max_pool(self, x: Any, kernel: Pair, stride: Pair, pad: Pair) -> tuple[Any, tuple[Any, ...]]:
+        """(y, (flat index of each window's first maximum within its image plane,)) by max_pool2d."""
+        if not _native(x):
+            return super().max_pool(x, kernel, stride, pad)
+        y, index = tf.max_pool2d(x, kernel, stride, pad, return_indices=True)
+        return y, (index,)
+
+    def max_pool_grad(
+        self, argmax: tuple[Any, ...], gy: Any, x_shape: Shape, kernel: Pair, stride: Pair, pad: Pair
+    ) -> Any:
+        """gx = gy added at the recorded flat positions of each image plane."""
+        if not _native(gy):
+            return super().max_pool_grad(argmax, gy, x_shape, kernel, stride, pad)
+        n, c, h, w = x_shape
+        gx = gy.new_zeros((n, c, h * w))
+        return gx.scatter_add_(2, argmax[0].flatten(2), gy.flatten(2)).view(x_shape)
+
+    def max_pool_pick(self, argmax: tuple[Any, ...], x: Any, kernel: Pair, stride: Pair, pad: Pair) -> Any:
+        """y = x at the recorded flat positions of each image plane."""
+        if not _native(x):
+            return super().max_pool_pick(argmax, x, kernel, stride, pad)
+        index = argmax[0]
+        return x.flatten(2).gather(2, index.flatten(2)).view(index.shape)
+
+    def avg_pool(self, x: Any, kernel: Pair, stride: Pair, pad: Pair) -> Any:
+        """y = Σ of each window / (KH·KW) by avg_pool2d (zero padding counted)."""
+        if not _native(x):
+            return super().avg_pool(x, kernel, stride, pad)
+        return tf.avg_pool2d(x, kernel, stride, pad, count_include_pad=True)
+
+    def avg_pool_grad(self, gy: Any, x_shape: Shape, kernel: Pair, stride: Pair, pad: Pair) -> Any:
+        """gx = gy/(KH·KW) added over each window, by torch's avg_pool2d_backward."""
+        if not _native(gy):
+            return super().avg_pool_grad(gy, x_shape, kernel, stride, pad)
+        like = gy.new_empty(()).expand(x_shape)  # its shape is all that is read
+        return torch.ops.aten.avg_pool2d_backward(gy, like, kernel, stride, pad, False, True, None)
