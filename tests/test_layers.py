@@ -369,3 +369,30 @@ def test_sublayers_walks_every_layer_once_in_registration_order():
     assert found[0] is outer
     assert found[2] is inner and found[3] is shared  # depth first; `shared` reached through `inner` first
     assert len(found) == 5 and len({id(x) for x in found}) == 5
+
+
+def test_params_follow_every_change_of_the_layer_tree():
+    """params() is remembered between calls; any registration anywhere in the tree must show in the next call."""
+    from xdezero import Parameter
+    from xdezero.models import Model
+
+    class Net(Model):
+        def __init__(self):
+            super().__init__()
+            self.l1 = L.Linear(3, in_size=2)
+            self.l2 = L.Linear(2, in_size=3)
+
+    net = Net()
+    first = list(net.params())
+    assert len(first) == 4 and list(net.params()) == first
+    w = Parameter(np.ones((2, 3)), name="W")
+    net.l1.W = w  # replaced inside a sublayer
+    assert any(p is w for p in net.params()) and len(list(net.params())) == 4
+    net.l3 = L.Linear(1, in_size=2)  # a new sublayer: its W (b) counted once created
+    assert len(list(net.params())) == 6
+    del net.l2
+    assert len(list(net.params())) == 4
+    net.l3.extra = Parameter(np.zeros(1))
+    assert [k for k, _ in net.named_params()][-1] == "l3/extra"
+    net.l1.W = "no longer a parameter"  # unregistered by assignment
+    assert len(list(net.params())) == 4 and not any(p is w for p in net.params())

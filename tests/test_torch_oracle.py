@@ -121,3 +121,25 @@ def test_hidden_linear_layers_to_the_third_order(xp):
 
     for got, want in zip(ours(), reference(), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_a_first_layers_weight_gradient_differentiated_again(xp):
+    """The first layer's backward (data in, so only gW: LinearGradW) differentiated twice, against torch."""
+    rng = np.random.default_rng(8)
+    x_np = rng.standard_normal((5, 4))
+    W1_np, W2_np = rng.standard_normal((4, 6)), rng.standard_normal((6, 3))
+
+    W1, W2 = Variable(asarray(xp, W1_np)), Variable(asarray(xp, W2_np))
+    y = F.sum(F.linear(F.tanh(F.linear(asarray(xp, x_np), W1)), W2) ** 2)
+    y.backward(create_graph=True)
+    gW1 = W1.grad
+    W1.cleargrad(), W2.cleargrad()
+    F.sum(gW1 * gW1 * gW1).backward()
+
+    W1t, W2t = _t(W1_np, True), _t(W2_np, True)
+    yt = ((torch.tanh(_t(x_np) @ W1t) @ W2t) ** 2).sum()
+    (gW1t,) = torch.autograd.grad(yt, (W1t,), create_graph=True)
+    dW1, dW2 = torch.autograd.grad((gW1t**3).sum(), (W1t, W2t))
+    np.testing.assert_allclose(to_numpy(gW1), gW1t.detach().numpy(), rtol=1e-10)
+    np.testing.assert_allclose(to_numpy(W1.grad), dW1.numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(to_numpy(W2.grad), dW2.numpy(), rtol=1e-9, atol=1e-12)

@@ -84,6 +84,23 @@ def _lazy_parameter(name: str, shape: tuple[int | None, ...], dtype: Any) -> Par
 # --- Layer -----------------------------------------------------------------------------------------
 
 
+class _Structure:
+    """A version number of every layer's registered Parameters and sublayers, bumped by any change to any of them."""
+
+    version = 0
+
+    @classmethod
+    def changed(cls) -> None:
+        cls.version += 1
+
+
+_structure = _Structure
+# Per layer: (the structure's version when walked, [(path, Parameter)], [Parameter]).
+_param_lists: weakref.WeakKeyDictionary[Layer, tuple[int, list[tuple[str, Parameter]], list[Parameter]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 class Layer:
     """A differentiable building block: Parameters and Layers assigned as attributes are its parameters.
 
@@ -106,12 +123,14 @@ class Layer:
             registry = self._params
         if isinstance(value, Parameter | Layer):
             registry[name] = None
-        else:
-            registry.pop(name, None)
+            _structure.changed()
+        elif registry.pop(name, 0) is None:
+            _structure.changed()
         object.__setattr__(self, name, value)
 
     def __delattr__(self, name: str) -> None:
-        self.__dict__.get("_params", {}).pop(name, None)
+        if self.__dict__.get("_params", {}).pop(name, 0) is None:
+            _structure.changed()
         object.__delattr__(self, name)
 
     def __call__(self, *inputs: Any) -> Variable:
@@ -146,7 +165,17 @@ class Layer:
     # --- parameters -------------------------------------------------------------------------
     def named_params(self) -> Iterator[tuple[str, Parameter]]:
         """(path, Parameter) pairs, paths joined by '/' (`l1/W`), in registration order."""
-        return self._named_params("", set())
+        return iter(self._param_list()[0])
+
+    def _param_list(self) -> tuple[list[tuple[str, Parameter]], list[Parameter]]:
+        # The walk is kept until some layer anywhere registers or drops a Parameter or a Layer: a training step
+        # lists the parameters twice (cleargrads, update), and walking the tree each time cost about as much as
+        # a small layer's forward.
+        cached = _param_lists.get(self)
+        if cached is None or cached[0] != _structure.version:
+            named = list(self._named_params("", set()))
+            cached = _param_lists[self] = (_structure.version, named, [p for _, p in named])
+        return cached[1], cached[2]
 
     def _named_params(self, prefix: str, seen: set[int]) -> Iterator[tuple[str, Parameter]]:
         seen.add(id(self))
@@ -175,8 +204,7 @@ class Layer:
 
     def params(self) -> Iterator[Parameter]:
         """Every Parameter of this layer and its sublayers, each once."""
-        for _, p in self.named_params():
-            yield p
+        return iter(self._param_list()[1])
 
     def cleargrads(self) -> None:
         """Reset the gradient of every parameter to None."""

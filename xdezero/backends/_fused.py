@@ -38,8 +38,17 @@ LAUNCHES = {
     "adam": 1,
     "batch_norm_statistics": 1,
 }
-# Every composite an op routes through the table: the CuPy kernels' above, and those only NumPy has an entry for.
-COMPOSITES = frozenset(LAUNCHES) | {"relu", "matmul", "spread_slots"}
+# Every composite an op routes through the table: the CuPy kernels' above, and those only NumPy (in place) or JAX
+# (compiled) have an entry for.
+COMPOSITES = frozenset(LAUNCHES) | {
+    "relu",
+    "matmul",
+    "spread_slots",
+    "linear",
+    "linear_grad",
+    "linear_grad_w",
+    "sum_to",
+}
 
 
 def fused(name: str, portable: Callable, xp: Any, *args: Any) -> Any:

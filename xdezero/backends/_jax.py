@@ -154,6 +154,10 @@ _COMPOSITES = (
     "adam",
     "batch_norm_statistics",
     "spread_slots",
+    "linear",
+    "linear_grad",
+    "linear_grad_w",
+    "sum_to",
 )
 
 

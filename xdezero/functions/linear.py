@@ -33,14 +33,9 @@ class Linear(Function):
     def forward(self, x: Any, W: Any, b: Any = None) -> Any:
         """y = x W + b."""
         # One node instead of matmul + add: the common 2-D layer case, without the intermediate x W.
-        y = fused("matmul", matmul_arrays, self.xp, x, W)  # NumPy: into a reused buffer
-        if b is None:
-            return y
-        self.b_shape = tuple(b.shape)
-        if b.dtype == y.dtype:
-            y += b  # y is this call's own fresh array (JAX rebinds)
-            return y
-        return y + b
+        if b is not None:
+            self.b_shape = tuple(b.shape)
+        return fused("linear", _linear, self.xp, x, W, b)  # JAX: one compiled call
 
     def backward(self, gy: Variable) -> tuple[Variable | None, ...]:
         """(gx, gW[, gb]) = (gy Wᵀ, xᵀ gy[, Σₙ gy]); None where no gradient is needed."""
@@ -48,9 +43,10 @@ class Linear(Function):
         needs = self.needs_grad
         if needs[0] and needs[1]:  # a hidden layer: both products in one node
             gx, gW = LinearGrad()(x, W, gy)
+        elif needs[1]:  # the first layer: no gradient for the data
+            gx, gW = None, LinearGradW()(x, gy)
         else:
-            gx = matmul(gy, W.T) if needs[0] else None  # none for data fed to the first layer
-            gW = matmul(x.T, gy) if needs[1] else None
+            gx, gW = (matmul(gy, W.T) if needs[0] else None), None
         if len(needs) == 2:
             return gx, gW
         return gx, gW, sum_to(gy, self.b_shape) if needs[2] else None
@@ -62,10 +58,7 @@ class LinearGrad(Function):
 
     def forward(self, x: Any, W: Any, gy: Any) -> tuple[Any, Any]:
         """(gx, gW) = (gy Wᵀ, xᵀ gy)."""
-        xp = self.xp
-        gx = fused("matmul", matmul_arrays, xp, gy, xp.permute_dims(W, (1, 0)))
-        gW = fused("matmul", matmul_arrays, xp, xp.permute_dims(x, (1, 0)), gy)
-        return gx, gW
+        return fused("linear_grad", _linear_grad, self.xp, x, W, gy)  # JAX: one compiled call
 
     def backward(
         self, ggx: Variable | None, ggW: Variable | None
@@ -81,6 +74,39 @@ class LinearGrad(Function):
         if need_gy and ggW is not None:
             dgy = matmul(x, ggW) if dgy is None else dgy + matmul(x, ggW)
         return dx, dW, dgy
+
+
+class LinearGradW(Function):
+    """gW = xᵀ gy, the weight gradient of y = x W (+ b) for the upstream gy; bilinear, so its backward is again
+    products: dx = gy ggWᵀ, dgy = x ggW."""
+
+    def forward(self, x: Any, gy: Any) -> Any:
+        """gW = xᵀ gy."""
+        return fused("linear_grad_w", _linear_grad_w, self.xp, x, gy)
+
+    def backward(self, ggW: Variable) -> tuple[Variable | None, Variable | None]:
+        """(dx, dgy) = (gy ggWᵀ, x ggW); None where no gradient is needed."""
+        x, gy = self.inputs
+        need_x, need_gy = self.needs_grad
+        return (matmul(gy, ggW.T) if need_x else None), (matmul(x, ggW) if need_gy else None)
+
+
+def _linear(xp: Any, x: Any, W: Any, b: Any) -> Any:
+    y = fused("matmul", matmul_arrays, xp, x, W)  # NumPy: into a reused buffer
+    if b is None:
+        return y
+    if b.dtype == y.dtype:
+        y += b  # y is this call's own fresh array (JAX rebinds)
+        return y
+    return y + b
+
+
+def _linear_grad(xp: Any, x: Any, W: Any, gy: Any) -> tuple[Any, Any]:
+    return fused("matmul", matmul_arrays, xp, gy, xp.permute_dims(W, (1, 0))), _linear_grad_w(xp, x, gy)
+
+
+def _linear_grad_w(xp: Any, x: Any, gy: Any) -> Any:
+    return fused("matmul", matmul_arrays, xp, xp.permute_dims(x, (1, 0)), gy)  # NumPy: into a reused buffer
 
 
 def linear(x: Any, W: Any, b: Any = None) -> Variable:

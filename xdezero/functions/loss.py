@@ -108,7 +108,9 @@ def _label_ids(xp: Any, t: Any, n_classes: int, where: str) -> Any:
     """Checked labels t as a 1-D array of class ids in [0, C) in the default index dtype of their library
     (a negative label is an error, not the last class)."""
     index_dtype = backend_of_namespace(xp).index_dtype(xp, device_of(t))
-    ids = xp.astype(xp.reshape(t, (t.shape[0],)), index_dtype, copy=False)  # labels are read, never written
+    ids = t if t.ndim == 1 else xp.reshape(t, (t.shape[0],))
+    if ids.dtype != index_dtype:
+        ids = xp.astype(ids, index_dtype, copy=False)  # labels are read, never written
     return check_ids(ids, 0, n_classes, where, "label")
 
 
