@@ -2,6 +2,19 @@
 
     python benchmarks/bench_distributed.py                 # 1 vs 2 ranks, 3 rounds, one thread per rank
     python benchmarks/bench_distributed.py --ranks 1 2 4 --rounds 5 --steps 40
+    python benchmarks/bench_distributed.py --link-gbps 1   # overlap of the all-reduce on a simulated link
+
+With `--link-gbps G` it runs in one process on a simulated link instead of MPI: each collective of B bytes
+completes no sooner than it would on a network of G GB/s (`--latency-us` α plus B/G; collectives queue on the
+link one after another), and waiting for it sleeps, spending no CPU. The "other rank" holds the same gradients.
+Workload there: a CNN with a wide head, conv 3×3 1→32, relu, conv 3×3 32→64, relu, max pooling 2, linear
+12544 → 512, relu, linear → 10 (float32, SGD), batch 16 of 28×28, chosen so that at 1 GB/s its 25.8 MB of
+gradients take about half of a step's compute on this machine. Like VGG or AlexNet, most of its parameters are
+in the head, whose gradients come first in backward, and most of its compute is in the convolutions after them.
+It times, interleaved, the step
+without communication, the multi-node optimizer reducing after backward (`overlap=False`, the sequential
+all-reduce) and reducing buckets during backward (`overlap=True`, `--bucket-mb`), and prints as its last line:
+`overlap: overlapped step X.XXx, sequential step Y.YYx of the step without communication (link G GB/s)`.
 
 Workload: MLP 784 → 1000 → 1000 → 10 (float32, sigmoid, softmax cross-entropy, SGD lr=0.1), batch 100 per
 rank, random data. Each round starts `mpiexec -n p` for every p in turn (alternating, so drifting load from
@@ -39,7 +52,7 @@ SIZES = (784, 1000, 1000, 10)
 BATCH = 100
 
 
-def worker(steps: int, warmup: int, reduce: bool) -> None:
+def worker(steps: int, warmup: int, reduce: bool, reducer: str = "allreduce_grad") -> None:
     import numpy as np
     from mpi4py import MPI
 
@@ -57,7 +70,10 @@ def worker(steps: int, warmup: int, reduce: bool) -> None:
         if i < len(SIZES) - 2:
             layers.append(F.sigmoid)
     model = Sequential(*layers)
-    optimizer = SGD(lr=0.1).setup(model)
+    if reduce and reducer == "optimizer":  # the multi-node optimizer: buckets all-reduced during backward
+        optimizer = dist.create_multi_node_optimizer(SGD(lr=0.1), comm).setup(model)
+    else:
+        optimizer = SGD(lr=0.1).setup(model)
     comm.bcast_data(model)
     rng = np.random.default_rng(comm.rank)
     x = rng.standard_normal((BATCH, SIZES[0])).astype(np.float32)
@@ -71,8 +87,8 @@ def worker(steps: int, warmup: int, reduce: bool) -> None:
         t1 = time.perf_counter()
         comm.barrier()  # waiting for the slower rank, counted apart from the all-reduce itself
         t2 = time.perf_counter()
-        if reduce:
-            comm.allreduce_grad(model)  # what the multi-node optimizer does before each update
+        if reduce and reducer == "allreduce_grad":
+            comm.allreduce_grad(model)  # the sequential all-reduce after backward
         t3 = time.perf_counter()
         optimizer.update()
         return time.perf_counter() - t0, t2 - t1, t3 - t2
@@ -98,6 +114,7 @@ def worker(steps: int, warmup: int, reduce: bool) -> None:
         result = {
             "ranks": comm.size,
             "reduce": reduce,
+            "reducer": reducer,
             "step_ms": 1e3 * statistics.median(s for s, _, _ in timings),
             "wait_ms": 1e3 * statistics.median(w for _, w, _ in timings),
             "comm_ms": 1e3 * statistics.median(c for _, _, c in timings),
@@ -108,7 +125,7 @@ def worker(steps: int, warmup: int, reduce: bool) -> None:
         print(json.dumps(result), flush=True)
 
 
-def launch(ranks: int, steps: int, warmup: int, reduce: bool = True) -> dict:
+def launch(ranks: int, steps: int, warmup: int, reduce: bool = True, reducer: str = "allreduce_grad") -> dict:
     mpiexec = shutil.which("mpiexec", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
     if mpiexec is None:
         sys.exit("bench_distributed: no mpiexec found; pip install mpi4py mpich")
@@ -122,7 +139,7 @@ def launch(ranks: int, steps: int, warmup: int, reduce: bool = True) -> dict:
         PYTHONPATH=os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")])),
     )
     command = [mpiexec, "-n", str(ranks), sys.executable, __file__, "--worker", "--steps", str(steps)]
-    command += ["--warmup", str(warmup)] + ([] if reduce else ["--no-reduce"])
+    command += ["--warmup", str(warmup), "--reducer", reducer] + ([] if reduce else ["--no-reduce"])
     out = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -135,9 +152,23 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--no-reduce", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--reducer",
+        choices=["allreduce_grad", "optimizer"],
+        default="allreduce_grad",
+        help="MPI: comm.allreduce_grad after backward (the comm column), or the multi-node optimizer (buckets)",
+    )
+    parser.add_argument("--link-gbps", type=float, help="run on a simulated link of this many GB/s (no MPI)")
+    parser.add_argument("--latency-us", type=float, default=20.0, help="the simulated link's latency α (µs)")
+    parser.add_argument("--bucket-mb", type=float, default=4.0, help="bucket size on the simulated link (MiB)")
     args = parser.parse_args()
     if args.worker:
-        worker(args.steps, args.warmup, reduce=not args.no_reduce)
+        worker(args.steps, args.warmup, reduce=not args.no_reduce, reducer=args.reducer)
+        return
+    if args.link_gbps is not None:
+        if not args.link_gbps > 0:
+            parser.error(f"--link-gbps must be positive, got {args.link_gbps}")
+        simulated(args.link_gbps, args.latency_us * 1e-6, args.bucket_mb, args.steps, args.warmup, args.rounds)
         return
 
     # Control: the largest p running the same steps without the all-reduce shows what sharing the machine's
@@ -146,8 +177,9 @@ def main() -> None:
     runs: dict[tuple[int, bool], list[dict]] = {job: [] for job in jobs}
     for _ in range(args.rounds):
         for p, reduce in jobs:
-            runs[p, reduce].append(launch(p, args.steps, args.warmup, reduce))
+            runs[p, reduce].append(launch(p, args.steps, args.warmup, reduce, args.reducer))
     print(f"MLP {' -> '.join(map(str, SIZES))}, float32, batch {BATCH} per rank, one thread per rank, MPI")
+    print(f"gradients reduced by {args.reducer} (the comm column is that of allreduce_grad only)")
     print(f"medians over {args.rounds} rounds of {args.steps} steps; cores here: {os.cpu_count()}")
     print(
         f"{'ranks':>12} {'step ms':>8} {'wait ms':>8} {'comm ms':>8} {'comm %':>7} {'allreduce ms':>13} "
@@ -174,6 +206,138 @@ def main() -> None:
             f"{p}{'' if reduce else ' no-reduce'}: " + ", ".join(f"{r['step_ms']:.1f}" for r in runs[p, reduce])
             for p, reduce in jobs
         )
+    )
+
+
+# --- the simulated link ---------------------------------------------------------------------------------------
+
+LINK_BATCH = 16
+
+
+def simulated(gbps: float, latency: float, bucket_mb: float, steps: int, warmup: int, rounds: int) -> None:
+    """Time the step without communication, with the sequential all-reduce and with the overlapped one."""
+    import numpy as np
+
+    import xdezero.functions as F
+    import xdezero.layers as L
+    from xdezero import distributed as dist
+    from xdezero.distributed import Communicator
+    from xdezero.models import Model
+    from xdezero.optimizers import SGD
+
+    class WideHeadCNN(Model):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = L.Conv2d(32, 3, pad=1, in_channels=1)
+            self.conv2 = L.Conv2d(64, 3, pad=1, in_channels=32)
+            self.fc1 = L.Linear(512, in_size=64 * 14 * 14)
+            self.fc2 = L.Linear(10, in_size=512)
+
+        def forward(self, x):
+            h = F.pooling(F.relu(self.conv2(F.relu(self.conv1(x)))), 2, 2)
+            return self.fc2(F.relu(self.fc1(F.reshape(h, (h.shape[0], -1)))))
+
+    class Timed:
+        def __init__(self, buf: np.ndarray, done: float) -> None:
+            self.buf, self.done = buf, done
+
+        def wait(self) -> np.ndarray:
+            time.sleep(max(0.0, self.done - time.perf_counter()))  # the link is busy: no CPU spent
+            return self.buf
+
+    class SimulatedLink(Communicator):
+        """Two ranks holding the same gradients, joined by a link of `gbps` GB/s and latency α."""
+
+        name = "simulated"
+        size = 2
+
+        def __init__(self) -> None:
+            self.free_at = 0.0
+            self.sent = 0
+
+        def _done_at(self, nbytes: int) -> float:
+            start = max(time.perf_counter(), self.free_at)
+            self.free_at = start + latency + nbytes / (gbps * 1e9)
+            self.sent += nbytes
+            return self.free_at
+
+        def _to_buffer(self, flat):
+            return flat
+
+        def _from_buffer(self, buf, like):
+            return buf
+
+        def _iallreduce_buffer(self, buf, op):
+            if op == "sum":
+                buf *= self.size  # the other rank's gradients are the same: the mean stays this rank's
+            return Timed(buf, self._done_at(buf.nbytes))
+
+        def _allreduce_buffer(self, buf, op):
+            return self._iallreduce_buffer(buf, op).wait()
+
+        def _bcast_buffer(self, buf, root):
+            return Timed(buf, self._done_at(buf.nbytes)).wait()
+
+        def bcast_obj(self, obj, root=0):
+            return obj
+
+        def barrier(self):
+            pass
+
+    def make(mode: str):
+        np.random.seed(0)
+        model = WideHeadCNN()
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((LINK_BATCH, 1, 28, 28)).astype(np.float32)
+        t = rng.integers(0, 10, LINK_BATCH)
+        model(x)
+        for p in model.params():
+            p.data = p.data.astype(np.float32)
+        link = SimulatedLink()
+        if mode == "none":
+            optimizer = SGD(lr=0.1).setup(model)
+        else:
+            optimizer = dist.create_multi_node_optimizer(
+                SGD(lr=0.1), link, overlap=mode == "overlapped", bucket_mb=bucket_mb
+            ).setup(model)
+
+        def step() -> None:
+            loss = F.softmax_cross_entropy(model(x), t)
+            model.cleargrads()
+            loss.backward()
+            optimizer.update()
+
+        step.link = link
+        return step
+
+    modes = ("none", "sequential", "overlapped")
+    medians: dict[str, list[float]] = {m: [] for m in modes}
+    steps_of = {m: make(m) for m in modes}
+    for _ in range(rounds):
+        for mode in modes:
+            step = steps_of[mode]
+            for _ in range(warmup):
+                step()
+            times = []
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                step()
+                times.append(time.perf_counter() - t0)
+            medians[mode].append(statistics.median(times))
+    step_ms = {m: 1e3 * statistics.median(v) for m, v in medians.items()}
+    sent_mb = steps_of["sequential"].link.sent / 1e6 / (rounds * (steps + warmup))
+    link_ms = sent_mb * 1e6 / (gbps * 1e9) * 1e3
+    print(
+        f"CNN with a wide head (conv 1->32->64, pool, linear 12544->512->10), float32, batch {LINK_BATCH}, one process"
+    )
+    print(f"link {gbps:g} GB/s, latency {latency * 1e6:g} us; buckets of {bucket_mb:g} MiB; {rounds} rounds of {steps}")
+    share = link_ms / step_ms["none"]
+    print(f"all-reduce bytes per step {sent_mb:.2f} MB: {link_ms:.2f} ms on the link, {share:.2f}x of the compute")
+    for mode in modes:
+        print(f"{mode:>12} step {step_ms[mode]:8.2f} ms  {step_ms[mode] / step_ms['none']:.2f}x")
+    print(
+        f"overlap: overlapped step {step_ms['overlapped'] / step_ms['none']:.2f}x, sequential step "
+        f"{step_ms['sequential'] / step_ms['none']:.2f}x of the step without communication (link {gbps:g} GB/s)"
     )
 
 

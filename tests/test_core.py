@@ -518,3 +518,23 @@ def test_xdezero_seed_seeds_numpys_global_generator_too():
     for bad in (-1, 2**32, 1.5, True):
         with pytest.raises(ValueError, match=r"seed: expected an integer from 0 to 2\*\*32 - 1"):
             xdezero.seed(bad)
+
+
+def test_a_grad_hook_sees_every_addition_to_a_leaf_and_travels_with_no_copy():
+    import pickle
+
+    x = Variable(np.array([1.0, 2.0]))
+    seen = []
+    remove = x.register_grad_hook(lambda v: seen.append(np.array(v.grad.data)))
+    y = x * x + x * 3.0  # x feeds three products: three additions to x.grad
+    F.sum(y).backward()
+    assert len(seen) == 3
+    np.testing.assert_allclose(seen[-1], 2 * x.data + 3.0)  # the hook runs after the addition
+    copy = pickle.loads(pickle.dumps(x))
+    copy.cleargrad()
+    F.sum(copy * copy).backward()
+    assert len(seen) == 3  # the copy carries no hook
+    remove()
+    x.cleargrad()
+    F.sum(x * x).backward()
+    assert len(seen) == 3

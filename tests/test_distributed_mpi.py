@@ -162,3 +162,11 @@ def test_a_job_resumed_from_a_checkpoint_goes_on_as_the_straight_run(n, tmp_path
     result = mpirun(n + 1, sys.executable, script, "1", str(tmp_path / "x.npz"), "--resume", str(checkpoint))
     assert result.returncode != 0
     assert f"the checkpoint was saved by {n} process(es); this job has {n + 1}" in result.stderr
+
+
+def test_dropped_or_closed_communicators_leave_no_thread_and_are_freed():
+    # 200 communicators over duplicates of COMM_WORLD on each rank: each one's watchdog thread must end, and the
+    # thread must not keep the communicator alive; the script also checks the watchdog alone.
+    result = mpirun(2, sys.executable, str(SCRIPTS / "lifetime.py"), timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["ok"]

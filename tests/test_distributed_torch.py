@@ -67,3 +67,10 @@ def test_an_unmatched_collective_times_out_with_an_error():
     assert "uncaught exception on rank 0 of 2" in result.stderr
     assert "Timed out" in result.stderr
     assert elapsed < 45, f"the job took {elapsed:.1f} s to end"
+
+
+def test_gradient_buckets_reduced_during_backward_over_gloo():
+    """Overlapped buckets equal the sequential all-reduce; no_sync; float16 exchange (check_buckets.py)."""
+    result = torchrun(2, str(SCRIPTS / "check_buckets.py"), "torch")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["ok", "2"]

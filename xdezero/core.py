@@ -84,6 +84,11 @@ _NOT_NEEDED_2 = (False, False)
 _grad_lock = threading.Lock()
 
 
+# Hooks called when backward adds to a leaf's .grad (Variable.register_grad_hook); kept beside the variables, not in
+# them, so that a pickled or copied model carries none.
+_grad_hooks: weakref.WeakKeyDictionary[Variable, list[Callable[[Variable], None]]] = weakref.WeakKeyDictionary()
+
+
 class Variable:
     """A node of the graph holding an array of any array-API library, its gradient and its creator.
 
@@ -213,6 +218,19 @@ class Variable:
             _run_backward(self, retain_grad, create_graph)
 
     # --- devices ------------------------------------------------------------------------------
+    def register_grad_hook(self, hook: Callable[[Variable], None]) -> Callable[[], None]:
+        """Call `hook(self)` each time a backward pass adds to this variable's `.grad` as a leaf of the graph
+        (after the addition), e.g. to send a parameter's gradient off while backward goes on. Returns a function
+        that removes the hook."""
+        hooks = _grad_hooks.setdefault(self, [])
+        hooks.append(hook)
+
+        def remove() -> None:
+            if hook in hooks:
+                hooks.remove(hook)
+
+        return remove
+
     def to_cpu(self) -> Variable:
         """Move the data to the host: CuPy arrays become NumPy arrays, other libraries stay themselves; returns self."""
         self._data = to_cpu(self._data)
@@ -387,6 +405,9 @@ def _run_backward(start: Variable, retain_grad: bool, create_graph: bool) -> Non
             if creator is None:
                 with _grad_lock:
                     x.grad = own(gx) if x.grad is None else accumulate(x.grad, gx)
+                if _grad_hooks:
+                    for hook in list(_grad_hooks.get(x, ())):
+                        hook(x)
                 continue
             slots = pending.get(creator)
             if slots is None:

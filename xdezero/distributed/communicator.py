@@ -34,7 +34,8 @@ def _check_op(where: str, op: str) -> str:
     return op
 
 
-def _group_key(a: Any) -> tuple:
+def group_key(a: Any) -> tuple:
+    """Arrays that one flat buffer can hold: (library type, dtype, device)."""
     # Arrays share a buffer only when one concat can join them: same library, dtype and device.
     return (type(a), str(a.dtype), str(device_of(a)))
 
@@ -63,6 +64,17 @@ class _AllReduce(Function):
 
     def backward(self, gy: Variable) -> Variable:
         return _AllReduce(self.comm, self.op)(gy)
+
+
+class Done:
+    """The handle of a collective that has completed: `wait()` returns its result."""
+
+    def __init__(self, result: Any) -> None:
+        self.result = result
+
+    def wait(self) -> Any:
+        """The result."""
+        return self.result
 
 
 class Communicator:
@@ -98,6 +110,11 @@ class Communicator:
     def _bcast_buffer(self, buf: Any, root: int) -> Any:
         """Rank `root`'s `buf` on every rank (in place allowed); return it."""
         raise NotImplementedError
+
+    def _iallreduce_buffer(self, buf: Any, op: str) -> Any:
+        """Start reducing `buf` over all ranks (as `_allreduce_buffer`) and return a handle whose `wait()` returns
+        the result. Transports without non-blocking collectives reduce now (this default)."""
+        return Done(self._allreduce_buffer(buf, op))
 
     def bcast_obj(self, obj: Any, root: int = 0) -> Any:
         """Rank `root`'s `obj` on every rank (pickled: for small metadata, never for arrays in a training loop)."""
@@ -212,7 +229,7 @@ class Communicator:
         for indices in _grouped(p.data for p in params).values():
             group = [params[i] for i in indices]
             xp = array_namespace(group[0].data)
-            arrays = [xp.zeros_like(p.data) if p.grad is None else _grad_like(p) for p in group]
+            arrays = [xp.zeros_like(p.data) if p.grad is None else checked_grad(p) for p in group]
             has_grad = [0.0 if p.grad is None else 1.0 for p in group]
             flags = xp.asarray(has_grad, dtype=arrays[0].dtype, device=device_of(arrays[0]))
             views = self._packed_mean([*arrays, flags])
@@ -262,11 +279,12 @@ def _running_statistics(model: Any) -> list[Parameter]:
 def _grouped(arrays: Iterable[Any]) -> dict[tuple, list[int]]:
     groups: dict[tuple, list[int]] = {}
     for i, a in enumerate(arrays):
-        groups.setdefault(_group_key(a), []).append(i)
+        groups.setdefault(group_key(a), []).append(i)
     return groups
 
 
-def _grad_like(p: Parameter) -> Any:
+def checked_grad(p: Parameter) -> Any:
+    """`p`'s gradient array; TypeError when it is not of p's kind (library, dtype, shape)."""
     g = p.grad.data
     if type(g) is not type(p.data) or g.dtype != p.data.dtype or tuple(g.shape) != tuple(p.data.shape):
         raise TypeError(

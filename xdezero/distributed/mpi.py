@@ -27,6 +27,10 @@ class MpiCommunicator(Communicator):
     reaches (a rank that returns early, or runs a different number of steps) would wait for ever, so a watchdog
     thread ends the job (MPI_Abort, with a line naming the collective and the rank) when a collective has not
     completed after `timeout` (default 30 minutes, as PyTorch's; None: wait for ever).
+
+    `close()` stops that thread (idempotent); so does dropping the communicator (but the abort hook keeps the
+    first communicator of a process that installs it). Collectives still work after `close()`, without the
+    time-out. The MPI communicator stays open: it is MPI.COMM_WORLD or the caller's, who frees one it created.
     """
 
     name = "mpi"
@@ -69,8 +73,8 @@ class MpiCommunicator(Communicator):
         self.cuda_aware: bool = cuda_aware
         self._watchdog = None
         if timeout is not None and self.size > 1:
-            on_timeout = report_and_abort(self.rank, self.size, self.abort)
-            self._watchdog = Watchdog(timeout.total_seconds(), on_timeout)
+            on_timeout = report_and_abort(self.rank, self.size, self.abort)  # holds `self` weakly
+            self._watchdog = Watchdog(timeout.total_seconds(), on_timeout, owner=self)
         if abort_on_exception:
             install_abort_hook(self.rank, self.size, self.abort)
 
@@ -104,6 +108,12 @@ class MpiCommunicator(Communicator):
             buf /= self.size  # our buffer: dividing in place saves a pass and an allocation per step
         return buf
 
+    def _iallreduce_buffer(self, buf: Any, op: str) -> Any:
+        """MPI_Iallreduce, in place; `wait()` (under the watchdog) returns the reduced buffer."""
+        mpi_op = self._ops["sum" if op == "mean" else op]
+        request = self.mpi_comm.Iallreduce(self._MPI.IN_PLACE, buf, op=mpi_op)
+        return _Pending(self, request, buf, op)
+
     def _bcast_buffer(self, buf: Any, root: int) -> Any:
         self._blocking("a broadcast", self.mpi_comm.Bcast, buf, root=root)
         return buf
@@ -119,3 +129,22 @@ class MpiCommunicator(Communicator):
     def abort(self, code: int = 1) -> None:
         """End every process of the job now."""
         self.mpi_comm.Abort(code)
+
+    def close(self) -> None:
+        """Stop the collective watchdog's thread (idempotent); later collectives run without a time-out."""
+        if self._watchdog is not None:
+            self._watchdog.stop()
+
+
+class _Pending:
+    """A started MPI_Iallreduce: `wait()` completes it and returns the reduced buffer."""
+
+    def __init__(self, comm: MpiCommunicator, request: Any, buf: Any, op: str) -> None:
+        self.comm, self.request, self.buf, self.op = comm, request, buf, op
+
+    def wait(self) -> Any:
+        """The reduced buffer (the mean divided here)."""
+        self.comm._blocking("an all-reduce", self.request.Wait)
+        if self.op == "mean":
+            self.buf /= self.comm.size
+        return self.buf

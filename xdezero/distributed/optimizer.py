@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
 from xdezero.backends import to_numpy
+from xdezero.distributed.buckets import MB, GradientBuckets
 from xdezero.distributed.communicator import Communicator, named_params
 from xdezero.optimizers import Optimizer
+
+EXCHANGE_DTYPES = ("float16", "bfloat16")
 
 __all__ = ["MultiNodeOptimizer", "create_multi_node_optimizer"]
 
@@ -18,6 +23,14 @@ class MultiNodeOptimizer:
 
     Every other attribute (`lr`, `add_hook`, `target`, ...) is the wrapped optimizer's; its hooks run after
     the averaging, so WeightDecay and ClipGrad see the global gradient.
+
+    From the second step on, the gradients travel in buckets that are all-reduced while backward is still running
+    (`xdezero/distributed/buckets.py`): the last layers' gradients are on their way while the first layers'
+    are being computed, and `update()` waits for what is left. `bucket_mb` sizes the buckets (`first_bucket_mb`
+    the first, which starts earliest); `overlap=False` reduces everything in `update()` instead. The averaged
+    gradients are the same either way. `allreduce_grad_dtype` ('float16' or 'bfloat16', ChainerMN's name) sends
+    the gradients in that dtype, half the bytes of float32, and averages them in the parameters' dtype.
+    `no_sync()` accumulates gradients without communicating (see there).
 
     Parameters start equal on every rank: `setup` broadcasts rank 0's. A parameter still without data (its
     shape comes from the first input) is broadcast at the first `update` that finds it created. If it was
@@ -32,7 +45,16 @@ class MultiNodeOptimizer:
     communicator: Communicator
     skipped_updates: int
 
-    def __init__(self, actual_optimizer: Optimizer, communicator: Communicator) -> None:
+    def __init__(
+        self,
+        actual_optimizer: Optimizer,
+        communicator: Communicator,
+        *,
+        allreduce_grad_dtype: Any = None,
+        overlap: bool = True,
+        bucket_mb: float = 25.0,
+        first_bucket_mb: float = 1.0,
+    ) -> None:
         if not callable(getattr(actual_optimizer, "update", None)) or not hasattr(actual_optimizer, "setup"):
             raise TypeError(
                 f"create_multi_node_optimizer: expected an xdezero Optimizer, got {type(actual_optimizer).__name__}"
@@ -42,8 +64,20 @@ class MultiNodeOptimizer:
                 "create_multi_node_optimizer: expected a communicator from create_communicator, "
                 f"got {type(communicator).__name__}"
             )
+        for name, value in (("bucket_mb", bucket_mb), ("first_bucket_mb", first_bucket_mb)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ValueError(f"create_multi_node_optimizer: {name} must be a positive number of MiB, got {value!r}")
         self.__dict__.update(
-            actual_optimizer=actual_optimizer, communicator=communicator, skipped_updates=0, _pending=[]
+            actual_optimizer=actual_optimizer,
+            communicator=communicator,
+            skipped_updates=0,
+            _pending=[],
+            _grad_dtype=_exchange_dtype(allreduce_grad_dtype, communicator),
+            _overlap=bool(overlap),
+            _bucket_bytes=int(bucket_mb * MB),
+            _first_bucket_bytes=int(first_bucket_mb * MB),
+            _buckets=None,
+            _no_sync=0,
         )
 
     def __getattr__(self, name: str) -> Any:
@@ -67,12 +101,52 @@ class MultiNodeOptimizer:
         """Average the gradients over all ranks, then apply the wrapped optimizer's update."""
         if self.actual_optimizer.target is None:
             raise RuntimeError("MultiNodeOptimizer.update: call setup(model) first")
+        if self._no_sync:
+            raise RuntimeError(
+                "MultiNodeOptimizer.update: called inside no_sync(), where gradients are only accumulated; "
+                "run the last micro-batch's backward outside no_sync(), then update()"
+            )
         if self._pending and not self._broadcast_created():
             self.skipped_updates += 1
             self.actual_optimizer.target.cleargrads()
             return
-        self.communicator.allreduce_grad(self.actual_optimizer.target)
+        if self.communicator.size > 1:
+            self._gradient_buckets().finish()
         self.actual_optimizer.update()
+
+    @contextmanager
+    def no_sync(self) -> Iterator[None]:
+        """Gradient accumulation: backward passes inside communicate nothing, and the gradients add up as usual.
+        The next backward outside reduces the sums (their mean over the ranks) and `update()` applies them; calling
+        `update()` inside is an error. Run the forward of those micro-batches inside too."""
+        self.__dict__["_no_sync"] += 1
+        buckets = self._buckets
+        try:
+            if buckets is None:
+                yield
+            else:
+                with buckets.paused():
+                    yield
+        finally:
+            self.__dict__["_no_sync"] -= 1
+
+    def _gradient_buckets(self) -> GradientBuckets:
+        """The buckets of the model's parameters, made at the first update that finds them all created (the
+        same on every rank); until then, and without overlap, a bucketing that reduces in `update()` only."""
+        params = [p for _, p in named_params(self.actual_optimizer.target, "MultiNodeOptimizer.update")]
+        buckets = self._buckets
+        if buckets is not None and buckets.params == params:
+            return buckets
+        if buckets is not None:
+            buckets.detach()
+        made = [p for p in params if p.data is not None]
+        buckets = GradientBuckets(
+            self.communicator, made, self._bucket_bytes, self._first_bucket_bytes, self._grad_dtype
+        )
+        if not self._overlap or len(made) < len(params):
+            buckets.detach()  # reduced in update() only
+        self.__dict__["_buckets"] = buckets
+        return buckets
 
     def _broadcast_created(self) -> bool:
         """Broadcast the lazy parameters created since; False when they had differed between ranks."""
@@ -86,7 +160,40 @@ class MultiNodeOptimizer:
         return not self.communicator.allreduce(int(differed), "max")
 
 
-def create_multi_node_optimizer(actual_optimizer: Optimizer, communicator: Communicator) -> MultiNodeOptimizer:
+def create_multi_node_optimizer(
+    actual_optimizer: Optimizer,
+    communicator: Communicator,
+    *,
+    allreduce_grad_dtype: Any = None,
+    overlap: bool = True,
+    bucket_mb: float = 25.0,
+    first_bucket_mb: float = 1.0,
+) -> MultiNodeOptimizer:
     """`actual_optimizer` for data-parallel training: call `.setup(model)` on the result, then `update()`
-    after each `backward()` as usual (ChainerMN's name)."""
-    return MultiNodeOptimizer(actual_optimizer, communicator)
+    after each `backward()` as usual (ChainerMN's name; see MultiNodeOptimizer for the options)."""
+    return MultiNodeOptimizer(
+        actual_optimizer,
+        communicator,
+        allreduce_grad_dtype=allreduce_grad_dtype,
+        overlap=overlap,
+        bucket_mb=bucket_mb,
+        first_bucket_mb=first_bucket_mb,
+    )
+
+
+def _exchange_dtype(dtype: Any, communicator: Communicator) -> str | None:
+    """The gradients' exchange dtype by name ('float16', 'bfloat16'), or None (the parameters' own)."""
+    if dtype is None:
+        return None
+    name = dtype if isinstance(dtype, str) else getattr(dtype, "__name__", None) or str(dtype)
+    name = name.rpartition(".")[2]
+    if name not in EXCHANGE_DTYPES:
+        raise ValueError(
+            f"create_multi_node_optimizer: allreduce_grad_dtype must be None, 'float16' or 'bfloat16', got {dtype!r}"
+        )
+    if name == "bfloat16" and communicator.name == "mpi":
+        raise ValueError(
+            "create_multi_node_optimizer: MPI has no bfloat16 sum; use allreduce_grad_dtype='float16' with MPI, or "
+            "the 'torch' communicator for bfloat16"
+        )
+    return name

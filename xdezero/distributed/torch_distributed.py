@@ -107,6 +107,10 @@ class TorchCommunicator(Communicator):
             buf.div_(self.size)
         return buf
 
+    def _iallreduce_buffer(self, buf: Any, op: str) -> Any:
+        work = self._td.all_reduce(buf, op=self._ops["sum" if op == "mean" else op], async_op=True)
+        return _Pending(work, buf, self.size if op == "mean" else 1)
+
     def _bcast_buffer(self, buf: Any, root: int) -> Any:
         self._td.broadcast(buf, src=root)
         return buf
@@ -131,3 +135,17 @@ class TorchCommunicator(Communicator):
 def _destroy(td: Any) -> None:
     if td.is_initialized():
         td.destroy_process_group()
+
+
+class _Pending:
+    """A started all_reduce(async_op=True): `wait()` completes it and returns the reduced tensor."""
+
+    def __init__(self, work: Any, buf: Any, divisor: int) -> None:
+        self.work, self.buf, self.divisor = work, buf, divisor
+
+    def wait(self) -> Any:
+        """The reduced tensor (divided for a mean)."""
+        self.work.wait()
+        if self.divisor != 1:
+            self.buf.div_(self.divisor)
+        return self.buf

@@ -1,0 +1,161 @@
+"""Gradient buckets all-reduced while backward runs (PyTorch DDP's overlap, ChainerMN's `allreduce_grad_dtype`).
+
+The parameters are grouped into buckets once, in reverse registration order (the last layers first, the order in
+which backward finishes them), each bucket holding parameters of one library, dtype and device and about
+`bucket_bytes` of them (the first one `first_bucket_bytes`, so that communication starts early). The grouping
+depends only on the model, so it is the same on every rank, and every rank starts the buckets' all-reduces in
+the same order, which non-blocking collectives require: bucket k starts only after buckets 0 to k-1.
+
+A bucket starts (a non-blocking all-reduce of its packed gradients, with a has-gradient flag per parameter) once
+each of its parameters has received as many gradient additions as in the previous step: backward tells it
+through `Variable.register_grad_hook`. `finish` (the optimizer's `update`) starts the buckets still waiting,
+waits for all, and hands the averaged gradients back. A gradient added after its bucket started (a parameter used
+more often than in the previous step, or one that had none) makes that bucket stale: the ranks agree on the
+stale buckets in one small all-reduce and reduce them again, so that the result is always today's sequential
+all-reduce of the final gradients. A parameter without a gradient on every rank keeps none and does not move.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from xdezero.backends import array_namespace, device_of, pack, to_numpy, unpack
+from xdezero.core import Parameter, Variable
+from xdezero.distributed.communicator import Communicator, checked_grad, group_key
+
+__all__ = ["GradientBuckets"]
+
+MB = 1 << 20
+
+
+class _Bucket:
+    """Parameters reduced together, and this step's state: the handle of its all-reduce and what it packed."""
+
+    def __init__(self, params: list[Parameter]) -> None:
+        self.params = params
+        self.handle: Any = None  # the transport's pending all-reduce, once started
+        self.packed: Any = None  # the flat array handed to the transport (its library, dtype and device)
+        self.launched_writes: list[int] = []  # each parameter's gradient additions when the bucket started
+
+
+class GradientBuckets:
+    """The buckets of one model's parameters on `comm`; see the module docstring."""
+
+    def __init__(
+        self,
+        comm: Communicator,
+        params: list[Parameter],
+        bucket_bytes: int = 25 * MB,
+        first_bucket_bytes: int = 1 * MB,
+        grad_dtype: Any = None,
+    ) -> None:
+        self.comm = comm
+        self.grad_dtype = grad_dtype  # the exchange dtype's name, or None
+        self.params = params
+        self.buckets = _split(params, bucket_bytes, first_bucket_bytes)
+        self._writes = {id(p): 0 for p in params}
+        self._expected = dict.fromkeys(self._writes, -1)  # -1: not seen yet (the first step starts nothing early)
+        self._next = 0  # the next bucket to start
+        self._removers: list[Callable[[], None]] = [p.register_grad_hook(self._on_grad) for p in params]
+        self.syncing = True
+
+    def detach(self) -> None:
+        """Remove the hooks from the parameters (the buckets then reduce only in `finish`)."""
+        for remove in self._removers:
+            remove()
+        self._removers = []
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Inside: gradient additions are neither counted nor sent (gradient accumulation, `no_sync`)."""
+        before = self.syncing
+        self.syncing = False
+        try:
+            yield
+        finally:
+            self.syncing = before
+
+    # --- during backward -----------------------------------------------------------------------------------
+    def _on_grad(self, p: Variable) -> None:
+        if not self.syncing:
+            return
+        self._writes[id(p)] += 1
+        while self._next < len(self.buckets) and self._ready(self.buckets[self._next]):
+            self._start(self.buckets[self._next])
+            self._next += 1
+
+    def _ready(self, bucket: _Bucket) -> bool:
+        return all(0 <= self._expected[id(p)] <= self._writes[id(p)] for p in bucket.params)
+
+    def _start(self, bucket: _Bucket) -> None:
+        bucket.launched_writes = [self._writes[id(p)] for p in bucket.params]
+        bucket.packed = self._pack(bucket)
+        bucket.handle = self.comm._iallreduce_buffer(self.comm._to_buffer(bucket.packed), "sum")
+
+    def _pack(self, bucket: _Bucket) -> Any:
+        first = bucket.params[0].data
+        xp = array_namespace(first)
+        arrays = [xp.zeros_like(p.data) if p.grad is None else checked_grad(p) for p in bucket.params]
+        flags = xp.asarray([0.0 if p.grad is None else 1.0 for p in bucket.params], dtype=first.dtype)
+        flags = xp.asarray(flags, device=device_of(first))
+        if self.grad_dtype is None:
+            return pack([*arrays, flags], scale=1 / self.comm.size)
+        # Summed in the exchange dtype, averaged after, in the parameters' dtype.
+        return xp.astype(pack([*arrays, flags]), getattr(xp, self.grad_dtype))
+
+    # --- update ----------------------------------------------------------------------------------------------
+    def finish(self) -> None:
+        """Start the buckets still waiting, wait for every all-reduce, and set each parameter's gradient to its
+        mean over the ranks (None where no rank had one); then learn this step's gradient counts."""
+        while self._next < len(self.buckets):
+            self._start(self.buckets[self._next])
+            self._next += 1
+        results = [self.comm._from_buffer(b.handle.wait(), b.packed) for b in self.buckets]
+        stale = [int(b.launched_writes != [self._writes[id(p)] for p in b.params]) for b in self.buckets]
+        if any(self._expected[k] >= 0 for k in self._expected):  # buckets may have started early: agree on redos
+            agreed = to_numpy(self.comm._allreduce_array(np.asarray(stale, dtype=np.int64), "max"))
+            for k, bucket in enumerate(self.buckets):
+                if agreed[k]:
+                    self._start(bucket)
+                    results[k] = self.comm._from_buffer(bucket.handle.wait(), bucket.packed)
+        for bucket, flat in zip(self.buckets, results):
+            self._apply(bucket, flat)
+            bucket.handle = bucket.packed = None
+        self._expected = dict(self._writes)
+        self._writes = dict.fromkeys(self._writes, 0)
+        self._next = 0
+
+    def _apply(self, bucket: _Bucket, flat: Any) -> None:
+        params = bucket.params
+        first = params[0].data
+        xp = array_namespace(first)
+        if self.grad_dtype is not None:
+            flat = xp.astype(flat, first.dtype) * (1 / self.comm.size)
+        views = unpack(flat, [tuple(p.data.shape) for p in params] + [(len(params),)])
+        counts = to_numpy(views[-1])
+        for p, view, count in zip(params, views, counts):
+            p.grad = Variable(view, requires_grad=False) if count > 0 else None
+
+
+def _split(params: list[Parameter], bucket_bytes: int, first_bucket_bytes: int) -> list[_Bucket]:
+    """Buckets of parameters in reverse order, one library/dtype/device each, closed past their byte budget."""
+    buckets: list[_Bucket] = []
+    open_buckets: dict[tuple, tuple[_Bucket, int]] = {}  # group -> (its open bucket, bytes in it)
+    for p in reversed(params):
+        key = group_key(p.data)
+        nbytes = math.prod(p.data.shape) * p.data.dtype.itemsize
+        current = open_buckets.get(key)
+        budget = first_bucket_bytes if current is not None and current[0] is buckets[0] else bucket_bytes
+        if current is None or current[1] + nbytes > budget:
+            bucket = _Bucket([p])
+            buckets.append(bucket)
+            open_buckets[key] = (bucket, nbytes)
+        else:
+            current[0].params.append(p)
+            open_buckets[key] = (current[0], current[1] + nbytes)
+    return buckets
