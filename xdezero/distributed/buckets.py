@@ -57,12 +57,12 @@ class GradientBuckets:
         self.comm = comm
         self.grad_dtype = grad_dtype  # the exchange dtype's name, or None
         self.params = params
-        self.buckets = _split(params, bucket_bytes, first_bucket_bytes)
+        self.buckets: list[_Bucket] = _split(params, bucket_bytes, first_bucket_bytes)
         self._writes = {id(p): 0 for p in params}
         self._expected = dict.fromkeys(self._writes, -1)  # -1: not seen yet (the first step starts nothing early)
         self._next = 0  # the next bucket to start
         self._removers: list[Callable[[], None]] = [p.register_grad_hook(self._on_grad) for p in params]
-        self.syncing = True
+        self.syncing: bool = True
 
     def detach(self) -> None:
         """Remove the hooks from the parameters (the buckets then reduce only in `finish`)."""

@@ -34,7 +34,7 @@ def _check_op(where: str, op: str) -> str:
     return op
 
 
-def group_key(a: Any) -> tuple:
+def group_key(a: Any) -> tuple[type, str, str]:
     """Arrays that one flat buffer can hold: (library type, dtype, device)."""
     # Arrays share a buffer only when one concat can join them: same library, dtype and device.
     return (type(a), str(a.dtype), str(device_of(a)))
