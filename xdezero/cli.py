@@ -191,9 +191,7 @@ def _set_threads(backend: str, threads: int | None, given: bool) -> Callable[[],
     if threads is None or backend not in BACKENDS:
         return lambda: None
     row = library(backend)
-    if not row.installed():
-        return lambda: None  # a missing library is reported by _converter, in one line
-    if row.threads is None:
+    if row.threads is None:  # refused whether or not the library is installed
         if given:
             takers = [f"{r.label}'s" for r in reversed(libraries()) if r.threads is not None]  # torch's and NumPy's
             raise UsageError(
@@ -201,6 +199,8 @@ def _set_threads(backend: str, threads: int | None, given: bool) -> Callable[[],
                 f"none ({row.no_threads})"
             )
         return lambda: None
+    if not row.installed():
+        return lambda: None  # a missing library is reported by _converter, in one line
     try:
         return row.threads.limit(threads)
     except BackendUnavailable as e:

@@ -1,6 +1,6 @@
 """The CuPy backend: one CUDA kernel per hot composite (`cupy.ElementwiseKernel`, plus `cupy.ReductionKernel`
-where rows are summed); convolutions take the portable column layout, whose im2col and col2im are CuPy
-kernels of their own (backends/_im2col.py). CuPy is imported only when a CuPy array reaches an op.
+where rows are summed), and one kernel each way for the columns of the convolutions' GEMMs. CuPy is imported
+only when a CuPy array reaches an op.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from typing import Any
 
 from xdezero.backends._devices import to_numpy
 from xdezero.backends._graphs import cupy_capturing
-from xdezero.backends._portable import Backend, Shape
+from xdezero.backends._im2col import out_size
+from xdezero.backends._portable import MutableBackend, Pair, Shape
 
 # Each kernel is written for T = float32 or float64 (CUDA's float and double overloads of tanh, exp, log,
 # sqrt); other dtypes (float16, mixed dtypes) take the portable path. `i` is the loop index in an
@@ -159,10 +160,97 @@ def _cupy() -> Any:
     return cupy
 
 
-class CupyBackend(Backend):
-    """CuPy: fused kernels for the hot composites, the portable kernels for the rest."""
+# CuPy: im2col_matrix and col2im_matrix as one kernel each. The portable spelling costs a padding copy, KH·KW
+# strided copies and a concatenation (whose table of pointers crosses from the host, which a CUDA-graph capture
+# refuses) one way, and KH·KW strided additions the other. col2im gathers: each image pixel sums the columns
+# that cover it, in the portable code's (i, j) order, so the sums are the same and no atomics are needed.
+_GEOMETRY = (
+    "int32 n, int32 c, int32 h, int32 w, int32 kh, int32 kw, int32 sh, int32 sw, int32 ph, int32 pw, int32 oh, int32 ow"
+)
+_CUPY_SOURCES = {
+    "im2col": (
+        "raw T img, " + _GEOMETRY,
+        "T col",
+        """
+        const long long m = (long long)n * oh * ow;
+        const long long row = i / m, at = i % m;
+        const int ch = (int)(row / (kh * kw)), k = (int)(row % (kh * kw));
+        const long long b = at / ((long long)oh * ow);
+        const int p = (int)(at % ((long long)oh * ow));
+        const int y = (p / ow) * sh + k / kw - ph, x = (p % ow) * sw + k % kw - pw;
+        col = (y >= 0 && y < h && x >= 0 && x < w) ? img[((b * c + ch) * h + y) * w + x] : (T)0;
+        """,
+        "xdezero_im2col",
+    ),
+    "col2im": (
+        "raw T col, " + _GEOMETRY,
+        "T img",
+        """
+        const long long m = (long long)n * oh * ow;
+        const int x = (int)(i % w);
+        long long rest = i / w;
+        const int y = (int)(rest % h);
+        rest /= h;
+        const int ch = (int)(rest % c);
+        const long long b = rest / c;
+        T total = (T)0;
+        for (int ki = 0; ki < kh; ++ki) {
+            const int ys = y + ph - ki;
+            if (ys < 0 || ys % sh != 0 || ys / sh >= oh) continue;
+            for (int kj = 0; kj < kw; ++kj) {
+                const int xs = x + pw - kj;
+                if (xs < 0 || xs % sw != 0 || xs / sw >= ow) continue;
+                total += col[((long long)(ch * kh + ki) * kw + kj) * m + (b * oh + ys / sh) * ow + xs / sw];
+            }
+        }
+        img = total;
+        """,
+        "xdezero_col2im",
+    ),
+}
+_CUPY_KERNELS: dict[str, Any] = {}
+
+
+def _cupy_kernel(name: str) -> Any:
+    kernel = _CUPY_KERNELS.get(name)
+    if kernel is None:
+        kernel = _CUPY_KERNELS[name] = _cupy().ElementwiseKernel(*_CUPY_SOURCES[name])
+    return kernel
+
+
+def _cupy_im2col_matrix(x: Any, kernel: Pair, stride: Pair, pad: Pair) -> Any:
+    cupy = _cupy()
+    n, c, h, w = x.shape
+    oh, ow = out_size(h, kernel[0], stride[0], pad[0]), out_size(w, kernel[1], stride[1], pad[1])
+    col = cupy.empty((c * kernel[0] * kernel[1], n * oh * ow), dtype=x.dtype)
+    if col.size:
+        _cupy_kernel("im2col")(cupy.ascontiguousarray(x), n, c, h, w, *kernel, *stride, *pad, oh, ow, col)
+    return col
+
+
+def _cupy_col2im_matrix(col: Any, shape: Shape, kernel: Pair, stride: Pair, pad: Pair) -> Any:
+    cupy = _cupy()
+    n, c, h, w = shape
+    oh, ow = out_size(h, kernel[0], stride[0], pad[0]), out_size(w, kernel[1], stride[1], pad[1])
+    img = cupy.empty((n, c, h, w), dtype=col.dtype)
+    if img.size:
+        _cupy_kernel("col2im")(cupy.ascontiguousarray(col), n, c, h, w, *kernel, *stride, *pad, oh, ow, img)
+    return img
+
+
+class CupyBackend(MutableBackend):
+    """CuPy: fused kernels for the hot composites, one kernel each way for the convolutions' columns, windows
+    written in place, the portable kernels for the rest."""
 
     name = "cupy"
+
+    def im2col_matrix(self, x: Any, kernel: Pair, stride: Pair, pad: Pair) -> Any:
+        """One kernel."""
+        return _cupy_im2col_matrix(x, kernel, stride, pad)
+
+    def col2im_matrix(self, col: Any, shape: Shape, kernel: Pair, stride: Pair, pad: Pair) -> Any:
+        """One kernel, gathering (no atomics): each pixel sums the columns that cover it in im2col's order."""
+        return _cupy_col2im_matrix(col, shape, kernel, stride, pad)
 
     def composites(self) -> dict[str, Callable[..., Any]]:
         """One CUDA kernel per composite, for float32 and float64."""

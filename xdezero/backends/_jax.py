@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from xdezero.backends._im2col import add_windows_by_at
 from xdezero.backends._portable import Backend, Pair, Shape
 
 _LAYOUT = ("NCHW", "OIHW", "NCHW")
@@ -166,6 +167,10 @@ def _id_bounds(arrays: list[Any]) -> Any:
     return jnp.stack([r(a).astype(int) for a in arrays for r in (jnp.min, jnp.max)])
 
 
+def _add_at(out: Any, index: Any, part: Any) -> Any:
+    return out.at[index].add(part)
+
+
 class JaxBackend(Backend):
     """JAX arrays: XLA's convolution and window reductions, and the hot composites, one jitted call each."""
 
@@ -214,6 +219,14 @@ class JaxBackend(Backend):
     def id_bounds(self, arrays: list[Any]) -> Any:
         """[min, max] of each array in one compiled call and one transfer."""
         return np.asarray(_id_bounds(arrays))
+
+    def pad_images(self, x: Any, pad: Pair, value: float) -> Any:
+        """jnp.pad."""
+        return jnp.pad(x, ((0, 0), (0, 0), (pad[0], pad[0]), (pad[1], pad[1])), constant_values=value)
+
+    def add_windows(self, parts: list[Any], shape: Shape, kernel: Pair, stride: Pair, pad: Pair) -> Any:
+        """Each part added at its strided slice with `.at[].add`."""
+        return add_windows_by_at(parts, shape, kernel, stride, pad, _add_at)
 
     def conv2d(self, x: Any, W: Any, b: Any, stride: Pair, pad: Pair) -> Any:
         """y = W ⋆ x + b by lax.conv_general_dilated."""

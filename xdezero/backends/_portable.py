@@ -22,7 +22,20 @@ from xdezero.backends._checks import raise_if_outside
 from xdezero.backends._devices import to_numpy
 from xdezero.backends._fused import fused
 from xdezero.backends._graphs import graph_safe_stack
-from xdezero.backends._im2col import add_windows, column_plan, windows
+from xdezero.backends._im2col import (
+    ColumnPlan,
+    add_windows,
+    add_windows_by_writing,
+    add_windows_functional,
+    added_windows,
+    added_windows_matrix,
+    column_plan,
+    pad_by_concat,
+    pad_by_writing,
+    stacked_windows,
+    windows,
+    windows_matrix,
+)
 from xdezero.backends._namespace import array_namespace, device_of
 from xdezero.backends._scatter import add_at_positions, add_rows
 
@@ -111,6 +124,36 @@ class Backend:
         # All bounds in one array, so that a GPU stream is synchronised once, not twice per array.
         extremes = [xp.astype(r(a), dtype, copy=False) for a in arrays for r in (xp.min, xp.max)]
         return to_numpy(xp.stack(extremes))
+
+    # --- windows (backends/_im2col.py) ------------------------------------------------------------------
+
+    def pad_images(self, x: Any, pad: Pair, value: float) -> Any:
+        """x with `pad` rows and columns of `value` on each side: strips concatenated."""
+        return pad_by_concat(x, pad, value)
+
+    def add_windows(self, parts: list[Any], shape: Shape, kernel: Pair, stride: Pair, pad: Pair) -> Any:
+        """Each window view added back at its place (the adjoint of `windows`): dilated, shifted and summed."""
+        return add_windows_functional(parts, shape, kernel, stride, pad)
+
+    def im2col(self, x: Any, kernel: Pair, stride: Pair, pad: Pair, value: float) -> Any:
+        """col (N, C, KH, KW, OH, OW): the window views stacked."""
+        return stacked_windows(x, kernel, stride, pad, value)
+
+    def col2im(self, col: Any, shape: Shape, kernel: Pair, stride: Pair, pad: Pair) -> Any:
+        """The adjoint of im2col, through add_windows."""
+        return added_windows(col, shape, kernel, stride, pad)
+
+    def im2col_matrix(self, x: Any, kernel: Pair, stride: Pair, pad: Pair) -> Any:
+        """col (C·KH·KW, N·OH·OW) for one GEMM: the window views of the channel-first batch stacked."""
+        return windows_matrix(x, kernel, stride, pad)
+
+    def col2im_matrix(self, col: Any, shape: Shape, kernel: Pair, stride: Pair, pad: Pair) -> Any:
+        """The adjoint of im2col_matrix, through add_windows."""
+        return added_windows_matrix(col, shape, kernel, stride, pad)
+
+    def column_plan(self, x: Any, shape: Shape, kernel: Pair, stride: Pair, pad: Pair) -> ColumnPlan:
+        """The column layout of convolutions on images of `shape`: the exact (C·KH·KW, N·OH·OW) one."""
+        return ColumnPlan(shape, kernel, stride, pad)
 
     # --- convolution ---------------------------------------------------------------------------------------
 
@@ -245,3 +288,16 @@ def _pick(xp: Any, parts: list[Any], index: Any) -> Any:
     for k in range(1, len(parts)):
         y = xp.where(index == k, parts[k], y)
     return y
+
+
+class MutableBackend(Backend):
+    """A library whose fresh arrays can be written in place (NumPy, CuPy, torch): padding and the adjoint of
+    the windows write into one array instead of concatenating and summing shifted copies."""
+
+    def pad_images(self, x: Any, pad: Pair, value: float) -> Any:
+        """One filled array, x copied into its middle."""
+        return pad_by_writing(x, pad, value)
+
+    def add_windows(self, parts: list[Any], shape: Shape, kernel: Pair, stride: Pair, pad: Pair) -> Any:
+        """Each part added into its strided slice of one zeroed array."""
+        return add_windows_by_writing(parts, shape, kernel, stride, pad)

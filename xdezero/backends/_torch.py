@@ -19,7 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as tf
 
-from xdezero.backends._portable import Backend, Pair, Shape
+from xdezero.backends._im2col import out_size
+from xdezero.backends._portable import MutableBackend, Pair, Shape
 from xdezero.backends._scatter import flat_positions
 
 _convolution_backward = torch.ops.aten.convolution_backward
@@ -79,7 +80,7 @@ def _native(*arrays: Any) -> bool:
     return dtype in _NATIVE and all(a.dtype == dtype for a in arrays[1:])
 
 
-class TorchBackend(Backend):
+class TorchBackend(MutableBackend):
     """torch tensors: torch's own convolution and pooling kernels."""
 
     name = "torch"
@@ -142,6 +143,27 @@ class TorchBackend(Backend):
         """x without torch's autograd: a tensor that requires grad is detached (same memory), so that torch
         builds no graph of its own behind xdezero's."""
         return x.detach() if x.requires_grad else x
+
+    def pad_images(self, x: Any, pad: Pair, value: float) -> Any:
+        """torch.nn.functional.pad."""
+        return tf.pad(x, (pad[1], pad[1], pad[0], pad[0]), value=value)
+
+    def im2col(self, x: Any, kernel: Pair, stride: Pair, pad: Pair, value: float) -> Any:
+        """torch.nn.functional.unfold."""
+        n, c, h, w = x.shape
+        oh, ow = out_size(h, kernel[0], stride[0], pad[0]), out_size(w, kernel[1], stride[1], pad[1])
+        col = (
+            tf.unfold(x, kernel, padding=pad, stride=stride)
+            if value == 0
+            else tf.unfold(self.pad_images(x, pad, value), kernel, stride=stride)
+        )
+        return col.reshape(n, c, kernel[0], kernel[1], oh, ow)
+
+    def col2im(self, col: Any, shape: Shape, kernel: Pair, stride: Pair, pad: Pair) -> Any:
+        """torch.nn.functional.fold."""
+        n, c, h, w = shape
+        oh, ow = col.shape[4], col.shape[5]
+        return tf.fold(col.reshape(n, c * kernel[0] * kernel[1], oh * ow), (h, w), kernel, padding=pad, stride=stride)
 
     def conv2d(self, x: Any, W: Any, b: Any, stride: Pair, pad: Pair) -> Any:
         """y = W ⋆ x + b by torch.nn.functional.conv2d."""
