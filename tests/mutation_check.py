@@ -245,10 +245,10 @@ MUTANTS = (
     Mutant(
         "pool_free_off_by_one",
         "xdezero/backends/_scratch.py",
-        "if _refcount(buffer) == _FREE:",
-        "if _refcount(buffer) <= _FREE + 1:",
+        "if _refcount(buffers[i]) == _FREE:",
+        "if _refcount(buffers[i]) <= _FREE + 1:",
         "buffer pool reuses a buffer that one other reference still holds",
-        ("tests/test_scratch.py",),
+        ("tests/test_scratch.py", "tests/test_buffer_pool.py"),
     ),
     # --- second and higher orders, statistics, models ----------------------------------------------------------
     Mutant(
