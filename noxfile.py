@@ -145,6 +145,7 @@ def distributed(session: nox.Session) -> None:
         "pytest",
         "tests/test_distributed.py",
         "tests/test_distributed_mpi.py",
+        "tests/test_distributed_buckets.py",
         "tests/test_distributed_dask.py",
         *session.posargs,
         env={"XDEZERO_BACKENDS": "numpy"},
