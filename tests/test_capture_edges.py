@@ -311,3 +311,47 @@ def test_a_parameter_picked_by_a_python_counter_gets_its_own_gradient_and_update
         got = _captured_or_refused(captured, x, t)
         np.testing.assert_array_equal(got.data, expected.data)
     assert _same_params(me, mc) and _same_params(me2, mc2)
+
+
+def test_a_namedtuple_or_a_dict_subclass_comes_back_intact_from_every_replay():
+    """A replay used to rebuild a namedtuple as `Out(generator)`: TypeError, after the update was applied."""
+    import collections
+
+    Out = collections.namedtuple("Out", "loss logits")
+
+    def stepper(model, optimizer, wrap):
+        def step(x, t):
+            y = model(x)
+            loss = F.softmax_cross_entropy(y, t)
+            model.cleargrads()
+            loss.backward()
+            optimizer.update()
+            return wrap(loss, y)
+
+        return step
+
+    for wrap in (Out, lambda loss, y: collections.OrderedDict(loss=loss, logits=y)):
+        (m1, o1), (m2, o2) = _model(), _model()
+        eager, captured = stepper(m1, o1, wrap), capture(stepper(m2, o2, wrap))
+        for x, t in _batches(4):
+            want, got = eager(x, t), captured(x, t)
+            assert type(got) is type(want)
+            assert list(got.keys() if isinstance(got, dict) else got._fields) == ["loss", "logits"]
+            values = got.values() if isinstance(got, dict) else got
+            for a, b in zip(want.values() if isinstance(want, dict) else want, values):
+                np.testing.assert_array_equal(a.data, b.data)
+            assert _same_params(m1, m2)
+        assert captured.tapes  # it replayed
+
+
+def test_a_container_a_replay_cannot_rebuild_is_refused_while_recording():
+    class Pair(tuple):
+        def __new__(cls, a, b):
+            return super().__new__(cls, (a, b))
+
+    model, _ = _model()
+    before = [np.array(p.data) for p in model.params()]
+    step = capture(lambda x: Pair(F.sum(model(x)), F.sum(model(x) * 2)))
+    with pytest.raises(CaptureError, match="returns a Pair, which a replay cannot rebuild from its items"):
+        step(np.ones((1, 2), np.float32))
+    assert all(np.array_equal(a, p.data) for a, p in zip(before, model.params()))

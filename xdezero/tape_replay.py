@@ -247,9 +247,9 @@ def _release_graph(f: Function) -> None:
 
 def _result_spec(recorder: Recorder, result: Any) -> Any:
     if isinstance(result, tuple | list):
-        return (type(result), [_result_spec(recorder, r) for r in result])
+        return _rebuildable((type(result), [_result_spec(recorder, r) for r in result]))
     if isinstance(result, dict):
-        return (dict, {k: _result_spec(recorder, v) for k, v in result.items()})
+        return _rebuildable((type(result), {k: _result_spec(recorder, v) for k, v in result.items()}))
     if result is None:
         return None
     data = result._data if isinstance(result, Variable) else result
@@ -286,9 +286,30 @@ def _build_result(spec: Any, values: list[Any] | dict[int, Any], graphless: bool
         return (_GraphlessResult if graphless else Variable)(values[value], requires_grad=False)
     if kind == "array":
         return values[value]
-    if kind is dict:
-        return {k: _build_result(v, values, graphless) for k, v in value.items()}
-    return kind(_build_result(v, values, graphless) for v in value)
+    if issubclass(kind, dict):
+        return kind((k, _build_result(v, values, graphless)) for k, v in value.items())
+    parts = [_build_result(v, values, graphless) for v in value]
+    return kind._make(parts) if hasattr(kind, "_make") else kind(parts)  # a namedtuple takes its fields apart
+
+
+class _AnySlot(dict):
+    """Values for a trial rebuild of a result: None in every slot."""
+
+    def __missing__(self, slot: int) -> None:
+        return None
+
+
+def _rebuildable(spec: Any) -> Any:
+    """`spec` after checking, while recording, that a replay can rebuild its container (a tuple or dict type whose
+    constructor takes other arguments could not, and would fail only after a replay had updated the parameters)."""
+    try:
+        _build_result(spec, _AnySlot())
+    except TypeError as e:
+        raise CaptureError(
+            f"capture: the step returns a {spec[0].__name__}, which a replay cannot rebuild from its items ({e}); "
+            "return a tuple, list, dict or namedtuple"
+        ) from None
+    return spec
 
 
 class _GraphlessResult(Variable):
