@@ -355,3 +355,33 @@ def test_a_container_a_replay_cannot_rebuild_is_refused_while_recording():
     with pytest.raises(CaptureError, match="returns a Pair, which a replay cannot rebuild from its items"):
         step(np.ones((1, 2), np.float32))
     assert all(np.array_equal(a, p.data) for a, p in zip(before, model.params()))
+
+
+def test_a_bfloat16_torch_model_is_captured_and_replays_the_eager_numbers():
+    """Capture compared the data it watches through NumPy, which has no bfloat16: recording crashed."""
+    torch = pytest.importorskip("torch")
+    from xdezero.backends import to_library
+
+    def make():
+        model, optimizer = _model()
+        for p in model.params():
+            p.data = to_library(p.data, "torch").to(torch.bfloat16)
+        return model, optimizer
+
+    def stepper(model, optimizer):
+        def step(x, t):
+            loss = F.softmax_cross_entropy(model(x), t)
+            model.cleargrads()
+            loss.backward()
+            optimizer.update()
+            return loss
+
+        return step
+
+    (m1, o1), (m2, o2) = make(), make()
+    eager, captured = stepper(m1, o1), capture(stepper(m2, o2))
+    for x, t in _batches(5):
+        x, t = torch.from_numpy(x).to(torch.bfloat16), torch.from_numpy(t)
+        assert torch.equal(eager(x, t).data, captured(x, t).data)
+        assert all(torch.equal(p.data, q.data) for p, q in zip(m1.params(), m2.params()))
+    assert captured.tapes

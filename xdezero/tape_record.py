@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from xdezero import core
-from xdezero.backends import is_array, to_numpy
+from xdezero.backends import Bits, dtype_name, is_array, to_host
 from xdezero.core import Function, Variable
 from xdezero.optimizers import Optimizer
 
@@ -116,7 +116,7 @@ class Recorder:
         """Note a Variable from before the step, and what its data was when the step first met it."""
         if id(v) not in self.external:
             self.external[id(v)] = v
-            self.first_data[id(v)] = (v._data, None if v._data is None else to_numpy(v._data).copy())
+            self.first_data[id(v)] = (v._data, None if v._data is None else host_values(v._data).copy())
 
     def check_external_data(self) -> None:
         """A Variable from before the step whose data changed outside the recorded ops (an in-place
@@ -125,7 +125,7 @@ class Recorder:
             if key in self.updated:
                 continue
             data, host = self.first_data.get(key, (v._data, None))
-            same_values = host is None or np.array_equal(to_numpy(v._data), host, equal_nan=True)
+            same_values = host is None or np.array_equal(host_values(v._data), host, equal_nan=True)
             changed = v._data is not data or not same_values
             if changed:
                 raise CaptureError(
@@ -239,14 +239,20 @@ def _attr_slots(recorder: Recorder, value: Any) -> Any:
     return recorder.new_slot(value)
 
 
+def host_values(a: Any) -> np.ndarray:
+    """`a`'s values on the host, for comparing: its bit pattern where NumPy has no such dtype (bfloat16)."""
+    host = to_host(a)
+    return host.bits if isinstance(host, Bits) else host
+
+
 def fingerprint(values: Sequence[Any]) -> tuple[Any, ...]:
     """What identifies constant values across the two recordings: shape, dtype and the host copy's bytes."""
     out: list[Any] = []
     for v in values:
         for a in v if isinstance(v, tuple | list) else [v]:
             if is_array(a):
-                host = to_numpy(a)
-                out.append((host.shape, str(host.dtype), host.tobytes()))
+                host = host_values(a)
+                out.append((host.shape, dtype_name(a), host.tobytes()))
             else:
                 out.append(repr(a))
     return tuple(out)
@@ -354,7 +360,7 @@ def _moved_off_the_host(previous: Any, value: Any) -> bool:
         isinstance(previous, np.ndarray)
         and not isinstance(value, np.ndarray)
         and tuple(value.shape) == previous.shape
-        and np.array_equal(to_numpy(value), previous)
+        and np.array_equal(host_values(value), previous)
     )
 
 
