@@ -47,37 +47,32 @@ def _tuned_namespace() -> ModuleType:
     return namespace
 
 
+def _native(*arrays: Any) -> bool:
+    dtype = arrays[0].dtype
+    return dtype in _NATIVE and all(a.dtype == dtype for a in arrays[1:])
+
+
 # --- composites: torch's own kernels where one call does what the portable code does in several -------------
 
 
-def _floats(*arrays: Any) -> bool:
-    dtype = arrays[0].dtype
-    return dtype.is_floating_point and all(type(a) is torch.Tensor and a.dtype == dtype for a in arrays)
-
-
 def _sigmoid(portable: Callable, xp: Any, x: Any) -> Any:
-    return torch.sigmoid(x) if _floats(x) else portable(xp, x)
+    return torch.sigmoid(x) if _native(x) else portable(xp, x)
 
 
 def _sigmoid_grad(portable: Callable, xp: Any, y: Any, gy: Any) -> Any:
-    return torch.ops.aten.sigmoid_backward(gy, y) if _floats(y, gy) else portable(xp, y, gy)
+    return torch.ops.aten.sigmoid_backward(gy, y) if _native(y, gy) else portable(xp, y, gy)
 
 
 def _sgd(portable: Callable, xp: Any, p: Any, g: Any, lr: float) -> Any:
-    return torch.add(p, g, alpha=-lr) if _floats(p, g) else portable(xp, p, g, lr)
+    return torch.add(p, g, alpha=-lr) if _native(p, g) else portable(xp, p, g, lr)
 
 
 def _softmax_cross_entropy(portable: Callable, xp: Any, x: Any, t: Any) -> tuple[Any, Any]:
     """(mean of -log softmax(x)[n, tₙ], softmax(x)) by log_softmax: two passes over x instead of eight."""
-    if not _floats(x) or x.ndim != 2 or t.dtype != torch.int64:
+    if not _native(x) or x.ndim != 2 or t.dtype != torch.int64:
         return portable(xp, x, t)
     log_p = torch.log_softmax(x, 1)
     return -log_p.gather(1, t.view(-1, 1)).mean(), log_p.exp()
-
-
-def _native(*arrays: Any) -> bool:
-    dtype = arrays[0].dtype
-    return dtype in _NATIVE and all(a.dtype == dtype for a in arrays[1:])
 
 
 class TorchBackend(MutableBackend):

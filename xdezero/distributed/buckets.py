@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from xdezero.backends import array_namespace, device_of, pack, to_numpy, unpack
+from xdezero.backends import array_namespace, pack, to_numpy, unpack
 from xdezero.core import Parameter, Variable
-from xdezero.distributed.communicator import Communicator, checked_grad, group_key
+from xdezero.distributed.communicator import Communicator, grads_with_flags, group_key, set_mean_grads
 
 __all__ = ["GradientBuckets"]
 
@@ -98,15 +98,12 @@ class GradientBuckets:
         bucket.handle = self.comm._iallreduce_buffer(self.comm._to_buffer(bucket.packed), "sum")
 
     def _pack(self, bucket: _Bucket) -> Any:
-        first = bucket.params[0].data
-        xp = array_namespace(first)
-        arrays = [xp.zeros_like(p.data) if p.grad is None else checked_grad(p) for p in bucket.params]
-        flags = xp.asarray([0.0 if p.grad is None else 1.0 for p in bucket.params], dtype=first.dtype)
-        flags = xp.asarray(flags, device=device_of(first))
+        arrays = grads_with_flags(bucket.params)
         if self.grad_dtype is None:
-            return pack([*arrays, flags], scale=1 / self.comm.size)
+            return pack(arrays, scale=1 / self.comm.size)
         # Summed in the exchange dtype, averaged after, in the parameters' dtype.
-        return xp.astype(pack([*arrays, flags]), getattr(xp, self.grad_dtype))
+        xp = array_namespace(arrays[0])
+        return xp.astype(pack(arrays), getattr(xp, self.grad_dtype))
 
     # --- update ----------------------------------------------------------------------------------------------
     def finish(self) -> None:
@@ -136,10 +133,7 @@ class GradientBuckets:
         xp = array_namespace(first)
         if self.grad_dtype is not None:
             flat = xp.astype(flat, first.dtype) * (1 / self.comm.size)
-        views = unpack(flat, [tuple(p.data.shape) for p in params] + [(len(params),)])
-        counts = to_numpy(views[-1])
-        for p, view, count in zip(params, views, counts):
-            p.grad = Variable(view, requires_grad=False) if count > 0 else None
+        set_mean_grads(params, unpack(flat, [tuple(p.data.shape) for p in params] + [(len(params),)]))
 
 
 def _split(params: list[Parameter], bucket_bytes: int, first_bucket_bytes: int) -> list[_Bucket]:

@@ -228,14 +228,7 @@ class Communicator:
             return
         for indices in _grouped(p.data for p in params).values():
             group = [params[i] for i in indices]
-            xp = array_namespace(group[0].data)
-            arrays = [xp.zeros_like(p.data) if p.grad is None else checked_grad(p) for p in group]
-            has_grad = [0.0 if p.grad is None else 1.0 for p in group]
-            flags = xp.asarray(has_grad, dtype=arrays[0].dtype, device=device_of(arrays[0]))
-            views = self._packed_mean([*arrays, flags])
-            seen = to_numpy(views[-1])
-            for p, view, count in zip(group, views, seen):
-                p.grad = Variable(view, requires_grad=False) if count > 0 else None
+            set_mean_grads(group, self._packed_mean(grads_with_flags(group)))
 
     def allreduce_persistent(self, model: Any) -> None:
         """Replace the running statistics of every BatchNorm in `model` (`avg_mean`, `avg_var`) by their mean over
@@ -281,6 +274,23 @@ def _grouped(arrays: Iterable[Any]) -> dict[tuple, list[int]]:
     for i, a in enumerate(arrays):
         groups.setdefault(group_key(a), []).append(i)
     return groups
+
+
+def grads_with_flags(params: Sequence[Parameter]) -> list[Any]:
+    """The gradients of `params` (one library, dtype and device; zeros where a parameter has none), then one
+    has-gradient flag per parameter: what an all-reduce of gradients sends, the flags counting the ranks."""
+    first = params[0].data
+    xp = array_namespace(first)
+    arrays = [xp.zeros_like(p.data) if p.grad is None else checked_grad(p) for p in params]
+    has_grad = [0.0 if p.grad is None else 1.0 for p in params]
+    return [*arrays, xp.asarray(has_grad, dtype=first.dtype, device=device_of(first))]
+
+
+def set_mean_grads(params: Sequence[Parameter], views: Sequence[Any]) -> None:
+    """Give each parameter its reduced gradient from `views` (those of `grads_with_flags`, reduced), or None where
+    no rank had one."""
+    for p, view, count in zip(params, views, to_numpy(views[-1])):
+        p.grad = Variable(view, requires_grad=False) if count > 0 else None
 
 
 def checked_grad(p: Parameter) -> Any:
