@@ -91,3 +91,41 @@ def test_keep_input_precision_narrows_a_widened_scalar_to_the_widest_floating_in
     narrowed = keep_input_precision(np.float64(1.0) / 3, inputs)
     assert narrowed.dtype == np.dtype(expected)
     assert narrowed == np.dtype(expected).type(1.0 / 3)
+
+
+# --- what the shared modules of backends/ ask each library's backend ----------------------------------------
+
+
+def test_memory_keys_tell_views_from_copies_where_the_library_can(xp):
+    from xdezero.backends import memory_key
+
+    a = asarray(xp, np.arange(6.0))
+    copy = xp.asarray(a, copy=True)
+    if library(xp) in ("numpy", "torch", "cupy"):  # views seen: the owner's buffer or storage
+        assert memory_key(a[1:]) == memory_key(a) != memory_key(copy)
+    elif library(xp) in ("jax", "dask"):  # immutable: every array its own key
+        assert memory_key(a[1:]) != memory_key(a) != memory_key(copy)
+    else:  # views unseen: one key for all the library's arrays
+        assert memory_key(a) == memory_key(copy)
+
+
+def test_graph_kit_asks_the_backend_only_for_arrays_of_one_library_and_device(monkeypatch):
+    from xdezero.backends import Backend, backend_named, graph_kit
+
+    asked = []
+    monkeypatch.setattr(type(backend_named("numpy")), "graph_kit", lambda self, device: asked.append(device) or "kit")
+    a = np.zeros(2)
+    assert graph_kit([]) is None
+    assert graph_kit([a, np.ones(3)]) == "kit" and asked == ["cpu"]
+    strict = pytest.importorskip("array_api_strict")
+    assert graph_kit([a, strict.asarray([1.0])]) is None and asked == ["cpu"]
+    assert Backend().graph_kit("cpu") is None  # no CUDA graphs unless a library's backend has them
+
+
+def test_bfloat16_bits_placed_in_a_library_without_bfloat16_is_a_clear_error():
+    from xdezero.backends import Bits, place
+
+    strict = pytest.importorskip("array_api_strict")
+    bits = Bits(np.zeros(2, dtype=np.uint16), "bfloat16")
+    with pytest.raises(TypeError, match="array_api_strict has no bfloat16 dtype to place this array in"):
+        place(bits, like=strict.asarray([1.0]))

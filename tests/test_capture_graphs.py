@@ -327,7 +327,7 @@ def test_random_draws_are_counted():
 
 
 def test_a_capture_that_fails_is_ended_and_its_error_raised():
-    from xdezero.backends._graphs import _capture
+    from xdezero.backends._graphs import run_capture
 
     calls = []
 
@@ -339,9 +339,9 @@ def test_a_capture_that_fails_is_ended_and_its_error_raised():
         raise ValueError("a host read")
 
     with pytest.raises(ValueError, match="a host read"):
-        _capture(lambda: calls.append("begin"), fails, end)
+        run_capture(lambda: calls.append("begin"), fails, end)
     assert calls == ["begin", "end"]
-    assert _capture(lambda: None, lambda: None, lambda: "graph") == "graph"
+    assert run_capture(lambda: None, lambda: None, lambda: "graph") == "graph"
 
 
 @pytest.mark.parametrize("optimizer_name", ["MomentumSGD", "Adam"])

@@ -184,6 +184,34 @@ def test_only_the_backends_know_array_libraries():
     )
 
 
+# Inside backends/, the modules that may name a library, each for its reason; every other module of backends/
+# asks the array's backend (backends/_portable.py's `Backend`, overridden per library) and never branches itself.
+LIBRARY_MODULES = {
+    "xdezero.backends._numpy": "NumPy's backend (its GPU is CuPy's, its bfloat16 ml_dtypes')",
+    "xdezero.backends._torch": "torch's backend",
+    "xdezero.backends._jax": "JAX's backend",
+    "xdezero.backends._cupy": "CuPy's backend",
+    "xdezero.backends._dask": "Dask's backend",
+    "xdezero.backends._registry": "one row per library: how to tell its arrays, import it, list its devices",
+    "xdezero.backends._cublas": "cuBLAS through ctypes, for the products of CuPy's graph captures only",
+}
+
+
+def test_only_the_library_modules_of_the_backends_know_array_libraries():
+    known = modules()
+    assert set(LIBRARY_MODULES) <= set(known), f"no such module: {sorted(set(LIBRARY_MODULES) - set(known))}"
+    branches = [
+        f"{module}: {branch}"
+        for module, path in known.items()
+        if module.startswith("xdezero.backends") and module not in LIBRARY_MODULES
+        for branch in library_branches(path)
+    ]
+    assert not branches, (
+        "library knowledge in a shared module of backends/ (make it a `Backend` method, overridden in the "
+        "library's module):\n" + "\n".join(branches)
+    )
+
+
 def test_the_library_checker_finds_a_branch(tmp_path):
     path = tmp_path / "op.py"
     path.write_text(

@@ -42,7 +42,7 @@ from xdezero.backends._namespace import (
 from xdezero.backends._packing import pack, unpack
 from xdezero.backends._portable import Backend
 from xdezero.backends._random import draws as random_draws
-from xdezero.backends._random import random_state, seed, set_random_state, uniform
+from xdezero.backends._random import random_state, restore_streams, seed, set_random_state, streams, uniform
 from xdezero.backends._registry import Library, libraries, library, library_of, parse_device
 from xdezero.backends._scatter import flat_positions, scatter_add, segment_sum
 from xdezero.backends._scratch import clear as clear_buffer_pool
@@ -61,6 +61,8 @@ __all__ = [
     "place",
     "to_host",
     "random_state",
+    "restore_streams",
+    "streams",
     "set_random_state",
     "allocator_info",
     "apply_allocator_setting",

@@ -2,7 +2,7 @@
 
 CuPy refuses every cuBLAS call while a stream captures ("calling cuBLAS API during stream capture is currently
 unsupported"), although cuBLAS itself supports capture when its workspace is set beforehand. So while a CuPy graph
-is captured (backends/_graphs.py), 2-D float products run here, on a cuBLAS handle of xdezero's own whose
+is captured (`CupyGraphs`, backends/_cupy.py), 2-D float products run here, on a cuBLAS handle of xdezero's own whose
 workspace is allocated once, outside any capture, and set again after each change of stream (setting the stream
 resets it). Called for every product of eager steps too, the GEMM made a batch-100 MLP step slower against
 PyTorch on an H200, not faster: ctypes and its checks cost about what CuPy's own call does.

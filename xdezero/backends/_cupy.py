@@ -1,15 +1,17 @@
 """The CuPy backend: one CUDA kernel per hot composite (`cupy.ElementwiseKernel`, plus `cupy.ReductionKernel`
-where rows are summed), and one kernel each way for the columns of the convolutions' GEMMs. CuPy is imported
-only when a CuPy array reaches an op.
+where rows are summed), and one kernel each way for the columns of the convolutions' GEMMs; moves to the host;
+CUDA graphs (`CupyGraphs`, see backends/_graphs.py). CuPy is imported only when a CuPy array reaches xdezero.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
+from xdezero.backends._cublas import prepare
 from xdezero.backends._devices import to_numpy
-from xdezero.backends._graphs import cupy_capturing
+from xdezero.backends._graphs import capturing_cupy, cupy_capturing, run_capture
 from xdezero.backends._im2col import out_size
 from xdezero.backends._portable import MutableBackend, Pair, Shape
 
@@ -95,7 +97,7 @@ def _composites() -> dict[str, Callable[..., Any]]:
         return sce_grad(p, t, gy, 1.0 / p.shape[0], p.shape[1])
 
     # While a CUDA graph is captured, parameters and their state live in the graph's own buffers
-    # (xdezero/tape_graphs.py): the updates write into them, which saves the graph a copy back per array.
+    # (xdezero/tapes/graphs.py): the updates write into them, which saves the graph a copy back per array.
     def sgd(portable, xp, p, g, lr):
         if not same_float(p, g):
             return portable(xp, p, g, lr)
@@ -238,6 +240,79 @@ def _cupy_col2im_matrix(col: Any, shape: Shape, kernel: Pair, stride: Pair, pad:
     return img
 
 
+# --- CUDA graphs --------------------------------------------------------------------------------------------
+
+# A CuPy pool must outlive the arrays allocated from it (they hold it weakly), and some of a graph's arrays are
+# handed out (a parameter's gradient): so every pool stays here, with its kit, while the kit lives or any of its
+# memory is in use.
+_cupy_pools: list = []  # (weak reference to the kit, pool)
+
+
+class CupyGraphs:
+    """CUDA graphs through `cupy.cuda.Stream.begin_capture`, with a `cupy.cuda.MemoryPool` per capturer."""
+
+    name: str = "CuPy"
+
+    def __init__(self, device: Any) -> None:
+        cupy = _cupy()
+        self._cupy, self._device = cupy, device
+        with device:
+            self._stream = cupy.cuda.Stream(non_blocking=True)
+        self._pool = cupy.cuda.MemoryPool()
+        _cupy_pools[:] = [(kit, pool) for kit, pool in _cupy_pools if kit() is not None or pool.used_bytes()]
+        _cupy_pools.append((weakref.ref(self), self._pool))
+
+    def __del__(self) -> None:
+        try:
+            self._pool.free_all_blocks()  # the unused memory; what arrays still hold stays theirs
+        except Exception:  # at interpreter exit CuPy may be gone already
+            pass
+
+    def capture(self, fn: Callable[[], None]) -> Any:
+        """The graph of `fn`'s kernels (none of which runs now); an error in `fn` ends the capture and is raised."""
+        cupy = self._cupy
+        prepare(self._device.id)  # cuBLAS's handle and workspace, made outside the capture and its pool
+
+        def captured() -> None:
+            with capturing_cupy():  # CuPy's products and stacks refuse a capture: ours instead
+                fn()
+
+        with self._device, cupy.cuda.using_allocator(self._pool.malloc), self._stream:
+            return run_capture(self._stream.begin_capture, captured, self._stream.end_capture)
+
+    def warm(self, fn: Callable[[], Any]) -> Any:
+        """`fn()` run on the capture stream, in order with the current stream's work (what it first meets on that
+        stream, such as a library handle's workspace, is then made outside a capture)."""
+        current = self._cupy.cuda.get_current_stream()
+        self._stream.wait_event(current.record())
+        try:
+            with self._device, self._stream:
+                return fn()
+        finally:
+            current.wait_event(self._stream.record())
+
+    def launch(self, graph: Any) -> None:
+        """Run the graph's kernels once."""
+        graph.launch()  # on the current stream
+
+    def copy_into(self, target: Any, source: Any) -> None:
+        """Copy `source` into the fixed buffer `target` (a kernel, which a graph can hold)."""
+        self._cupy.copyto(target, source)
+
+    def copy(self, a: Any) -> Any:
+        """A fresh copy of `a`."""
+        return a.copy()
+
+    @staticmethod
+    def same_memory(a: Any, b: Any) -> bool:
+        """Whether `a` and `b` are the same memory, of the same size and dtype."""
+        return a.data.ptr == b.data.ptr and a.size == b.size and a.dtype == b.dtype
+
+    def release(self) -> None:
+        """Give the pool's unused memory back (call once no graph captured with it will launch again)."""
+        self._pool.free_all_blocks()
+
+
 class CupyBackend(MutableBackend):
     """CuPy: fused kernels for the hot composites, one kernel each way for the convolutions' columns, windows
     written in place, the portable kernels for the rest."""
@@ -289,3 +364,27 @@ class CupyBackend(MutableBackend):
         if eager and not _cupy_all_inside(eager):
             super().check_ids(eager, where, error)
         return [c[0] for c in checks]
+
+    # --- moves, memory and graphs --------------------------------------------------------------------------
+
+    def to_cpu(self, x: Any) -> Any:
+        """A NumPy array (DeZero's meaning of the host for CuPy data)."""
+        return x.get()
+
+    def to_gpu(self, x: Any) -> Any:
+        """x itself: it is on a GPU."""
+        return x
+
+    def memory_key(self, x: Any) -> Any:
+        """The identity of the array at the end of x's `.base` chain (the one that owns the memory)."""
+        while x.base is not None:
+            x = x.base
+        return id(x)
+
+    def array_module(self, x: Any) -> Any:
+        """The `cupy` module itself, as DeZero's `get_array_module` gives."""
+        return _cupy()
+
+    def graph_kit(self, device: Any) -> CupyGraphs:
+        """CUDA graphs on `device` (a `cupy.cuda.Device`)."""
+        return CupyGraphs(device)

@@ -25,15 +25,18 @@ Deliberate transfers, each one call per operation at most (never per element); D
 
 from __future__ import annotations
 
-import sys
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import array_api_compat
 import numpy as np
 
-from xdezero.backends._namespace import array_namespace, as_array_data, describe
+from xdezero.backends._backends import backend_named, backend_of
+from xdezero.backends._namespace import as_array_data, describe, is_array
 from xdezero.backends._registry import cupy_usable, libraries, library, library_of_type, parse_device
+
+if TYPE_CHECKING:
+    from xdezero.backends._portable import Backend
 
 
 def is_cupy_available() -> bool:
@@ -41,24 +44,13 @@ def is_cupy_available() -> bool:
     return cupy_usable()
 
 
-def _require_cupy() -> ModuleType:
-    try:
-        import cupy
-    except ImportError:
-        raise RuntimeError(
-            "CuPy is not installed, so arrays cannot be moved to a GPU; "
-            "install the CuPy build for your CUDA version (e.g. pip install cupy-cuda12x)"
-        ) from None
-    if not is_cupy_available():
-        raise RuntimeError("CuPy is installed but sees no usable CUDA GPU (cupy.cuda.is_available() is False)")
-    return cupy
-
-
-def _host_device(x: Any) -> Any:
-    """The host device of a library without a GPU of its own here: its default device (array-api-strict's
-    CPU_DEVICE, Dask's 'cpu')."""
-    info = getattr(array_namespace(x), "__array_namespace_info__", None)
-    return None if info is None else info().default_device()
+def _backend(x: Any, what: str) -> Backend:
+    """The backend of array `x`; TypeError naming `what` and what is accepted when `x` is no array."""
+    if isinstance(x, np.ndarray | np.generic):
+        return backend_named("numpy")  # NumPy's own subclasses too, whatever module defines them
+    if not is_array(x):
+        as_array_data(x, what=what)  # raises: not an array
+    return backend_of(x)
 
 
 def to_cpu(x: Any) -> Any:
@@ -68,18 +60,7 @@ def to_cpu(x: Any) -> Any:
         return x
     if isinstance(x, np.generic):
         return np.asarray(x)
-    if array_api_compat.is_cupy_array(x):
-        return x.get()
-    if array_api_compat.is_torch_array(x):
-        return x.cpu()
-    if array_api_compat.is_jax_array(x):
-        jax = sys.modules["jax"]
-        return jax.device_put(x, jax.devices("cpu")[0])
-    x = as_array_data(x, what="to_cpu argument")
-    host = _host_device(x)
-    if host is None or array_api_compat.device(x) == host:
-        return x
-    return array_api_compat.to_device(x, host)
+    return _backend(x, "to_cpu argument").to_cpu(x)
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -88,40 +69,14 @@ def to_numpy(x: Any) -> np.ndarray:
         return x
     if x is None or isinstance(x, np.generic | int | float | complex | bool | list | tuple):
         return np.asarray(x)
-    x = to_cpu(x)
-    if array_api_compat.is_torch_array(x):
-        return x.detach().numpy()
-    try:
-        return np.asarray(x)
-    except (TypeError, ValueError, RuntimeError):  # array-api-strict offers only DLPack
-        return np.from_dlpack(x)
+    return _backend(x, "to_numpy argument").to_numpy(x)
 
 
 def to_gpu(x: Any) -> Any:
     """Move an array to the GPU: NumPy arrays become CuPy arrays; torch and JAX arrays move to their GPU device."""
     if x is None:
         return x
-    if array_api_compat.is_torch_array(x):
-        torch = sys.modules["torch"]
-        if not torch.cuda.is_available():
-            raise RuntimeError("torch sees no CUDA GPU (torch.cuda.is_available() is False)")
-        return x.cuda()
-    if array_api_compat.is_jax_array(x):
-        jax = sys.modules["jax"]
-        try:
-            gpu = jax.devices("gpu")[0]
-        except RuntimeError:
-            raise RuntimeError("JAX sees no GPU; install jax[cuda] on a machine with an NVIDIA GPU") from None
-        return jax.device_put(x, gpu)
-    if array_api_compat.is_cupy_array(x):
-        return x
-    x = as_array_data(x, what="to_gpu argument")
-    if not isinstance(x, np.ndarray):
-        raise TypeError(
-            f"to_gpu moves NumPy, torch and JAX arrays; got {describe(x)} (use to_device with a device of "
-            "its library, or to_library)"
-        )
-    return _require_cupy().asarray(x)
+    return _backend(x, "to_gpu argument").to_gpu(x)
 
 
 def to_device(x: Any, device: Any) -> Any:

@@ -4,7 +4,12 @@ What a captured training step needs from a library, for the two libraries that h
 torch on CUDA): capture a function's kernels on a stream of their own, with the memory it allocates taken from a
 pool of its own (kernels in a graph write to fixed addresses: nothing outside the graph may be given that memory
 while the graph lives); launch the graph on the current stream; copy into a fixed buffer; tell whether two arrays
-are the same memory. `graph_kit(arrays)` gives these for the arrays' library, or None (no CUDA graphs there).
+are the same memory. Each library's kit lives in its own module (`CupyGraphs` in backends/_cupy.py,
+`TorchGraphs` in backends/_torch.py) and its backend's `graph_kit(device)` gives it; `graph_kit(arrays)` here
+asks the arrays' backend, and gives None where there are no CUDA graphs.
+
+What stays here is what the portable code calls (backends/_im2col.py, backends/_portable.py, the ops): the flag
+that says this thread is capturing a CuPy graph, and the product and stack that take another path meanwhile.
 
 The capture runs the function's Python once, but none of its kernels: they run at each launch. A function that
 reads an array's values on the host while it is captured (a `float()`, a transfer) fails the capture with the
@@ -13,16 +18,14 @@ library's error; the caller falls back to running the function.
 
 from __future__ import annotations
 
-import sys
 import threading
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
-import array_api_compat
-
-from xdezero.backends._cublas import cupy_gemm, prepare
+from xdezero.backends._backends import backend_of
+from xdezero.backends._cublas import cupy_gemm
+from xdezero.backends._namespace import device_of
 
 _capturing = threading.local()  # set on the thread that is capturing a CuPy graph
 
@@ -68,7 +71,7 @@ def graph_safe_stack(xp: Any, arrays: Sequence[Any], axis: int) -> Any:
     return out
 
 
-def _capture(begin: Callable[[], None], fn: Callable[[], None], end: Callable[[], Any]) -> Any:
+def run_capture(begin: Callable[[], None], fn: Callable[[], None], end: Callable[[], Any]) -> Any:
     """`end()`'s result after `begin()` and `fn()`; when `fn` raises, the capture is ended and the error raised."""
     begin()
     try:
@@ -82,132 +85,39 @@ def _capture(begin: Callable[[], None], fn: Callable[[], None], end: Callable[[]
     return end()
 
 
-# A CuPy pool must outlive the arrays allocated from it (they hold it weakly), and some of a graph's arrays are
-# handed out (a parameter's gradient): so every pool stays here, with its kit, while the kit lives or any of its
-# memory is in use.
-_cupy_pools: list = []  # (weak reference to the kit, pool)
+class GraphKit(Protocol):
+    """The CUDA-graph operations of one library on one device: `CupyGraphs` (backends/_cupy.py) and
+    `TorchGraphs` (backends/_torch.py), which their backends' `graph_kit` give."""
 
-
-class CupyGraphs:
-    """CUDA graphs through `cupy.cuda.Stream.begin_capture`, with a `cupy.cuda.MemoryPool` per capturer."""
-
-    name: str = "CuPy"
-
-    def __init__(self, device: Any) -> None:
-        cupy = sys.modules["cupy"]
-        self._cupy, self._device = cupy, device
-        with device:
-            self._stream = cupy.cuda.Stream(non_blocking=True)
-        self._pool = cupy.cuda.MemoryPool()
-        _cupy_pools[:] = [(kit, pool) for kit, pool in _cupy_pools if kit() is not None or pool.used_bytes()]
-        _cupy_pools.append((weakref.ref(self), self._pool))
-
-    def __del__(self) -> None:
-        try:
-            self._pool.free_all_blocks()  # the unused memory; what arrays still hold stays theirs
-        except Exception:  # at interpreter exit CuPy may be gone already
-            pass
+    name: str  # the library, as messages name it
 
     def capture(self, fn: Callable[[], None]) -> Any:
         """The graph of `fn`'s kernels (none of which runs now); an error in `fn` ends the capture and is raised."""
-        cupy = self._cupy
-        prepare(self._device.id)  # cuBLAS's handle and workspace, made outside the capture and its pool
-
-        def captured() -> None:
-            with capturing_cupy():  # CuPy's products and stacks refuse a capture: ours instead
-                fn()
-
-        with self._device, cupy.cuda.using_allocator(self._pool.malloc), self._stream:
-            return _capture(self._stream.begin_capture, captured, self._stream.end_capture)
+        ...
 
     def warm(self, fn: Callable[[], Any]) -> Any:
-        """`fn()` run on the capture stream, in order with the current stream's work (what it first meets on that
-        stream, such as a library handle's workspace, is then made outside a capture)."""
-        current = self._cupy.cuda.get_current_stream()
-        self._stream.wait_event(current.record())
-        try:
-            with self._device, self._stream:
-                return fn()
-        finally:
-            current.wait_event(self._stream.record())
+        """`fn()` run on the capture stream, in order with the current stream's work."""
+        ...
 
     def launch(self, graph: Any) -> None:
         """Run the graph's kernels once."""
-        graph.launch()  # on the current stream
+        ...
 
     def copy_into(self, target: Any, source: Any) -> None:
         """Copy `source` into the fixed buffer `target` (a kernel, which a graph can hold)."""
-        self._cupy.copyto(target, source)
+        ...
 
     def copy(self, a: Any) -> Any:
         """A fresh copy of `a`."""
-        return a.copy()
+        ...
 
-    @staticmethod
-    def same_memory(a: Any, b: Any) -> bool:
+    def same_memory(self, a: Any, b: Any) -> bool:
         """Whether `a` and `b` are the same memory, of the same size and dtype."""
-        return a.data.ptr == b.data.ptr and a.size == b.size and a.dtype == b.dtype
+        ...
 
     def release(self) -> None:
-        """Give the pool's unused memory back (call once no graph captured with it will launch again)."""
-        self._pool.free_all_blocks()
-
-
-class TorchGraphs:
-    """CUDA graphs through `torch.cuda.CUDAGraph`, whose private memory pool torch keeps with the graph."""
-
-    name: str = "torch"
-
-    def __init__(self, device: Any) -> None:
-        torch = self._torch = sys.modules["torch"]
-        self._device = device
-        self._stream = torch.cuda.Stream(device)
-
-    def warm(self, fn: Callable[[], Any]) -> Any:
-        """`fn()` run on the capture stream, in order with the current stream's work (torch makes a cuBLAS
-        workspace per stream: made here, outside a capture)."""
-        torch = self._torch
-        current = torch.cuda.current_stream(self._device)
-        self._stream.wait_stream(current)
-        try:
-            with torch.cuda.stream(self._stream):
-                return fn()
-        finally:
-            current.wait_stream(self._stream)
-
-    def capture(self, fn: Callable[[], None]) -> Any:
-        """The graph of `fn`'s kernels (none of which runs now); an error in `fn` ends the capture and is raised."""
-        torch = self._torch
-        graph = torch.cuda.CUDAGraph()
-        self._stream.wait_stream(torch.cuda.current_stream(self._device))
-        with torch.cuda.stream(self._stream):
-            _capture(lambda: graph.capture_begin(capture_error_mode="relaxed"), fn, graph.capture_end)
-        return graph
-
-    def launch(self, graph: Any) -> None:
-        """Run the graph's kernels once."""
-        graph.replay()
-
-    @staticmethod
-    def copy_into(target: Any, source: Any) -> None:
-        """Copy `source` into the fixed buffer `target` (a kernel, which a graph can hold)."""
-        target.copy_(source)
-
-    @staticmethod
-    def copy(a: Any) -> Any:
-        """A fresh copy of `a`."""
-        return a.clone()
-
-    @staticmethod
-    def same_memory(a: Any, b: Any) -> bool:
-        """Whether `a` and `b` are the same memory, of the same size and dtype."""
-        return a.data_ptr() == b.data_ptr() and a.numel() == b.numel() and a.dtype == b.dtype
-
-    def release(self) -> None:
-        """Nothing to give back: torch frees a graph's pool with the graph and its tensors."""
-
-
-GraphKit = CupyGraphs | TorchGraphs  # what `graph_kit` gives: the CUDA-graph operations of one library
+        """Give what the kit holds back once no graph it captured will launch again."""
+        ...
 
 
 def graph_kit(arrays: Sequence[Any]) -> GraphKit | None:
@@ -215,11 +125,7 @@ def graph_kit(arrays: Sequence[Any]) -> GraphKit | None:
     arrays on the host, of JAX or another library, or of more than one library or device."""
     if not arrays:
         return None
-    first = arrays[0]
-    if array_api_compat.is_cupy_array(first):
-        if all(array_api_compat.is_cupy_array(a) and a.device == first.device for a in arrays):
-            return CupyGraphs(first.device)
-    elif array_api_compat.is_torch_array(first) and first.is_cuda:
-        if all(array_api_compat.is_torch_array(a) and a.device == first.device for a in arrays):
-            return TorchGraphs(first.device)
-    return None
+    backend, device = backend_of(arrays[0]), device_of(arrays[0])
+    if any(backend_of(a) is not backend or device_of(a) != device for a in arrays[1:]):
+        return None
+    return backend.graph_kit(device)

@@ -2,18 +2,17 @@
 
 A file holds NumPy arrays. Most dtypes of every library have a NumPy twin; bfloat16 (torch, JAX) has none in
 NumPy itself, so it travels as its 16-bit pattern (`Bits`) with its dtype's name, and comes back as bfloat16 of
-the library it is placed in. Every host transfer here is deliberate: saving and loading copy through the host.
+the library it is placed in; its backend reads and writes those bits (`Backend.host_bits`, `Backend.place_bits`).
+Every host transfer here is deliberate: saving and loading copy through the host.
 """
 
 from __future__ import annotations
 
-import importlib
-import sys
 from typing import Any, NamedTuple
 
-import array_api_compat
 import numpy as np
 
+from xdezero.backends._backends import backend_named, backend_of
 from xdezero.backends._devices import to_numpy
 from xdezero.backends._namespace import array_namespace, device_of
 
@@ -51,12 +50,7 @@ def to_host(x: Any) -> np.ndarray | Bits:
     name = dtype_name(x)
     if name not in BIT_PATTERNS:
         return to_numpy(x)
-    unsigned = BIT_PATTERNS[name]
-    if array_api_compat.is_torch_array(x):
-        torch = sys.modules["torch"]
-        signed = {np.uint16: torch.int16}[unsigned]  # torch views bfloat16 as int16; NumPy re-reads it unsigned
-        return Bits(x.detach().cpu().view(signed).numpy().view(unsigned), name)
-    return Bits(np.asarray(to_numpy(x)).view(unsigned), name)  # JAX: an ml_dtypes array on the host
+    return Bits(backend_of(x).host_bits(x, BIT_PATTERNS[name]), name)
 
 
 def place(host: np.ndarray | Bits, like: Any = None) -> Any:
@@ -65,20 +59,5 @@ def place(host: np.ndarray | Bits, like: Any = None) -> Any:
         if like is None or isinstance(like, np.ndarray):
             return host
         return array_namespace(like).asarray(host, device=device_of(like))
-    if array_api_compat.is_torch_array(like):
-        torch = sys.modules["torch"]
-        signed = torch.from_numpy(host.bits.view(np.int16).copy())
-        return signed.view(getattr(torch, host.dtype)).to(like.device)
-    if array_api_compat.is_jax_array(like):
-        jax = sys.modules["jax"]
-        return jax.device_put(host.bits.view(getattr(jax.numpy, host.dtype)), device_of(like))
-    if like is None or isinstance(like, np.ndarray):
-        try:
-            ml_dtypes = importlib.import_module("ml_dtypes")
-        except ImportError:
-            raise TypeError(
-                f"a {host.dtype} array cannot become a NumPy array without the ml_dtypes package (pip install "
-                "ml_dtypes), or place it in a torch or JAX model"
-            ) from None
-        return host.bits.view(getattr(ml_dtypes, host.dtype))
-    raise TypeError(f"{array_namespace(like).__name__} has no {host.dtype} dtype to place this array in")
+    backend = backend_named("numpy") if like is None or isinstance(like, np.ndarray) else backend_of(like)
+    return backend.place_bits(host.bits, host.dtype, like)

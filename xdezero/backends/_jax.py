@@ -6,7 +6,7 @@ op costs one dispatch instead of one per array operation. The transposed convolu
 a convolution are the exact transposes of the convolution itself (`jax.linear_transpose`), and the gradient
 of max pooling and its "pick" (the linear map it transposes) are the VJP and JVP of `reduce_window` at the
 pooled input, which is what a max pooling keeps for its backward here (JAX arrays are immutable, so keeping
-it is safe). Integer and mixed dtypes take the portable code.
+it is safe). Integer and mixed dtypes take the portable code. Moves between devices go through `jax.device_put`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 from jax import lax
 
 from xdezero.backends._im2col import add_windows_by_at
+from xdezero.backends._namespace import device_of
 from xdezero.backends._portable import Backend, Pair, Shape
 
 _LAYOUT = ("NCHW", "OIHW", "NCHW")
@@ -175,6 +176,11 @@ class JaxBackend(Backend):
     """JAX arrays: XLA's convolution and window reductions, and the hot composites, one jitted call each."""
 
     name = "jax"
+    compiles_steps = True
+
+    def compile_step(self, fn: Callable[[list[Any], list[Any]], Any]) -> Callable[[list[Any], list[Any]], Any]:
+        """`jax.jit`, donating the state (the step's parameters and optimizer state are consumed and returned)."""
+        return jax.jit(fn, donate_argnums=(1,))
 
     def composites(self) -> dict[str, Callable[..., Any]]:
         """Each composite's portable arithmetic compiled into one call."""
@@ -219,6 +225,28 @@ class JaxBackend(Backend):
     def id_bounds(self, arrays: list[Any]) -> Any:
         """[min, max] of each array in one compiled call and one transfer."""
         return np.asarray(_id_bounds(arrays))
+
+    # --- moves and memory ---------------------------------------------------------------------------------------
+
+    def to_cpu(self, x: Any) -> Any:
+        """x on JAX's first CPU device."""
+        return jax.device_put(x, jax.devices("cpu")[0])
+
+    def to_gpu(self, x: Any) -> Any:
+        """x on JAX's first GPU."""
+        try:
+            gpu = jax.devices("gpu")[0]
+        except RuntimeError:
+            raise RuntimeError("JAX sees no GPU; install jax[cuda] on a machine with an NVIDIA GPU") from None
+        return jax.device_put(x, gpu)
+
+    def place_bits(self, bits: np.ndarray, dtype: str, like: Any) -> Any:
+        """The bits viewed as JAX's `dtype` (an ml_dtypes dtype), put on `like`'s device."""
+        return jax.device_put(bits.view(getattr(jnp, dtype)), device_of(like))
+
+    def memory_key(self, x: Any) -> Any:
+        """x's identity: JAX arrays are immutable, so no view of one can be written through."""
+        return id(x)
 
     def pad_images(self, x: Any, pad: Pair, value: float) -> Any:
         """jnp.pad."""

@@ -1,12 +1,12 @@
 """Array namespace lookup (cached per array type), array validation and description; moves live in _devices.
 
-This module and its siblings are the only places that import array-api-compat or know about CuPy.
-Nothing here imports CuPy, torch or JAX unless the user already did, or explicitly asked for a GPU.
+This module and its siblings are the only places that import array-api-compat. What differs per library (how
+its views share memory, DeZero's module of its arrays) its backend says (backends/_portable.py and the module of
+each library); NumPy's arrays, the hot case, are answered here directly.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -102,27 +102,15 @@ def device_of(x: Any) -> Any:
     return array_api_compat.device(x)
 
 
-# Two arrays that may share memory get the same key; a library whose views cannot be seen gets one key for all
-# its arrays, so that every gradient after the first is copied (sharing cannot be ruled out there).
-_UNSEEN_VIEWS = "views of this library cannot be detected"
-
-
 def memory_key(x: Any) -> Any:
     """A key that two arrays share when they may be views of one buffer (NumPy/CuPy `.base`, torch storage).
-    Immutable arrays (JAX, Dask) have nothing to protect: each gets its own key."""
-    if isinstance(x, np.ndarray):
+    Immutable arrays (JAX, Dask) have nothing to protect: each gets its own key. A library whose views cannot be
+    seen gets one key for all its arrays, so that every gradient after the first is copied."""
+    if isinstance(x, np.ndarray):  # the engine's hot case (every gradient added in a backward), without a call
         while isinstance(x.base, np.ndarray):  # the owner may be another object (a torch tensor's .numpy())
             x = x.base
         return id(x.base if x.base is not None else x)
-    if array_api_compat.is_cupy_array(x):
-        while x.base is not None:
-            x = x.base
-        return id(x)
-    if array_api_compat.is_torch_array(x):
-        return ("torch", x.untyped_storage().data_ptr())
-    if array_api_compat.is_jax_array(x) or array_api_compat.is_dask_array(x):
-        return id(x)
-    return (_UNSEEN_VIEWS, library_name(x))
+    return backend_of(x).memory_key(x)
 
 
 def get_array_module(x: Any) -> ModuleType:
@@ -132,6 +120,4 @@ def get_array_module(x: Any) -> ModuleType:
         x = x.data
     if x is None or isinstance(x, np.ndarray | np.generic) or not is_array(x):
         return np
-    if array_api_compat.is_cupy_array(x):
-        return sys.modules["cupy"]
-    return array_namespace(x)
+    return backend_of(x).array_module(x)

@@ -1,18 +1,23 @@
 """The NumPy backend: im2col + BLAS for convolutions, with windows written in place and, for stride 1, a wide
 column layout of long contiguous runs into reused buffers (backends/_scratch.py); the hot composites written
-with `out=` into reused buffers; `np.add.at`.
+with `out=` into reused buffers; `np.add.at`. Its GPU is CuPy's (`to_gpu`, as in DeZero), and its bfloat16 is
+ml_dtypes'.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from xdezero.backends._im2col import ColumnPlan, Pair
+from xdezero.backends._namespace import as_array_data
 from xdezero.backends._portable import MutableBackend, Shape
+from xdezero.backends._registry import cupy_usable
 from xdezero.backends._scatter import host_index
 from xdezero.backends._scratch import MIN_BYTES as REUSED_MIN_BYTES
 from xdezero.backends._scratch import empty as reused_empty
@@ -255,6 +260,19 @@ class WideColumnPlan(ColumnPlan):
         return as_strided(buf, (c, kh, kw, self.length), (buf.strides[0], self.wp * s, s, s), writeable=False)
 
 
+def _require_cupy() -> ModuleType:
+    try:
+        import cupy
+    except ImportError:
+        raise RuntimeError(
+            "CuPy is not installed, so arrays cannot be moved to a GPU; "
+            "install the CuPy build for your CUDA version (e.g. pip install cupy-cuda12x)"
+        ) from None
+    if not cupy_usable():
+        raise RuntimeError("CuPy is installed but sees no usable CUDA GPU (cupy.cuda.is_available() is False)")
+    return cupy
+
+
 class NumpyBackend(MutableBackend):
     """NumPy: windows written in place, the wide column layout for stride 1, in-place composites."""
 
@@ -279,3 +297,19 @@ class NumpyBackend(MutableBackend):
     def composites(self) -> dict[str, Callable[..., Any]]:
         """The composites NumPy runs into reused buffers."""
         return _composites()
+
+    def to_gpu(self, x: Any) -> Any:
+        """A CuPy array on CuPy's current GPU (DeZero's meaning of the GPU for NumPy data)."""
+        x = as_array_data(x, what="to_gpu argument")
+        return _require_cupy().asarray(x)
+
+    def place_bits(self, bits: np.ndarray, dtype: str, like: Any) -> Any:
+        """The bits viewed as ml_dtypes' `dtype` (NumPy has none of its own)."""
+        try:
+            ml_dtypes = importlib.import_module("ml_dtypes")
+        except ImportError:
+            raise TypeError(
+                f"a {dtype} array cannot become a NumPy array without the ml_dtypes package (pip install "
+                "ml_dtypes), or place it in a torch or JAX model"
+            ) from None
+        return bits.view(getattr(ml_dtypes, dtype))

@@ -2,7 +2,9 @@
 
 This is the reference. A library's own backend (`_numpy.py`, `_torch.py`, `_jax.py`, ...) subclasses
 `Backend` and overrides only what that library does better; everything it does not override runs as written
-here. Ops reach their backend beside their namespace (`Function.backend`) and never ask which library they run on.
+here. Ops reach their backend beside their namespace (`Function.backend`) and never ask which library they run on;
+nor do the other modules of backends/: the moves (`_devices.py`, `_host.py`), the memory keys and DeZero's
+`get_array_module` (`_namespace.py`) and the CUDA graphs (`_graphs.py`) ask the array's backend.
 
 Images are NCHW; `kernel`, `stride` and `pad` are (height, width) pairs of ints. Convolutions go through the
 column layout of backends/_im2col.py (one GEMM each); max pooling keeps, for each output, which slot of its
@@ -16,12 +18,13 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from array_api_compat import size
+import numpy as np
+from array_api_compat import size, to_device
 
 from xdezero.backends._checks import raise_if_outside
 from xdezero.backends._devices import to_numpy
 from xdezero.backends._fused import fused
-from xdezero.backends._graphs import graph_safe_stack
+from xdezero.backends._graphs import GraphKit, graph_safe_stack
 from xdezero.backends._im2col import (
     ColumnPlan,
     add_windows,
@@ -36,13 +39,16 @@ from xdezero.backends._im2col import (
     windows,
     windows_matrix,
 )
-from xdezero.backends._namespace import array_namespace, device_of
+from xdezero.backends._namespace import array_namespace, describe, device_of, library_name
 from xdezero.backends._scatter import add_at_positions, add_rows
 
 Pair = tuple[int, int]
 Shape = tuple[int, ...]
 
 NEG_INF = float("-inf")
+# The memory key of every array of a library whose views cannot be seen: sharing cannot be ruled out there, so
+# every gradient after the first is copied.
+UNSEEN_VIEWS = "views of this library cannot be detected"
 
 
 class Backend:
@@ -53,9 +59,16 @@ class Backend:
     namespace: ModuleType | None = None
     # What makes an array of this library fit to be held by a Variable, or None: taken as it comes.
     adopt: Callable[[Any], Any] | None = None
+    # Whether `compile_step` compiles a captured step (xdezero/tapes/compile.py) into one function.
+    compiles_steps: bool = False
 
     def __init__(self) -> None:
         self._index_dtypes: dict[tuple[int, Any], Any] = {}  # (id(namespace), device) -> dtype
+
+    def compile_step(self, fn: Callable[[list[Any], list[Any]], Any]) -> Callable[[list[Any], list[Any]], Any]:
+        """`fn(arguments, state)`, a pure function of arrays, compiled into one call that consumes `state`
+        (where `compiles_steps`)."""
+        raise NotImplementedError(f"the {self.name} backend does not compile steps")
 
     def composites(self) -> dict[str, Callable[..., Any]]:
         """This library's implementations of the hot composites of backends/_fused.py, by name: each is called
@@ -72,6 +85,59 @@ class Backend:
             return dtype
         except TypeError:  # a device that cannot be a key
             return xp.arange(0, device=device).dtype
+
+    # --- moves (backends/_devices.py, backends/_host.py) -------------------------------------------------------
+
+    def to_cpu(self, x: Any) -> Any:
+        """x on its library's host device, its default one (array-api-strict's CPU_DEVICE, Dask's 'cpu'); x
+        itself when it is there, or when the library names no default device."""
+        info = getattr(array_namespace(x), "__array_namespace_info__", None)
+        host = None if info is None else info().default_device()
+        if host is None or device_of(x) == host:
+            return x
+        return to_device(x, host)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        """x copied to the host as a NumPy array: by `np.asarray`, or by DLPack where that is all the library
+        offers (array-api-strict)."""
+        x = self.to_cpu(x)
+        try:
+            return np.asarray(x)
+        except (TypeError, ValueError, RuntimeError):
+            return np.from_dlpack(x)
+
+    def to_gpu(self, x: Any) -> Any:
+        """x on a GPU of its library: this library has none that xdezero knows."""
+        raise TypeError(
+            f"to_gpu moves NumPy, torch and JAX arrays; got {describe(x)} (use to_device with a device of "
+            "its library, or to_library)"
+        )
+
+    def host_bits(self, x: Any, unsigned: Any) -> np.ndarray:
+        """The bit pattern of x, of a dtype NumPy lacks (bfloat16), on the host as unsigned integers of dtype
+        `unsigned` (its width): its NumPy copy (an ml_dtypes array, as JAX gives) viewed as such."""
+        return np.asarray(self.to_numpy(x)).view(unsigned)
+
+    def place_bits(self, bits: np.ndarray, dtype: str, like: Any) -> Any:
+        """The bit pattern `bits` (from `host_bits`) as an array of dtype `dtype` of `like`'s library and device;
+        TypeError where the library has no such dtype."""
+        raise TypeError(f"{array_namespace(like).__name__} has no {dtype} dtype to place this array in")
+
+    # --- memory, DeZero's module, CUDA graphs ---------------------------------------------------------------
+
+    def memory_key(self, x: Any) -> Any:
+        """A key that two arrays of this library share when they may be views of one buffer: one key for all of
+        them, where views cannot be seen."""
+        return (UNSEEN_VIEWS, library_name(x))
+
+    def array_module(self, x: Any) -> ModuleType:
+        """What DeZero's `get_array_module` gives for x: its array namespace."""
+        return array_namespace(x)
+
+    def graph_kit(self, device: Any) -> GraphKit | None:
+        """The CUDA-graph operations for arrays of this library on `device` (backends/_graphs.py), or None: no
+        CUDA graphs here."""
+        return None
 
     # --- random streams (backends/_random.py) -----------------------------------------------------------------
 

@@ -78,6 +78,20 @@ def uniform(shape: tuple[int, ...], like: Any, dtype: Any = None) -> Any:
 # --- the streams' state, for checkpoints -----------------------------------------------------------------
 
 
+def streams() -> dict[tuple[str, str], Any]:
+    """The generators as they are now (immutable ones, such as JAX's keys, are a snapshot): for `restore_streams`
+    after a trace that drew, where reading their state would be an operation of the trace."""
+    with _lock:
+        return dict(_per_device)
+
+
+def restore_streams(saved: dict[tuple[str, str], Any]) -> None:
+    """The generators back to what `streams` returned."""
+    with _lock:
+        _per_device.clear()
+        _per_device.update(saved)
+
+
 def random_state() -> dict[str, Any]:
     """Every xdezero stream's state: the seed, the host generator, and each library's generator made so far
     (plain numbers and NumPy arrays). CuPy's generators keep their state on the device with no way to read it:

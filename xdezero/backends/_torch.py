@@ -4,7 +4,8 @@ Each kernel takes the library's own path for floating tensors of one dtype, and 
 or mixed dtypes, which torch's kernels refuse) to the portable code it inherits. The weight gradient and
 both input gradients come from `convolution_backward`, the kernel torch's own autograd calls, so a double
 backward through conv2d runs torch's kernels at every order. Tensors reaching an op never require grad
-(`Variable` detaches them on the way in), so torch builds no graph behind xdezero's.
+(`Variable` detaches them on the way in), so torch builds no graph behind xdezero's. Moves between devices and
+to the host, bfloat16's bits, and CUDA graphs (`TorchGraphs`, see backends/_graphs.py) are torch's own here too.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as tf
 
+from xdezero.backends._graphs import run_capture
 from xdezero.backends._im2col import out_size
 from xdezero.backends._portable import MutableBackend, Pair, Shape
 from xdezero.backends._scatter import flat_positions
@@ -73,6 +75,57 @@ def _softmax_cross_entropy(portable: Callable, xp: Any, x: Any, t: Any) -> tuple
         return portable(xp, x, t)
     log_p = torch.log_softmax(x, 1)
     return -log_p.gather(1, t.view(-1, 1)).mean(), log_p.exp()
+
+
+class TorchGraphs:
+    """CUDA graphs through `torch.cuda.CUDAGraph`, whose private memory pool torch keeps with the graph."""
+
+    name: str = "torch"
+
+    def __init__(self, device: Any) -> None:
+        self._device = device
+        self._stream = torch.cuda.Stream(device)
+
+    def warm(self, fn: Callable[[], Any]) -> Any:
+        """`fn()` run on the capture stream, in order with the current stream's work (torch makes a cuBLAS
+        workspace per stream: made here, outside a capture)."""
+        current = torch.cuda.current_stream(self._device)
+        self._stream.wait_stream(current)
+        try:
+            with torch.cuda.stream(self._stream):
+                return fn()
+        finally:
+            current.wait_stream(self._stream)
+
+    def capture(self, fn: Callable[[], None]) -> Any:
+        """The graph of `fn`'s kernels (none of which runs now); an error in `fn` ends the capture and is raised."""
+        graph = torch.cuda.CUDAGraph()
+        self._stream.wait_stream(torch.cuda.current_stream(self._device))
+        with torch.cuda.stream(self._stream):
+            run_capture(lambda: graph.capture_begin(capture_error_mode="relaxed"), fn, graph.capture_end)
+        return graph
+
+    def launch(self, graph: Any) -> None:
+        """Run the graph's kernels once."""
+        graph.replay()
+
+    @staticmethod
+    def copy_into(target: Any, source: Any) -> None:
+        """Copy `source` into the fixed buffer `target` (a kernel, which a graph can hold)."""
+        target.copy_(source)
+
+    @staticmethod
+    def copy(a: Any) -> Any:
+        """A fresh copy of `a`."""
+        return a.clone()
+
+    @staticmethod
+    def same_memory(a: Any, b: Any) -> bool:
+        """Whether `a` and `b` are the same memory, of the same size and dtype."""
+        return a.data_ptr() == b.data_ptr() and a.numel() == b.numel() and a.dtype == b.dtype
+
+    def release(self) -> None:
+        """Nothing to give back: torch frees a graph's pool with the graph and its tensors."""
 
 
 class TorchBackend(MutableBackend):
@@ -132,6 +185,40 @@ class TorchBackend(MutableBackend):
             "sgd": _sgd,
             "softmax_cross_entropy": _softmax_cross_entropy,
         }
+
+    # --- moves, memory and graphs --------------------------------------------------------------------------
+
+    def to_cpu(self, x: Any) -> Any:
+        """x on torch's 'cpu' device."""
+        return x.cpu()
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        """x on the host, without torch's autograd, as NumPy (sharing memory when x is on the CPU already)."""
+        return x.cpu().detach().numpy()
+
+    def to_gpu(self, x: Any) -> Any:
+        """x on torch's current CUDA device."""
+        if not torch.cuda.is_available():
+            raise RuntimeError("torch sees no CUDA GPU (torch.cuda.is_available() is False)")
+        return x.cuda()
+
+    def host_bits(self, x: Any, unsigned: Any) -> np.ndarray:
+        """torch views bfloat16 as int16; NumPy re-reads it unsigned."""
+        signed = {np.uint16: torch.int16}[unsigned]
+        return x.detach().cpu().view(signed).numpy().view(unsigned)
+
+    def place_bits(self, bits: np.ndarray, dtype: str, like: Any) -> Any:
+        """The bits as int16, viewed as torch's `dtype`, on `like`'s device."""
+        signed = torch.from_numpy(bits.view(np.int16).copy())
+        return signed.view(getattr(torch, dtype)).to(like.device)
+
+    def memory_key(self, x: Any) -> Any:
+        """The address of x's storage: views of one tensor share it."""
+        return ("torch", x.untyped_storage().data_ptr())
+
+    def graph_kit(self, device: Any) -> TorchGraphs | None:
+        """CUDA graphs on a CUDA `device`; none on the CPU or another device."""
+        return TorchGraphs(device) if device.type == "cuda" else None
 
     @staticmethod
     def adopt(x: Any) -> Any:
