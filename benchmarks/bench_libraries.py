@@ -2,6 +2,7 @@
 
     python benchmarks/bench_libraries.py                       # every workload on numpy, torch and jax
     python benchmarks/bench_libraries.py --libraries torch --only cnn-28 --rounds 5
+    python benchmarks/bench_libraries.py --captured             # xdezero's steps through xdezero.capture
 
 The same step as bench_training.py (forward, softmax cross-entropy, backward, SGD lr=0.1, float32), with the
 data and parameters moved to the library's arrays by `to_library`. One CPU thread for every library. Each
@@ -12,6 +13,7 @@ Workloads
   mlp-small   2 → 10 → 3, batch 30 (the spiral data set; the step is all overhead)
   cnn-28      conv 3×3 1→16, relu, conv 3×3 16→32, relu, max pooling 2×2, linear → 10; batch 64 of 28×28
   mlp-mnist   784 → 1000 → 1000 → 10, batch 100
+  mlp-wide    2 → 1000 → 3, batch 300 (the spiral data set)
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ WORKLOADS = {
     "mlp-small": ((2, 10, 3), 30, True, 2000),
     "cnn-28": (CNN, 64, False, 60),
     "mlp-mnist": ((784, 1000, 1000, 10), 100, False, 100),
+    "mlp-wide": ((2, 1000, 3), 300, True, 500),
 }
 LIBRARIES = ("numpy", "torch", "jax")
 
@@ -37,7 +40,7 @@ def _one_thread() -> None:
     os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 
 
-def _worker(framework: str, name: str, scale: float) -> None:
+def _worker(framework: str, name: str, scale: float, captured: bool) -> None:
     sizes, batch, spiral, repeats = WORKLOADS[name]
     repeats = max(10, int(repeats * scale))
     x, t = data(sizes, batch, spiral)
@@ -50,7 +53,8 @@ def _worker(framework: str, name: str, scale: float) -> None:
         from xdezero.backends import to_library
 
         library = framework.removeprefix("xdezero-")
-        step = xdezero_step(sizes, x, t, None if library == "numpy" else (lambda a: to_library(a, library)))
+        move = None if library == "numpy" else (lambda a: to_library(a, library))
+        step = xdezero_step(sizes, x, t, move, capture=captured)
     (median,) = interleaved_medians([step], [lambda: None], repeats, max(5, repeats // 10))
     print(median)
 
@@ -61,24 +65,35 @@ def main() -> None:
     parser.add_argument("--only", choices=list(WORKLOADS), help="run one workload")
     parser.add_argument("--rounds", type=int, default=3, help="fresh processes per framework (default 3)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the timed steps per process")
+    parser.add_argument(
+        "--captured", action="store_true", help="xdezero's step through xdezero.capture (JAX: one jax.jit function)"
+    )
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     _one_thread()
     if args.worker:
-        _worker(*args.worker, args.scale)
+        _worker(*args.worker, args.scale, args.captured)
         return
     libraries = [name for name in args.libraries.split(",") if name]
     for name in libraries:
         if name not in LIBRARIES:
             parser.error(f"unknown library {name!r}; accepted: {', '.join(LIBRARIES)}")
-    print(f"one thread each, {args.rounds} rounds of fresh processes, median µs per step")
+    how = "captured xdezero steps" if args.captured else "eager steps"
+    print(f"one thread each, {args.rounds} rounds of fresh processes, median µs per step; {how} / PyTorch eager")
     print(f"{'workload':12} {'library':8} {'xdezero':>10} {'pytorch':>10} {'ratio':>7}")
     for name in [args.only] if args.only else WORKLOADS:
         frameworks = ["pytorch"] + [f"xdezero-{library}" for library in libraries]
         times: dict[str, list[float]] = {f: [] for f in frameworks}
         for _ in range(args.rounds):
             for framework in frameworks:
-                cmd = ["--scale", str(args.scale), "--worker", framework, name]
+                cmd = [
+                    "--scale",
+                    str(args.scale),
+                    *(["--captured"] if args.captured else []),
+                    "--worker",
+                    framework,
+                    name,
+                ]
                 times[framework].append(float(run_python(__file__, *cmd, env={"GLIBC_TUNABLES": PINNED_MALLOC})))
         reference = statistics.median(times["pytorch"])
         for library in libraries:

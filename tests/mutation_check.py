@@ -61,7 +61,12 @@ class Mutant:
 
 
 GRADIENTS = ("tests/test_core_functions.py", "tests/test_functions.py", "tests/test_torch_oracle.py")
-CAPTURE = ("tests/test_capture.py", "tests/test_capture_edges.py", "tests/test_capture_graphs.py")
+CAPTURE = (
+    "tests/test_capture.py",
+    "tests/test_capture_edges.py",
+    "tests/test_capture_graphs.py",
+    "tests/test_capture_cases.py",
+)
 OPTIMIZERS = ("tests/test_optimizers.py", "tests/test_optimizers_torch_oracle.py")
 
 MUTANTS = (
@@ -294,7 +299,7 @@ MUTANTS = (
     # --- capture: comparison of the two recordings ---------------------------------------------------------
     Mutant(
         "capture_first_op_constants",
-        "xdezero/tape_replay.py",
+        "xdezero/tapes/replay.py",
         'if a.kind == "forward" and a.signature[2] != b.signature[2]:',
         'if a.kind == "forward" and k > 0 and a.signature[2] != b.signature[2]:',
         "same_tapes skips the constants of the step's first op",
@@ -302,7 +307,7 @@ MUTANTS = (
     ),
     Mutant(
         "capture_data_identity",
-        "xdezero/tape_replay.py",
+        "xdezero/tapes/replay.py",
         ' or (sa[0] == "data" and sa[1] is not sb[1]):',
         ":",
         "same_tapes does not check that a Variable's data is the recorded one",
@@ -310,10 +315,26 @@ MUTANTS = (
     ),
     Mutant(
         "capture_const_fingerprint",
-        "xdezero/tape_replay.py",
+        "xdezero/tapes/replay.py",
         "fingerprint([sa[1]]) != fingerprint([sb[1]])",
         "fingerprint([sa[1]]) != fingerprint([sa[1]])",
         "same_tapes compares a const input's fingerprint with itself",
+        CAPTURE,
+    ),
+    Mutant(
+        "capture_arguments_unchecked",
+        "xdezero/tapes/record.py",
+        "        self.check_arguments()\n",
+        "",
+        "an argument changed in place during the step goes unnoticed",
+        CAPTURE,
+    ),
+    Mutant(
+        "capture_sign_frozen",
+        "xdezero/functions/math.py",
+        "return gy * Sign()(x)",
+        "return gy * self.xp.sign(x.data)",
+        "abs's backward takes its sign outside any op, frozen in a captured step",
         CAPTURE,
     ),
 )

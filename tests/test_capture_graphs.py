@@ -1,4 +1,4 @@
-"""Captured steps replayed as CUDA graphs (xdezero.tape_graphs).
+"""Captured steps replayed as CUDA graphs (xdezero.tapes.graphs).
 
 On CuPy and CUDA torch the real graphs run. On NumPy a stand-in graph kit checks the bookkeeping around them
 everywhere: the arguments copied in, the state's buffers written back, the results copied out, the checks made
@@ -14,7 +14,7 @@ import pytest
 
 import xdezero
 import xdezero.functions as F
-import xdezero.tape
+import xdezero.tapes.step
 from tests.helpers import asarray, fixture_device, library, to_numpy, train_step
 from tests.test_capture import MODELS, OPTIMIZERS, BagOfEmbeddings, _batches, _embedding_batches
 from xdezero import capture, optimizers
@@ -68,7 +68,7 @@ def gxp(xp, monkeypatch):
             kits.append(NumpyGraphs())
             return kits[-1]
 
-        monkeypatch.setattr(xdezero.tape, "graph_kit", stand_in)
+        monkeypatch.setattr(xdezero.tapes.step, "graph_kit", stand_in)
         xp.stand_in_kits = kits
         return xp
     if graph_kit([asarray(xp, np.zeros(1))]) is None:

@@ -20,7 +20,7 @@ LAYERS = [
     ("layers", ["xdezero.layers"]),
     ("models", ["xdezero.models"]),
     ("optimizers", ["xdezero.optimizers"]),
-    ("capture", ["xdezero.tape", "xdezero.tape_record", "xdezero.tape_replay", "xdezero.tape_graphs"]),
+    ("capture", ["xdezero.tapes"]),
     ("data", ["xdezero.transforms", "xdezero.datasets", "xdezero.dataloaders", "xdezero.utils", "xdezero.cuda"]),
     ("checkpoint", ["xdezero.checkpoint"]),
     ("command", ["xdezero.distributed", "xdezero.cli", "xdezero.__main__", "xdezero"]),

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from xdezero import Variable, capture
-from xdezero.tape import CapturedStep
+from xdezero.tapes import CapturedStep
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,7 +67,7 @@ def test_each_form_keeps_the_steps_return_type(mypy_output: str) -> None:
         "tuple[xdezero.core.Variable, xdezero.core.Variable]",
         "dict[str, xdezero.core.Variable]",
     ], mypy_output
-    assert revealed[3].startswith("xdezero.tape.CapturedStep[[x: "), mypy_output
+    assert revealed[3].startswith("xdezero.tapes.step.CapturedStep[[x: "), mypy_output
     assert "n: int =" in revealed[3] and revealed[3].endswith("dict[str, xdezero.core.Variable]]"), mypy_output
 
 

@@ -23,7 +23,7 @@ from xdezero.datasets import Dataset
 from xdezero.layers import Layer
 from xdezero.models import Model
 from xdezero.optimizers import Optimizer
-from xdezero.tape import CaptureError, capture
+from xdezero.tapes import CaptureError, capture
 
 __version__ = "0.1.0"
 

@@ -6,9 +6,9 @@ import functools
 import inspect
 from collections.abc import Callable
 from contextvars import ContextVar, Token
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
-__all__ = ["Config", "using_config", "no_grad", "test_mode"]
+__all__ = ["Config", "using_config", "no_grad", "test_mode", "StepRecorder", "recorder_slot"]
 
 _FLAGS: dict[str, ContextVar[bool]] = {
     "enable_backprop": ContextVar("enable_backprop", default=True),
@@ -19,6 +19,45 @@ _FLAGS: dict[str, ContextVar[bool]] = {
 enable_backprop_flag: ContextVar[bool] = _FLAGS["enable_backprop"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+
+
+class StepRecorder(Protocol):
+    """What the engine reports to while a step is captured (`xdezero.tapes.record.Recorder` implements it).
+
+    The engine's one recording seam: every array operation of a step passes through one of these methods, read
+    from `recorder_slot` where the engine already reads its configuration (core's Function, Variable and backward
+    pass, Layer's attribute assignment, Optimizer.update). The first two and the last run the
+    operation themselves; the others are told after the fact.
+    """
+
+    def function_call(self, f: Any, inputs: tuple[Any, ...]) -> Any:
+        """Run `f(*inputs)` (a Function's call) and note it."""
+
+    def backward(self, v: Any, retain_grad: bool, create_graph: bool) -> None:
+        """Run the backward pass from `v` and note what it computes and stores."""
+
+    def array_op(self, fn: Callable[..., Any], arrays: tuple[Any, ...], result: Any) -> None:
+        """Note `result = fn(*arrays)`, an array operation of the backward pass itself."""
+
+    def variable_created(self, v: Any) -> None:
+        """Note a Variable made during the step."""
+
+    def data_assigned(self, v: Any, previous: Any) -> None:
+        """Note `v.data = ...` (the array it held before was `previous`)."""
+
+    def grad_cleared(self, v: Any) -> None:
+        """Note `v.cleargrad()`."""
+
+    def optimizer_update(self, optimizer: Any) -> None:
+        """Run `optimizer.update()` and note it."""
+
+    def attribute_assigned(self, layer: Any, name: str, value: Any) -> None:
+        """Note `layer.name = value` (a recurrent layer's hidden state, a replaced parameter)."""
+
+
+# The recorder of the step being captured in this context, or None (nearly always). Nothing records inside an
+# operation a recorder runs itself: it clears the slot meanwhile.
+recorder_slot: ContextVar[StepRecorder | None] = ContextVar("recorder", default=None)
 
 
 def _flag(name: str) -> ContextVar[bool]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from xdezero._config import Config, enable_backprop_flag, no_grad, test_mode, using_config
+from xdezero._config import Config, enable_backprop_flag, no_grad, recorder_slot, test_mode, using_config
 from xdezero.backends import (
     LEGACY_NUMPY,
     Backend,
@@ -109,6 +109,9 @@ class Variable:
         self.generation: int = 0
         self._index: int = 0  # position among its creator's outputs
         self.requires_grad: bool = requires_grad
+        recorder = recorder_slot.get()
+        if recorder is not None:
+            recorder.variable_created(self)
 
     # --- data and its description -------------------------------------------------------------
     @property
@@ -119,7 +122,10 @@ class Variable:
     @data.setter
     def data(self, value: Any) -> None:
         """Replace the array (checked to be a numeric array of some array-API library, or None)."""
-        self._data = as_array_data(value)
+        previous, self._data = self._data, as_array_data(value)
+        recorder = recorder_slot.get()
+        if recorder is not None:
+            recorder.data_assigned(self, previous)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -175,6 +181,9 @@ class Variable:
     def cleargrad(self) -> None:
         """Forget the gradient (`.grad = None`), before the next backward pass."""
         self.grad = None
+        recorder = recorder_slot.get()
+        if recorder is not None:
+            recorder.grad_cleared(self)
 
     def unchain(self) -> None:
         """Make this Variable a leaf: backward stops here, also for functions that recorded it and were called
@@ -210,12 +219,10 @@ class Variable:
         """
         if self._data is None:
             raise ValueError("backward() called on a Variable with no data")
-        if self.grad is None:
-            self.grad = Variable(array_op(_ones_like, self._data), requires_grad=False)
-        if self.creator is None:
-            return
-        with using_config("enable_backprop", create_graph):
-            _run_backward(self, retain_grad, create_graph)
+        recorder = recorder_slot.get()
+        if recorder is not None:
+            return recorder.backward(self, retain_grad, create_graph)
+        return backward_pass(self, retain_grad, create_graph)
 
     # --- devices ------------------------------------------------------------------------------
     def register_grad_hook(self, hook: Callable[[Variable], None]) -> Callable[[], None]:
@@ -339,6 +346,16 @@ def as_array(x: Any, array_module: Any = np) -> Any:
     return x
 
 
+def backward_pass(start: Variable, retain_grad: bool, create_graph: bool) -> None:
+    """`start.backward(retain_grad, create_graph)` itself (what a recorder runs when it records one)."""
+    if start.grad is None:
+        start.grad = Variable(array_op(_ones_like, start._data), requires_grad=False)
+    if start.creator is None:
+        return
+    with using_config("enable_backprop", create_graph):
+        _run_backward(start, retain_grad, create_graph)
+
+
 def _run_backward(start: Variable, retain_grad: bool, create_graph: bool) -> None:
     # Gradients for function outputs wait here (keyed by function) until the function is popped, so an
     # intermediate Variable that nobody holds any more still passes its gradient on. The loop is the engine's
@@ -438,13 +455,17 @@ def _zeros_like(y: Variable) -> Variable:
     return Variable(array_op(_zeros, y._data), requires_grad=False)
 
 
-# The backward pass's own array operations, outside any Function: they go through `array_op`, the one place
-# where `xdezero.capture` records them (it swaps `array_op` while it records a step).
+# The backward pass's own array operations, outside any Function, go through `array_op`, which reports them to a
+# recorder (xdezero.capture's) when one is set.
 
 
 def array_op(fn: Any, *arrays: Any) -> Any:
     """fn(*arrays): an array operation of the engine itself (not of a Function)."""
-    return fn(*arrays)
+    result = fn(*arrays)
+    recorder = recorder_slot.get()
+    if recorder is not None:
+        recorder.array_op(fn, arrays, result)
+    return result
 
 
 def _add(a: Any, b: Any) -> Any:
@@ -485,6 +506,12 @@ class Function:
     # True when the inputs are held by weak reference plus a record of where each came from.
     _weak_inputs: bool = False
 
+    # What a captured step's replay must know of an op (xdezero.tapes): the attributes holding arrays its forward
+    # keeps for backward (ReLU's mask), and those holding Variables whose data its forward assigns (batch_norm's
+    # running statistics).
+    saved: tuple[str, ...] = ()
+    writes: tuple[str, ...] = ()
+
     # Set by each call (declared here, not in an __init__, so that subclasses need not call one):
     xp: Any  # the array namespace of the inputs, for `forward`
     needs_grad: tuple[bool, ...]  # per input: whether it gets a gradient in this call
@@ -499,6 +526,9 @@ class Function:
     def __call__(self, *inputs: Any) -> Any:
         # The engine's hot path: kept flat on purpose (it runs once per op, forward and backward), with the
         # one- and two-input cases spelled out.
+        recorder = recorder_slot.get()
+        if recorder is not None:
+            return recorder.function_call(self, inputs)
         if len(inputs) == 1:
             x = inputs[0]
             if not isinstance(x, Variable):

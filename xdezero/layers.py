@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 import xdezero.functions as F
+from xdezero._config import recorder_slot
 from xdezero._files import FileLike, atomic_write, opened, read_entry, read_text, write_npz
 from xdezero._geometry import pair
 from xdezero.backends import (
@@ -127,6 +128,9 @@ class Layer:
         elif registry.pop(name, 0) is None:
             _structure.changed()
         object.__setattr__(self, name, value)
+        recorder = recorder_slot.get()
+        if recorder is not None:
+            recorder.attribute_assigned(self, name, value)
 
     def __delattr__(self, name: str) -> None:
         if self.__dict__.get("_params", {}).pop(name, 0) is None:

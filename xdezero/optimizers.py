@@ -20,6 +20,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, Self
 
+from xdezero._config import recorder_slot
 from xdezero.backends import array_namespace, dtype_name, fused, place, to_host
 from xdezero.core import Parameter, Variable
 
@@ -100,6 +101,13 @@ class Optimizer:
         """Run the hooks on the parameters that have a gradient, then update each of them one step."""
         if self.target is None:
             raise RuntimeError(f"{type(self).__name__}.update: call setup(model) first")
+        recorder = recorder_slot.get()
+        if recorder is not None:
+            return recorder.optimizer_update(self)
+        self.apply_update()
+
+    def apply_update(self) -> None:
+        """`update()` itself (what a recorder runs when it records one)."""
         params = [p for p in self.target.params() if p.grad is not None]
         for hook in self.hooks:
             hook(params)
@@ -370,7 +378,9 @@ class Adam(Optimizer):
     @property
     def lr(self) -> float:
         """The bias-corrected step size for the current step count `t`."""
-        return self.alpha * math.sqrt(1.0 - self.beta2**self.t) / (1.0 - self.beta1**self.t)
+        unbiased = 1.0 - self.beta2**self.t
+        root = math.sqrt(unbiased) if isinstance(unbiased, float) else unbiased**0.5  # a traced count: see tapes
+        return self.alpha * root / (1.0 - self.beta1**self.t)
 
     def update_one(self, param: Parameter) -> None:
         """One Adam step of `param` with the step size `lr` of the current `t`."""

@@ -82,6 +82,7 @@ def _relu(xp: Any, x: Any) -> tuple[Any, Any]:
 class ReLU(Function):
     """y = max(x, 0); dy/dx = 1 where x > 0, else 0."""
 
+    saved: tuple[str, ...] = ("mask",)
     keeps_inputs: bool = False
     mask: Any  # dy/dx as a 0/1 array of x's dtype, set by forward
 
@@ -103,6 +104,7 @@ def relu(x: Any) -> Variable:
 class LeakyReLU(Function):
     """y = x where x > 0, else slope·x; dy/dx = 1 or slope."""
 
+    saved: tuple[str, ...] = ("mask",)
     keeps_inputs: bool = False
     mask: Any  # dy/dx: 1 or slope per element, set by forward
 

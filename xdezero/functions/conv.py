@@ -368,6 +368,7 @@ def _check_pool_pad(name: str, kernel: Pair, pad: Pair) -> None:
 class Pooling(Function):
     """y = max over each window (padding counts as -inf); dy/dx = gy routed to the first arg-max of its window."""
 
+    saved: tuple[str, ...] = ("argmax",)
     keeps_inputs: bool = False
     kernel: Pair
     stride: Pair

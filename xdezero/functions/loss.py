@@ -161,6 +161,7 @@ def _softmax_cross_entropy_grad(xp: Any, p: Any, t: Any, gy: Any) -> Any:
 class SoftmaxCrossEntropy(Function):
     """y = -Σₙ log softmax(x)[n, tₙ] / N; dy/dx = (softmax(x) - onehot(t)) / N."""
 
+    saved: tuple[str, ...] = ("p", "t")
     t: Any  # the labels as checked class ids, set by forward
     p: Any  # softmax(x), set by forward for the backward
 
@@ -227,10 +228,28 @@ def _targets(x: Variable, t: Any, where: str) -> Variable:
     t = t.data if isinstance(t, Variable) else t
     if not hasattr(t, "dtype"):
         raise TypeError(f"{where}: targets t must be an array, got {describe(t)}")
-    xp = array_namespace(x.data, t)
+    array_namespace(x.data, t)  # one library for both
     if math.prod(t.shape) != x.size:
         raise ValueError(f"{where}: targets of shape {tuple(t.shape)} do not match the input of shape {x.shape}")
-    return as_variable(xp.astype(xp.reshape(t, x.shape), x.dtype))
+    return Targets(x.shape, x.dtype)(t)
+
+
+class Targets(Function):
+    """y = t reshaped to `shape` and cast to `dtype` (0/1 targets in any real dtype); no gradient: targets are
+    data. An op, so that a captured step reads each call's targets."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: Any) -> None:
+        self.shape: tuple[int, ...] = shape
+        self.dtype: Any = dtype
+
+    def forward(self, t: Any) -> Any:
+        """y = t as `shape` and `dtype`."""
+        xp = self.xp
+        return xp.astype(xp.reshape(t, self.shape), self.dtype)
+
+    def backward(self, gy: Variable) -> None:
+        """None: targets get no gradient."""
+        return None
 
 
 class SigmoidCrossEntropy(Function):

@@ -111,7 +111,21 @@ class Abs(Function):
     def backward(self, gy: Variable) -> Variable:
         """gx = sign(x) gy."""
         (x,) = self.inputs
-        return gy * self.xp.sign(x.data)
+        return gy * Sign()(x)
+
+
+class Sign(Function):
+    """y = sign(x) ∈ {-1, 0, 1}; dy/dx = 0 (none is passed on)."""
+
+    keeps_inputs: bool = False
+
+    def forward(self, x: Any) -> Any:
+        """y = sign(x)."""
+        return self.xp.sign(x)
+
+    def backward(self, gy: Variable) -> None:
+        """No gradient: sign is piecewise constant."""
+        return None
 
 
 def square(x: Any) -> Variable:

@@ -17,6 +17,7 @@ __all__ = ["dropout", "batch_norm", "batch_nrom", "BatchNorm"]
 class Dropout(Function):
     """y = x · mask / (1 - r), mask ~ Bernoulli(1 - r) drawn on each call; dy/dx = mask / (1 - r)."""
 
+    saved: tuple[str, ...] = ("mask",)
     keeps_inputs: bool = False
     mask: Any  # the kept elements' scale: 0 or 1/(1 - r), set by forward
 
@@ -85,6 +86,7 @@ class RunningStatistics(Function):
     statistics `mean_target`, `var_target` (Variables or mutable arrays); returns the new mean. Not differentiated:
     running statistics are not trained. One op, so that a captured step updates them on every replay."""
 
+    writes: tuple[str, ...] = ("mean_target", "var_target")
     mean_target: Any
     var_target: Any
     decay: float
@@ -108,6 +110,7 @@ class RunningStatistics(Function):
 class NormalizeWithStatistics(Function):
     """y = (x - mean) / √(var + eps) per channel (test mode); dy/dx = 1/√(var + eps), none for the statistics."""
 
+    saved: tuple[str, ...] = ("inv_std",)
     per_channel: tuple[int, ...]
     eps: float
     inv_std: Any  # 1/√(var + eps) shaped `per_channel`, set by forward

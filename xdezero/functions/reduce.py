@@ -40,6 +40,7 @@ class _Extremum(Function):
     """
 
     keeps_inputs = False
+    saved: tuple[str, ...] = ("mask",)
     name: str = "max"
 
     def __init__(self, axis: int | tuple[int, ...] | None, keepdims: bool) -> None:
@@ -106,6 +107,7 @@ def min(x: Any, axis: int | tuple[int, ...] | None = None, keepdims: bool = Fals
 class Clip(Function):
     """y = min(max(x, x_min), x_max); dy/dx = 1 where x_min <= x <= x_max, else 0."""
 
+    saved: tuple[str, ...] = ("mask",)
     keeps_inputs = False
 
     def __init__(self, x_min: float, x_max: float) -> None:

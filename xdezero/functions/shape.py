@@ -232,6 +232,7 @@ def _checked_tuple(xp, x, index, where):
 class GetItem(Function):
     """y = x[slices]; dy/dx scatters gy back, accumulating repeated indices."""
 
+    saved: tuple[str, ...] = ("index",)
     keeps_inputs: bool = False
     x_shape: tuple[int, ...]  # set by forward
     index: Any  # `slices` as forward applied it: a checked tuple, an id array or a boolean mask

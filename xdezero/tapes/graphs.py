@@ -30,9 +30,9 @@ from typing import Any
 
 from xdezero.backends import GraphKit, check_index_arrays, deferring_checks, is_array, random_draws
 from xdezero.core import Variable
-from xdezero.tape_record import Op
+from xdezero.tapes.record import Op
 
-__all__ = ["GraphReplay", "GraphedStep", "NoGraph", "capture_graph"]
+__all__ = ["GraphReplay", "GraphedStep", "NoGraph", "capture_graph", "frozen_setting", "same_setting", "state_refs"]
 
 MAX_CAPTURES = 16  # captures of one step before it stays plain (its numbers change on every call)
 
@@ -66,7 +66,7 @@ class _State:
                         (owner, name, value, [(k, a) for k, a in value.items() if is_array(a)], len(value))
                     )
                 else:
-                    self.settings.append((owner, name, _frozen(value)))
+                    self.settings.append((owner, name, frozen_setting(value)))
 
     def own_buffers(self, kit: GraphKit) -> None:
         """Give every array of the state a copy of its own, which the graph will read and write."""
@@ -119,7 +119,7 @@ class _State:
             for key, a in entries:
                 table[key] = a
         for owner, name, value in self.settings:
-            if isinstance(value, numbers.Number) and not _same(getattr(owner, name, None), value):
+            if isinstance(value, numbers.Number) and not same_setting(getattr(owner, name, None), value):
                 setattr(owner, name, value)  # Adam's step count, advanced by the refused capture
 
     def captured(self) -> None:
@@ -147,7 +147,7 @@ class _State:
         """The first setting that is no longer what it was: (owner, name, then, now); None when none is."""
         for owner, name, value in self.settings:
             now = getattr(owner, name, None)
-            if not _same(_frozen(now), value):
+            if not same_setting(frozen_setting(now), value):
                 return owner, name, value, now
         return None
 
@@ -157,12 +157,12 @@ class _State:
             v.grad = grad
 
 
-def _frozen(value: Any) -> Any:
+def frozen_setting(value: Any) -> Any:
     """A list as a tuple of its items (a hook added to `hooks` changes it); anything else itself."""
     return tuple(value) if isinstance(value, list) else value
 
 
-def _same(a: Any, b: Any) -> bool:
+def same_setting(a: Any, b: Any) -> bool:
     """The same setting: the same object, or equal numbers (a learning rate set to an equal value), or tuples
     of the same objects."""
     if a is b:
@@ -306,15 +306,16 @@ class GraphReplay:
                 values = kit.warm(lambda: tape.run_on(arrays))
                 return {slot: values[slot] for slot in tape.result_slots}
             if self.captures == MAX_CAPTURES:
-                return self._no_graph(f"captured {MAX_CAPTURES} times: the numbers its kernels take change every call")
+                return self.plain(f"captured {MAX_CAPTURES} times: the numbers its kernels take change every call")
             self.captures += 1
             try:
                 graphed = self.graphed = capture_graph(kit, tape.run, arrays, tape.n_slots, *state_refs(tape.ops))
             except NoGraph as why:
-                return self._no_graph(str(why))
+                return self.plain(str(why))
         return graphed.launch(arrays, tape.result_slots)
 
-    def _no_graph(self, why: str) -> None:
+    def plain(self, why: str) -> None:
+        """From now on: replay plainly, for the reason `why` (in `note`)."""
         self.note, self.kit, self.graphed = why, None, None
 
 

@@ -1,10 +1,11 @@
-"""The replay half of `xdezero.capture` (see xdezero/tape.py): a recorded call becomes a `Tape`, a flat program
+"""The replay half of `xdezero.capture` (see xdezero/tapes/step.py): a recorded call becomes a `Tape`, a flat program
 of closures over slot values that frees each intermediate after its last use, and `same_tapes` compares the two
 recordings of a signature.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -13,8 +14,9 @@ import numpy as np
 from xdezero._config import Config
 from xdezero.backends import LEGACY_NUMPY, is_array, keep_input_precision
 from xdezero.core import Function, Variable
-from xdezero.tape_graphs import GraphReplay
-from xdezero.tape_record import BOUND, CaptureError, Op, Recorder, fill, fingerprint
+from xdezero.tapes.compile import CompiledReplay
+from xdezero.tapes.graphs import GraphReplay
+from xdezero.tapes.record import BOUND, CaptureError, Op, Recorder, fill, fingerprint, host_values
 
 __all__ = ["Tape", "same_tapes"]
 
@@ -27,6 +29,11 @@ class Tape:
 
     def __init__(self, recorder: Recorder, n_args: int, result: Any) -> None:
         self.ops: list[Op] = recorder.ops
+        _own_ops(self.ops)
+        self.external: list[Variable] = list(recorder.external.values())  # the Variables from before the step
+        # Host copies of the array arguments it was recorded on, until a call on other values confirms it
+        # (CapturedStep drops them then).
+        self.seen_arguments: list[Any] | None = [host for _, host in recorder.argument_values]
         self.n_slots: int = recorder.n_slots
         self.n_args: int = n_args
         self.result: Any = _result_spec(recorder, result)  # the result's structure, with the slots of its values
@@ -41,14 +48,19 @@ class Tape:
         # the Variables passed as array arguments (None for plain arrays), during a replay that has them
         self.arguments: list[Variable | None] = []
         self.on_arguments: bool = any(isinstance(op.target, tuple) for op in self.ops if op.kind != "forward")
+        # Python state a replay sets (a recurrent layer's hidden state): only a plain replay runs its Python.
+        self.sets_attributes: bool = any(op.kind == "set_attr" for op in self.ops)
         self.program: list[Callable[[list[Any]], None]] = [_compile(op, self.arguments) for op in self.ops]
         self.expected: list[tuple[Any, bool | None, bool | None]] = _expected_state(self.ops, recorder)
+        # The optimizers the step updates, and the ids of the parameters each found (another set: record again).
+        self.optimizers: list[tuple[Any, tuple[int, ...]]] = [
+            (op.target, op.signature[1]) for op in self.ops if op.kind == "call"
+        ]
         # The variant of the step (see CapturedStep): which gradients it found present when it first touched them.
         self.state: tuple[bool, ...] = tuple(has_grad for _, _, has_grad in self.expected if has_grad is not None)
-        for op in self.ops:  # the graph of the recording call is not needed by the replay
-            if op.kind == "forward" and not self.graphless:
-                _release_graph(op.target)
-        self.graph: GraphReplay | None = None  # set where the arguments' library has CUDA graphs (tape_graphs.py)
+        # Set where the arguments' library can run the replay as one CUDA graph (graphs.py) or one compiled function
+        # (compile.py): both give `replay(arrays)`, `note`, `graphed` and `plain(why)`.
+        self.graph: GraphReplay | CompiledReplay | None = None
 
     def _plan_frees(self) -> None:
         last_use: dict[int, int] = {}
@@ -87,9 +99,17 @@ class Tape:
         values = self.graph.replay(arrays) if self.graph is not None else None
         return _build_result(self.result, self.run_on(arrays) if values is None else values, self.graphless)
 
+    def same_arguments(self, arrays: Sequence[Any]) -> bool:
+        """Whether `arrays` hold the values the tape was recorded on."""
+        return same_values(self.seen_arguments, [host_values(a) for a in arrays])
+
     def fits(self, variables: Sequence[Variable | None] | None) -> bool:
         """Whether the Variables the tape acts on are as they were when it was recorded: the same
-        `requires_grad`, and a gradient where the recording read one, none where it set the first."""
+        `requires_grad`, and a gradient where the recording read one, none where it set the first; and whether
+        the optimizers update the same parameters (none replaced, no layer added)."""
+        for optimizer, ids in self.optimizers:
+            if tuple(map(id, optimizer.target.params())) != ids:
+                return False
         for target, requires_grad, has_grad in self.expected:
             v = variables[target[1]] if isinstance(target, tuple) else target
             if requires_grad is not None and v.requires_grad != requires_grad:
@@ -97,6 +117,13 @@ class Tape:
             if has_grad is not None and (v.grad is not None) is not has_grad:
                 return False
         return True
+
+
+def same_values(a: Sequence[Any] | None, b: Sequence[Any] | None) -> bool:
+    """Whether two lists of host arrays hold the same values (None: unknown, never the same)."""
+    if a is None or b is None or len(a) != len(b):
+        return False
+    return all(x.shape == y.shape and x.dtype == y.dtype and np.array_equal(x, y) for x, y in zip(a, b))
 
 
 def _needs_grad(result: Any) -> bool:
@@ -208,6 +235,14 @@ def _compile(op: Op, arguments: list) -> Callable[[list], None]:
         def run(values: list) -> None:
             target.update()
 
+    elif op.kind == "set_attr":  # a layer's attribute: a Variable without a graph (a hidden state), or None
+        name, read_value = op.signature[1], _reader(op.inputs) if op.inputs else None
+
+        def run(values: list) -> None:
+            setattr(target, name, None if read_value is None else Variable(read_value(values)[0], requires_grad=False))
+            for slot in frees:
+                values[slot] = None
+
     else:  # an op on the gradient or data of a Variable: one from before the step, or argument k's
         variable = (lambda: arguments[target[1]]) if isinstance(target, tuple) else (lambda: target)
         if op.kind == "set_grad":
@@ -239,10 +274,25 @@ def _compile(op: Op, arguments: list) -> Callable[[list], None]:
     return run
 
 
-def _release_graph(f: Function) -> None:
-    for name in ("inputs", "outputs", "_input_refs", "_sources"):
-        if name in vars(f):
-            setattr(f, name, None)
+def _own_ops(ops: list[Op]) -> None:
+    """Give the tape copies of the recorded Functions, without their graph or what their forward kept: the
+    recording call's graph stays the user's (a hidden state carried into the next call goes on through it) and is
+    freed with it. An op that refers to another (the gradient of softmax cross-entropy reads its forward's
+    probabilities) refers to the other's copy."""
+    copies: dict[int, Function] = {}
+    for op in ops:
+        if op.kind != "forward":
+            continue
+        f = copy.copy(op.target)
+        for name, value in vars(f).items():
+            if name in _GRAPH or name in type(f).saved:
+                setattr(f, name, None)
+            elif isinstance(value, Function) and id(value) in copies:
+                setattr(f, name, copies[id(value)])
+        copies[id(op.target)] = op.target = f
+
+
+_GRAPH = ("inputs", "outputs", "_input_refs", "_sources")
 
 
 def _result_spec(recorder: Recorder, result: Any) -> Any:
