@@ -13,7 +13,9 @@ gradients take about half of a step's compute on this machine. Like VGG or AlexN
 in the head, whose gradients come first in backward, and most of its compute is in the convolutions after them.
 It times, interleaved, the step
 without communication, the multi-node optimizer reducing after backward (`overlap=False`, the sequential
-all-reduce) and reducing buckets during backward (`overlap=True`, `--bucket-mb`), and prints as its last line:
+all-reduce) and reducing buckets during backward (`overlap=True`, `--bucket-mb`), the latter also with the buckets
+packed and started on the step's own thread (`inline`, what a transport below MPI_THREAD_MULTIPLE gets), and prints
+as its last line:
 `overlap: overlapped step X.XXx, sequential step Y.YYx of the step without communication (link G GB/s)`.
 
 Workload: MLP 784 → 1000 → 1000 → 10 (float32, sigmoid, softmax cross-entropy, SGD lr=0.1), batch 100 per
@@ -250,6 +252,8 @@ def simulated(gbps: float, latency: float, bucket_mb: float, steps: int, warmup:
 
         name = "simulated"
         size = 2
+        _threaded_starts = True  # as MPI_THREAD_MULTIPLE: the buckets pack and start on a thread of their own
+        _numpy_in_place = True  # as MPI: the buckets start in chunks
 
         def __init__(self) -> None:
             self.free_at = 0.0
@@ -294,11 +298,12 @@ def simulated(gbps: float, latency: float, bucket_mb: float, steps: int, warmup:
         for p in model.params():
             p.data = p.data.astype(np.float32)
         link = SimulatedLink()
+        link._threaded_starts = mode != "inline"
         if mode == "none":
             optimizer = SGD(lr=0.1).setup(model)
         else:
             optimizer = dist.create_multi_node_optimizer(
-                SGD(lr=0.1), link, overlap=mode == "overlapped", bucket_mb=bucket_mb
+                SGD(lr=0.1), link, overlap=mode != "sequential", bucket_mb=bucket_mb
             ).setup(model)
 
         def step() -> None:
@@ -310,7 +315,7 @@ def simulated(gbps: float, latency: float, bucket_mb: float, steps: int, warmup:
         step.link = link
         return step
 
-    modes = ("none", "sequential", "overlapped")
+    modes = ("none", "sequential", "inline", "overlapped")
     medians: dict[str, list[float]] = {m: [] for m in modes}
     steps_of = {m: make(m) for m in modes}
     for _ in range(rounds):

@@ -1,12 +1,17 @@
 """Gradient buckets all-reduced while backward runs, over MPI on 1 to 3 ranks (distributed_scripts/check_buckets.py:
 overlapped equals sequential at rtol 1e-12 in float64 with stale and unused parameters, no_sync, float16 exchange),
-and the options' errors in one process."""
+and in one process: the options' errors, and the bucket thread (packing and starting off the step's thread) on a
+two-rank link whose other rank mirrors this one."""
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import sys
+import threading
+import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -15,21 +20,139 @@ import pytest
 import xdezero.functions as F
 import xdezero.layers as L
 from tests.distributed_scripts.launch import SCRIPTS, run
+from xdezero import Model, optimizers
 from xdezero import distributed as dist
-from xdezero import optimizers
+from xdezero.distributed import buckets
+from xdezero.distributed.communicator import Done
 
 BIN = Path(sys.executable).parent
 MPIEXEC = shutil.which("mpiexec", path=os.pathsep.join([str(BIN), os.environ.get("PATH", "")]))
 
 
-@pytest.mark.parametrize("n", [1, 2, 3])
-def test_buckets_over_mpi(n):
+@pytest.mark.parametrize(("n", "thread_level"), [(1, "multiple"), (2, "multiple"), (3, "multiple"), (2, "serialized")])
+def test_buckets_over_mpi(n, thread_level):
+    # Below MPI_THREAD_MULTIPLE the buckets pack and start on the step's thread.
     pytest.importorskip("mpi4py")
     if MPIEXEC is None:
         pytest.skip("mpi4py is installed but no mpiexec was found (pip install mpich)")
-    result = run([MPIEXEC, "-n", str(n), sys.executable, str(SCRIPTS / "check_buckets.py"), "mpi"], 180, None)
+    script = [sys.executable, str(SCRIPTS / "check_buckets.py"), "mpi", thread_level]
+    result = run([MPIEXEC, "-n", str(n), *script], 180, None)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["ok", str(n)]
+
+
+class Mirror(dist.SingleCommunicator):
+    """Rank 0 of 2 whose other rank holds the same gradients (the mean is this rank's), with non-blocking
+    all-reduces in place that may start on another thread; `fail` makes them raise, `delay` makes them start
+    late."""
+
+    size = 2
+    _threaded_starts = True
+    _numpy_in_place = True
+
+    def __init__(self, delay: float = 0.0, fail: bool = False) -> None:
+        self.delay, self.fail = delay, fail
+        self.started_on: list[str] = []  # the thread of each non-blocking all-reduce
+
+    def _allreduce_buffer(self, buf, op):
+        if op == "sum":
+            buf *= self.size
+        return buf
+
+    def _iallreduce_buffer(self, buf, op):
+        self.started_on.append(threading.current_thread().name)
+        if self.fail:
+            raise ValueError("deliberate")
+        time.sleep(self.delay)  # the bucket thread falls behind: backward goes on adding gradients meanwhile
+        return Done(self._allreduce_buffer(buf, op))
+
+
+class Reused(Model):
+    def __init__(self):
+        super().__init__()
+        self.first = L.Linear(8, in_size=3)
+        self.shared = L.Linear(8, in_size=8)
+        self.out = L.Linear(2, in_size=8)
+
+    def forward(self, x, step):
+        h = F.tanh(self.first(x))
+        for _ in range(1 + step % 3):  # used more often than the step before: its bucket goes stale
+            h = F.tanh(self.shared(h))
+        return self.out(h)
+
+
+def reused(seed=0):
+    np.random.seed(seed)
+    model = Reused()
+    model(np.zeros((1, 3)), 0)
+    for p in model.params():
+        p.data = p.data.astype(np.float64)
+    return model
+
+
+def train(model, optimizer, steps, first=0):
+    for step in range(first, first + steps):
+        x = np.random.default_rng(step).standard_normal((5, 3))
+        model.cleargrads()
+        F.sum(model(x, step) ** 2).backward()
+        optimizer.update()
+
+
+@pytest.mark.parametrize(("threaded", "chunk_bytes"), [(True, buckets.CHUNK_BYTES), (True, 40), (False, 40)])
+def test_late_packing_thread_gives_the_gradients_of_the_step(threaded, chunk_bytes, monkeypatch):
+    # The bucket thread packs long after each bucket became ready; a gradient added after that makes the bucket
+    # stale, and its redo must send the final gradient: the parameters are those of training alone. Chunks of
+    # 40 bytes (5 float64) split every parameter and join the ends of some.
+    monkeypatch.setattr(buckets, "CHUNK_BYTES", chunk_bytes)
+    comm = Mirror(delay=0.005)
+    comm._threaded_starts = threaded
+    ours, ref = reused(), reused()
+    opt = dist.create_multi_node_optimizer(optimizers.SGD(lr=0.1), comm, bucket_mb=1e-4, first_bucket_mb=1e-4)
+    opt.setup(ours)
+    ref_opt = optimizers.SGD(lr=0.1).setup(ref)
+    started = []  # all-reduces started per step: more than in the first step where a stale bucket was redone
+    for step in range(7):
+        before = len(comm.started_on)
+        train(ours, opt, 1, first=step)
+        train(ref, ref_opt, 1, first=step)
+        started.append(len(comm.started_on) - before)
+    for (k, a), (_, b) in zip(ours.named_params(), ref.named_params(), strict=True):
+        np.testing.assert_array_equal(a.data, b.data, err_msg=k)
+    assert max(started) > started[0], f"no bucket went stale: the check checked nothing ({started})"
+    assert set(comm.started_on) == ({"xdezero-gradient-buckets_0"} if threaded else {"MainThread"})
+
+
+def test_an_error_on_the_bucket_thread_is_raised_on_the_step_thread():
+    model = reused()
+    opt = dist.create_multi_node_optimizer(optimizers.SGD(), Mirror(fail=True), bucket_mb=1e-4).setup(model)
+    before = [np.array(p.data) for p in model.params()]
+    with pytest.raises(
+        RuntimeError,
+        match=r"gradient bucket 0 of \d+ \(\d+ parameters, \d+ bytes\) failed on the bucket "
+        "thread: ValueError: deliberate",
+    ) as info:
+        train(model, opt, 1)
+    assert isinstance(info.value.__cause__, ValueError)
+    for p, data in zip(model.params(), before):
+        np.testing.assert_array_equal(p.data, data)  # nothing applied
+
+
+def test_dropping_the_optimizer_ends_the_bucket_thread_and_unhooks_the_model():
+    before = set(threading.enumerate())
+    model, comm = reused(), Mirror()
+    opt = dist.create_multi_node_optimizer(optimizers.SGD(), comm, bucket_mb=1e-4).setup(model)
+    train(model, opt, 2)
+    (thread,) = set(threading.enumerate()) - before
+    assert thread.name == "xdezero-gradient-buckets_0"
+    dropped = weakref.ref(opt._gradient_buckets())
+    del opt
+    gc.collect()
+    assert dropped() is None, "something kept the dropped optimizer's buckets alive"
+    thread.join(timeout=10)
+    assert not thread.is_alive(), "the bucket thread outlived its buckets"
+    sent = len(comm.started_on)
+    F.sum(model(np.ones((1, 3)), 0)).backward()
+    assert len(comm.started_on) == sent, "a backward after the optimizer was dropped still sent buckets"
 
 
 def test_the_options_are_checked():

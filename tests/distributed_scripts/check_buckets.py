@@ -1,5 +1,10 @@
 """Gradient buckets reduced during backward, under `mpiexec -n N` or torchrun: rank 0 prints 'ok N'.
 
+    mpiexec -n N python check_buckets.py mpi [THREAD_LEVEL]
+
+THREAD_LEVEL ('multiple', the default, or 'serialized' ...) is the MPI thread level mpi4py asks for: below
+'multiple' the buckets pack and start on the step's thread, else on their own.
+
 Each check runs the same steps twice from the same parameters, through the multi-node optimizer (buckets all-reduced
 while backward runs) and through the sequential all-reduce after backward (`comm.allreduce_grad`), and compares
 the parameters after every step. The models reuse a layer a varying number of times, leave a layer unused on some
@@ -9,6 +14,7 @@ ranks in some steps and one layer unused everywhere, so that buckets start early
 from __future__ import annotations
 
 import sys
+import threading
 
 import numpy as np
 
@@ -16,6 +22,7 @@ import xdezero.functions as F
 import xdezero.layers as L
 from xdezero import Model, optimizers
 from xdezero import distributed as dist
+from xdezero.distributed import buckets
 
 
 class Net(Model):
@@ -136,8 +143,33 @@ def check_exchange_dtype(comm) -> None:
         np.testing.assert_allclose(p.data, q.data, rtol=2e-3, atol=2e-3)
 
 
+def check_threads(comm, thread_level) -> None:
+    expected = "MainThread"
+    if comm.name == "torch" or (comm.name == "mpi" and thread_level == "multiple"):
+        expected = "xdezero-gradient-buckets_0"
+    started_on = []
+    send = comm._iallreduce_buffer
+    comm._iallreduce_buffer = lambda buf, op: started_on.append(threading.current_thread().name) or send(buf, op)
+    model = make(comm)
+    opt = dist.create_multi_node_optimizer(optimizers.SGD(), comm, bucket_mb=1e-4).setup(model)
+    for step in range(3):
+        model.cleargrads()
+        loss_of(model, comm, step).backward()
+        opt.update()
+    comm._iallreduce_buffer = send
+    assert set(started_on) == ({expected} if comm.size > 1 else set()), (comm.name, thread_level, set(started_on))
+
+
 def main() -> None:
-    comm = dist.create_communicator(sys.argv[1] if len(sys.argv) > 1 else "auto")
+    name = sys.argv[1] if len(sys.argv) > 1 else "auto"
+    thread_level = sys.argv[2] if len(sys.argv) > 2 else "multiple"
+    if name == "mpi":
+        import mpi4py
+
+        mpi4py.rc.thread_level = thread_level  # read when mpi4py.MPI is first imported, by the communicator
+    comm = dist.create_communicator(name)
+    check_threads(comm, thread_level)
+    buckets.CHUNK_BYTES = 200  # 25 float64: every bucket of Net starts in several chunks where MPI takes them
     for optimizer_class in (optimizers.SGD, optimizers.MomentumSGD, optimizers.Adam):
         check_overlap_equals_sequential(comm, optimizer_class)
     check_no_sync(comm)

@@ -2,7 +2,9 @@
 
     mpiexec -n 2 python lifetime.py
 
-Each rank creates 200 communicators over duplicates of COMM_WORLD, runs a collective on some, closes some and
+First the abort hook: the first communicator of the process installs it, and dropping that communicator still
+frees it; the hook then ends the job through the oldest communicator alive, and with none only prints.
+Then each rank creates 200 communicators over duplicates of COMM_WORLD, runs a collective on some, closes some and
 drops the rest: after gc.collect() its thread count is back where it started and every communicator is gone.
 Then the watchdog alone: stop() ends its thread at once, dropping its owner ends it too, and an owner that is
 alive is still aborted when a collective times out.
@@ -14,6 +16,7 @@ import contextlib
 import datetime
 import gc
 import io
+import sys
 import threading
 import time
 import weakref
@@ -21,6 +24,7 @@ from collections.abc import Callable
 
 from mpi4py import MPI
 
+from xdezero.distributed._abort import install_abort_hook
 from xdezero.distributed._watchdog import Watchdog, report_and_abort
 from xdezero.distributed.mpi import MpiCommunicator
 
@@ -34,6 +38,33 @@ def wait_until(condition: Callable[[], bool], seconds: float = 2.0) -> bool:
             return False
         time.sleep(0.01)
     return True
+
+
+def check_abort_hook() -> None:
+    dup = MPI.COMM_WORLD.Dup()
+    first = MpiCommunicator(dup, timeout=TIMEOUT)  # the process's first: installs the hook
+    ref = weakref.ref(first)
+    del first
+    gc.collect()
+    assert ref() is None, "the abort hook kept the first communicator of the process alive"
+    dup.Free()
+
+    def uncaught() -> str:
+        stderr = io.StringIO()
+        with contextlib.redirect_stderr(stderr):
+            try:
+                raise RuntimeError("deliberate")
+            except RuntimeError:
+                sys.excepthook(*sys.exc_info())
+        return stderr.getvalue()
+
+    printed = uncaught()  # no communicator alive: printed only, nothing to end
+    assert "RuntimeError: deliberate" in printed and "ending the job" not in printed, printed
+    owner = Owner()
+    install_abort_hook(1, 3, owner.abort)
+    printed = uncaught()
+    assert owner.codes == [1], f"the hook called abort with {owner.codes}, not [1]"
+    assert "uncaught exception on rank 1 of 3; ending the job" in printed and "RuntimeError: deliberate" in printed
 
 
 def check_communicators(world: MpiCommunicator) -> None:
@@ -102,7 +133,8 @@ def check_watchdog() -> None:
 
 
 def main() -> None:
-    world = MpiCommunicator()  # takes the process's abort hook, which keeps its communicator
+    check_abort_hook()  # before any other communicator: the hook must be installed by the one it drops
+    world = MpiCommunicator()
     check_communicators(world)
     check_watchdog()
     world.barrier()

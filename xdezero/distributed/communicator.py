@@ -92,6 +92,12 @@ class Communicator:
     intra_size: int = 1
     inter_rank: int = 0
     inter_size: int = 1
+    # Whether another thread may call `_iallreduce_buffer` while this one calls collectives (MPI_THREAD_MULTIPLE);
+    # the gradient buckets then pack and start on a thread of their own.
+    _threaded_starts: bool = False
+    # Whether a NumPy array serves as its own buffer (`_iallreduce_buffer` takes it and reduces into it): the
+    # gradient buckets then start theirs in chunks, each as soon as it is packed.
+    _numpy_in_place: bool = False
 
     # --- transport primitives (each transport implements these) --------------------------------------
     def _to_buffer(self, flat: Any) -> Any:

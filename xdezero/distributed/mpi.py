@@ -28,12 +28,13 @@ class MpiCommunicator(Communicator):
     thread ends the job (MPI_Abort, with a line naming the collective and the rank) when a collective has not
     completed after `timeout` (default 30 minutes, as PyTorch's; None: wait for ever).
 
-    `close()` stops that thread (idempotent); so does dropping the communicator (but the abort hook keeps the
-    first communicator of a process that installs it). Collectives still work after `close()`, without the
-    time-out. The MPI communicator stays open: it is MPI.COMM_WORLD or the caller's, who frees one it created.
+    `close()` stops that thread (idempotent); so does dropping the communicator (the abort hook holds it weakly).
+    Collectives still work after `close()`, without the time-out. The MPI communicator stays open: it is
+    MPI.COMM_WORLD or the caller's, who frees one it created.
     """
 
     name = "mpi"
+    _numpy_in_place = True  # host_buffer shares a fresh contiguous NumPy array; MPI reduces it in place
     # Set in __init__; declared here so that type checkers see them as the base class's ints, not redefinitions.
     rank: int
     size: int
@@ -71,6 +72,9 @@ class MpiCommunicator(Communicator):
         inter.Free()
         self._ops = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
         self.cuda_aware: bool = cuda_aware
+        # mpi4py asks for MPI_THREAD_MULTIPLE unless told otherwise (mpi4py.rc.thread_level, or MPI initialised
+        # by the program); below it, two threads may not call MPI at the same time.
+        self._threaded_starts = MPI.Query_thread() == MPI.THREAD_MULTIPLE
         self._watchdog = None
         if timeout is not None and self.size > 1:
             on_timeout = report_and_abort(self.rank, self.size, self.abort)  # holds `self` weakly

@@ -25,8 +25,9 @@ class MultiNodeOptimizer:
     the averaging, so WeightDecay and ClipGrad see the global gradient.
 
     From the second step on, the gradients travel in buckets that are all-reduced while backward is still running
-    (`xdezero/distributed/buckets.py`): the last layers' gradients are on their way while the first layers'
-    are being computed, and `update()` waits for what is left. `bucket_mb` sizes the buckets (`first_bucket_mb`
+    (`xdezero/distributed/buckets.py`; packed and started on a thread of their own where the transport allows):
+    the last layers' gradients are on their way while the first layers' are being computed, and `update()` waits
+    for what is left. `bucket_mb` sizes the buckets (`first_bucket_mb`
     the first, which starts earliest); `overlap=False` reduces everything in `update()` instead. The averaged
     gradients are the same either way. `allreduce_grad_dtype` ('float16' or 'bfloat16', ChainerMN's name) sends
     the gradients in that dtype, half the bytes of float32, and averages them in the parameters' dtype.

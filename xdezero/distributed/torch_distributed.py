@@ -83,6 +83,9 @@ class TorchCommunicator(Communicator):
         else:
             self.device = torch.device("cpu")
         self._ops = {"sum": td.ReduceOp.SUM, "max": td.ReduceOp.MAX, "min": td.ReduceOp.MIN}
+        # torch.distributed takes collectives from any thread (DDP starts them from autograd's); NCCL, whose
+        # streams are per thread, stays on the step's thread (untested: no GPU in CI).
+        self._threaded_starts = self.backend != "nccl"
         if abort_on_exception:
             install_abort_hook(self.rank, self.size, self.abort)
 
