@@ -177,6 +177,7 @@ class JaxBackend(Backend):
 
     name = "jax"
     compiles_steps = True
+    immutable_arrays = True
 
     def compile_step(self, fn: Callable[[list[Any], list[Any]], Any]) -> Callable[[list[Any], list[Any]], Any]:
         """`jax.jit`, donating the state (the step's parameters and optimizer state are consumed and returned)."""
@@ -229,7 +230,9 @@ class JaxBackend(Backend):
     # --- moves and memory ---------------------------------------------------------------------------------------
 
     def to_cpu(self, x: Any) -> Any:
-        """x on JAX's first CPU device."""
+        """x on JAX's first CPU device (x itself when it is on a CPU device)."""
+        if all(device.platform == "cpu" for device in x.devices()):
+            return x
         return jax.device_put(x, jax.devices("cpu")[0])
 
     def to_gpu(self, x: Any) -> Any:

@@ -61,6 +61,8 @@ class Backend:
     adopt: Callable[[Any], Any] | None = None
     # Whether `compile_step` compiles a captured step (xdezero/tapes/compile.py) into one function.
     compiles_steps: bool = False
+    # Whether an array of this library keeps its values for life (JAX's): the same object, the same values.
+    immutable_arrays: bool = False
 
     def __init__(self) -> None:
         self._index_dtypes: dict[tuple[int, Any], Any] = {}  # (id(namespace), device) -> dtype

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from xdezero._config import Config
-from xdezero.backends import LEGACY_NUMPY, is_array, keep_input_precision
+from xdezero.backends import LEGACY_NUMPY, array_namespace, backend_of_namespace, is_array, keep_input_precision
 from xdezero.core import Function, Variable
 from xdezero.tapes.compile import CompiledReplay
 from xdezero.tapes.graphs import GraphReplay
@@ -34,6 +34,11 @@ class Tape:
         # Host copies of the array arguments it was recorded on, until a call on other values confirms it
         # (CapturedStep drops them then).
         self.seen_arguments: list[Any] | None = [host for _, host in recorder.argument_values]
+        # the arguments themselves, where their library's arrays never change (the same object: the same values)
+        self.seen_immutable: list[Any] = [
+            a if backend_of_namespace(array_namespace(a)).immutable_arrays else None
+            for a, _ in recorder.argument_values
+        ]
         self.n_slots: int = recorder.n_slots
         self.n_args: int = n_args
         self.result: Any = _result_spec(recorder, result)  # the result's structure, with the slots of its values
@@ -101,6 +106,8 @@ class Tape:
 
     def same_arguments(self, arrays: Sequence[Any]) -> bool:
         """Whether `arrays` hold the values the tape was recorded on."""
+        if all(a is seen for a, seen in zip(arrays, self.seen_immutable)):
+            return True
         return same_values(self.seen_arguments, [host_values(a) for a in arrays])
 
     def fits(self, variables: Sequence[Variable | None] | None) -> bool:

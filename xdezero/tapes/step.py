@@ -102,10 +102,10 @@ def _signature(
             if data.dtype == np.bool_:  # a mask: what it selects has as many rows as it has True values
                 parts.append(("true values", int(np.count_nonzero(data))))
         elif is_array(data):
-            parts.append((type(data), tuple(data.shape), str(data.dtype), str(device_of(data)), in_variable))
-            xp = array_namespace(data)
-            if xp.isdtype(data.dtype, "bool"):
-                parts.append(("true values", int(xp.count_nonzero(data))))
+            dtype = str(data.dtype)
+            parts.append((type(data), tuple(data.shape), dtype, str(device_of(data)), in_variable))
+            if dtype.endswith("bool"):  # bool, torch.bool
+                parts.append(("true values", int(array_namespace(data).count_nonzero(data))))
         else:
             try:
                 hash(value)
