@@ -230,9 +230,7 @@ class JaxBackend(Backend):
     # --- moves and memory ---------------------------------------------------------------------------------------
 
     def to_cpu(self, x: Any) -> Any:
-        """x on JAX's first CPU device (x itself when it is on a CPU device)."""
-        if all(device.platform == "cpu" for device in x.devices()):
-            return x
+        """x on JAX's first CPU device."""
         return jax.device_put(x, jax.devices("cpu")[0])
 
     def to_gpu(self, x: Any) -> Any:
