@@ -16,7 +16,6 @@ import struct
 import subprocess
 import sys
 import termios
-import types
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -666,13 +665,6 @@ def test_capture_of_the_mnist_cnn_prints_what_eager_training_prints(tmp_path, ca
         assert cli.main([*argv, *extra]) == 0
         outputs.append([re.sub(r"in [0-9.]+ s", "in T s", line) for line in _epoch_lines(capsys.readouterr().out)])
     assert outputs[0] == outputs[1]
-
-
-def test_capture_refuses_several_processes(monkeypatch, capsys):
-    fake = types.SimpleNamespace(rank=0, size=2, intra_rank=0, intra_size=1, name="fake")
-    monkeypatch.setattr(cli, "_communicator", lambda args: fake)
-    message = usage_error(capsys, ["train", "spiral", "--capture"])
-    assert "--capture runs in one process; this job has 2" in message
 
 
 # --- rough edges of the first hour ----------------------------------------------------------------------------

@@ -105,12 +105,12 @@ def _xdezero() -> list[str]:
     return [script] if script else [sys.executable, "-m", "xdezero"]
 
 
-@pytest.mark.parametrize(("n", "batch"), [(2, "30"), (3, "32")])
-def test_cli_trains_data_parallel_like_one_process(n, batch, tmp_path):
+@pytest.mark.parametrize(("n", "batch", "capture"), [(2, "30", []), (3, "32", []), (3, "32", ["--capture"])])
+def test_cli_trains_data_parallel_like_one_process(n, batch, capture, tmp_path):
     args = ["train", "spiral", "--epochs", "5", "--batch-size", batch]
     single = python("-m", "xdezero", *args)
     assert single.returncode == 0, single.stderr
-    parallel = mpirun(n, *_xdezero(), *args, "--save", str(tmp_path / "w.npz"))
+    parallel = mpirun(n, *_xdezero(), *args, *capture, "--save", str(tmp_path / "w.npz"))
     assert parallel.returncode == 0, parallel.stderr
     header, _, rest = parallel.stdout.partition("\n")
     assert header.endswith(f", {n} processes (mpi)")

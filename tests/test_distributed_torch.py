@@ -74,3 +74,10 @@ def test_gradient_buckets_reduced_during_backward_over_gloo():
     result = torchrun(2, str(SCRIPTS / "check_buckets.py"), "torch")
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["ok", "2"]
+
+
+def test_captured_steps_over_gloo():
+    """The exchange is one op of a captured step, replayed by every rank (check_capture.py)."""
+    result = torchrun(2, str(SCRIPTS / "check_capture.py"), "torch")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["ok", "2"]

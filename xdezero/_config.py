@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar, Token
 from typing import Any, Protocol, TypeVar, cast
 
@@ -26,8 +26,9 @@ class StepRecorder(Protocol):
 
     The engine's one recording seam: every array operation of a step passes through one of these methods, read
     from `recorder_slot` where the engine already reads its configuration (core's Function, Variable and backward
-    pass, Layer's attribute assignment, Optimizer.update). The first two and the last run the
-    operation themselves; the others are told after the fact.
+    pass, Layer's attribute assignment, Optimizer.update, the multi-node optimizer's exchange). `function_call`,
+    `backward`, `optimizer_update` and `collective` run the operation themselves; the others are told after the
+    fact.
     """
 
     def function_call(self, f: Any, inputs: tuple[Any, ...]) -> Any:
@@ -53,6 +54,11 @@ class StepRecorder(Protocol):
 
     def attribute_assigned(self, layer: Any, name: str, value: Any) -> None:
         """Note `layer.name = value` (a recurrent layer's hidden state, a replaced parameter)."""
+
+    def collective(self, run: Callable[[], str | None], variables: Sequence[Any]) -> str | None:
+        """Run `run()`, a collective over all processes that gives `variables` new gradients (a multi-node
+        optimizer's all-reduce), and note it: a replay runs it again. `run` returns why the call cannot be replayed
+        (it did what later calls will not), or None; so does this."""
 
 
 # The recorder of the step being captured in this context, or None (nearly always). Nothing records inside an

@@ -268,11 +268,6 @@ def train(args: argparse.Namespace, comm: Any, out: TextIO) -> int:
 
     if comm.rank != 0:
         out = io.StringIO()  # only rank 0 reports
-    if args.capture and comm.size > 1:
-        raise UsageError(
-            f"--capture runs in one process; this job has {comm.size} (the gradient exchange happens outside the "
-            "recorded step): drop --capture or run without mpiexec/torchrun"
-        )
     if args.batch_size < comm.size:
         raise UsageError(
             f"--batch-size {args.batch_size} is the global batch: it must be at least {comm.size}, "
@@ -648,8 +643,8 @@ def _add_training_options(task: argparse.ArgumentParser, name: str, defaults: di
     task.add_argument(
         "--capture",
         action="store_true",
-        help="record the training step and replay it (xdezero.capture): same numbers, less Python per step; "
-        "one process only",
+        help="record the training step and replay it (xdezero.capture): same numbers, less Python per step "
+        "(with several processes, the exchange of gradients is one operation of the step)",
     )
     task.add_argument(
         "--communicator",

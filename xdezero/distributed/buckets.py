@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from xdezero._config import recorder_slot
 from xdezero.backends import array_namespace, pack, to_numpy, unpack
 from xdezero.core import Parameter, Variable
 from xdezero.distributed.communicator import Communicator, grads_with_flags, group_key, set_mean_grads
@@ -80,6 +81,7 @@ class GradientBuckets:
         self._writes = {id(p): 0 for p in params}
         self._expected = dict.fromkeys(self._writes, -1)  # -1: not seen yet (the first step starts nothing early)
         self._next = 0  # the next bucket to start
+        self._finished = 0  # steps reduced: from the second on, buckets may have started early (on any rank)
         # Held weakly by the parameters' hooks, so that dropping the optimizer drops the buckets and their thread.
         on_grad = weakref.WeakMethod(self._on_grad)
 
@@ -111,8 +113,8 @@ class GradientBuckets:
 
     # --- during backward -----------------------------------------------------------------------------------
     def _on_grad(self, p: Variable) -> None:
-        if not self.syncing:
-            return
+        if not self.syncing or recorder_slot.get() is not None:
+            return  # accumulating (no_sync), or recording a captured step, whose exchange is one op in `finish`
         self._writes[id(p)] += 1
         while self._next < len(self.buckets) and self._ready(self.buckets[self._next]):
             self._start(self.buckets[self._next])
@@ -149,7 +151,7 @@ class GradientBuckets:
             sending, bucket.sending = bucket.sending, None
             error = None if sending is None else sending.exception()
             if error is not None:
-                nbytes = sum(math.prod(p.data.shape) * p.data.dtype.itemsize for p in bucket.params)
+                nbytes = sum(_nbytes(p.data) for p in bucket.params)
                 raise RuntimeError(
                     f"MultiNodeOptimizer: packing or starting the all-reduce of gradient bucket {k} of "
                     f"{len(self.buckets)} ({len(bucket.params)} parameters, {nbytes} bytes) failed on the bucket "
@@ -173,7 +175,7 @@ class GradientBuckets:
         self._join()
         results = [self.comm._from_buffer(b.handle.wait(), b.packed) for b in self.buckets]
         stale = [int(b.launched_writes != [self._writes[id(p)] for p in b.params]) for b in self.buckets]
-        if any(self._expected[k] >= 0 for k in self._expected):  # buckets may have started early: agree on redos
+        if self._finished:  # buckets may have started early (on some rank): agree on the redos
             agreed = to_numpy(self.comm._allreduce_array(np.asarray(stale, dtype=np.int64), "max"))
             for k, bucket in enumerate(self.buckets):
                 if agreed[k]:
@@ -183,9 +185,11 @@ class GradientBuckets:
         for bucket, flat in zip(self.buckets, results):
             self._apply(bucket, flat)
             bucket.handle = bucket.packed = None
-        self._expected = dict(self._writes)
+        if any(self._writes.values()):  # a captured step's exchange counts nothing: the eager steps' counts stay
+            self._expected = dict(self._writes)
         self._writes = dict.fromkeys(self._writes, 0)
         self._next = 0
+        self._finished += 1
 
     def _apply(self, bucket: _Bucket, flat: Any) -> None:
         params = bucket.params
@@ -232,13 +236,20 @@ def _remove_all(removers: list[Callable[[], None]]) -> None:
     removers.clear()
 
 
+def _nbytes(a: Any) -> int:
+    """The bytes of array `a` (an array-API dtype need not say its size: array-api-strict's does not)."""
+    xp = array_namespace(a)
+    info = xp.finfo if xp.isdtype(a.dtype, "real floating") else xp.iinfo
+    return math.prod(a.shape) * info(a.dtype).bits // 8
+
+
 def _split(params: list[Parameter], bucket_bytes: int, first_bucket_bytes: int) -> list[_Bucket]:
     """Buckets of parameters in reverse order, one library/dtype/device each, closed past their byte budget."""
     buckets: list[_Bucket] = []
     open_buckets: dict[tuple, tuple[_Bucket, int]] = {}  # group -> (its open bucket, bytes in it)
     for p in reversed(params):
         key = group_key(p.data)
-        nbytes = math.prod(p.data.shape) * p.data.dtype.itemsize
+        nbytes = _nbytes(p.data)
         current = open_buckets.get(key)
         budget = first_bucket_bytes if current is not None and current[0] is buckets[0] else bucket_bytes
         if current is None or current[1] + nbytes > budget:

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from xdezero._config import recorder_slot
 from xdezero.backends import to_numpy
 from xdezero.distributed.buckets import MB, GradientBuckets
 from xdezero.distributed.communicator import Communicator, named_params
@@ -107,13 +108,28 @@ class MultiNodeOptimizer:
                 "MultiNodeOptimizer.update: called inside no_sync(), where gradients are only accumulated; "
                 "run the last micro-batch's backward outside no_sync(), then update()"
             )
+        recorder = recorder_slot.get()
+        if recorder is not None:  # a captured step records: the exchange is one op of it, which replays run again
+            params = [p for _, p in named_params(self.actual_optimizer.target, "MultiNodeOptimizer.update")]
+            if recorder.collective(self._exchange, params) is None:
+                self.actual_optimizer.update()
+            return
+        if self._exchange() is None:
+            self.actual_optimizer.update()
+
+    def _exchange(self) -> str | None:
+        """Average the gradients over all ranks (after broadcasting parameters created since the last call);
+        return why this step's update is skipped, or None."""
         if self._pending and not self._broadcast_created():
             self.skipped_updates += 1
             self.actual_optimizer.target.cleargrads()
-            return
+            return (
+                "the multi-node optimizer skipped this step's update: parameters it created differed between the "
+                "processes (see MultiNodeOptimizer); create them before setup, or seed NumPy alike on every process"
+            )
         if self.communicator.size > 1:
             self._gradient_buckets().finish()
-        self.actual_optimizer.update()
+        return None
 
     @contextmanager
     def no_sync(self) -> Iterator[None]:

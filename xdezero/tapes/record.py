@@ -3,9 +3,11 @@ through its one seam, `xdezero._config.recorder_slot`, while a step is captured;
 of the step as an `Op`.
 
 What reaches the recorder: Function calls, the backward pass (and its own array operations), assignments to a
-Variable's data, `cleargrad`, and `Optimizer.update`. What changes state without passing the seam is found by
-comparing, and refused: an array changed in place (a parameter's, a gradient's, an argument's, or one the step
-computed), a gradient replaced with an array no op computed, an op that keeps an array it did not declare.
+Variable's data, `cleargrad`, `Optimizer.update`, and the multi-node optimizer's exchange of gradients (a
+collective, which every process runs at the same point of each call, recording, replaying or eager). What
+changes state without passing the seam is found by comparing, and refused: an array changed in place (a
+parameter's, a gradient's, an argument's, or one the step computed), a gradient replaced with an array no op
+computed, an op that keeps an array it did not declare.
 Assigning a new gradient the step computed (`p.grad = p.grad * 0.5`, `p.grad = None`) is recorded and replayed.
 """
 
@@ -25,7 +27,7 @@ from xdezero.core import Function, Parameter, Variable
 from xdezero.layers import Layer
 from xdezero.optimizers import Optimizer
 
-__all__ = ["BOUND", "CaptureError", "Op", "Recorder", "fill", "fingerprint", "record", "variable_name"]
+__all__ = ["BOUND", "CaptureError", "Collective", "Op", "Recorder", "fill", "fingerprint", "record", "variable_name"]
 
 
 class CaptureError(RuntimeError):
@@ -44,8 +46,8 @@ class CaptureError(RuntimeError):
 
 class Op:
     """One recorded operation: `kind` is 'forward' (a Function's forward), 'array' (the backward pass's own),
-    'read_grad', 'set_grad', 'set_data', 'clear_grad' (of a Variable from before the step) or 'call' (an
-    optimizer's update)."""
+    'read_grad', 'set_grad', 'set_data', 'clear_grad' (of a Variable from before the step), 'set_attr' (of a
+    layer), 'call' (an optimizer's update) or 'collective' (an exchange of gradients between processes)."""
 
     __slots__ = ("kind", "target", "inputs", "outputs", "attrs", "bound", "frees", "signature", "line")
 
@@ -72,6 +74,17 @@ class Op:
         self.frees: list[int] = []
         self.signature = signature  # what must match between the two recordings
         self.line: str = user_line()  # where the user's step ran it
+
+
+class Collective:
+    """The target of a 'collective' op: `run()` gives `variables` new gradients from all processes."""
+
+    __slots__ = ("run", "variables")
+    run: Callable[[], str | None]
+    variables: list[Variable]
+
+    def __init__(self, run: Callable[[], str | None], variables: list[Variable]) -> None:
+        self.run, self.variables = run, variables
 
 
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -308,6 +321,34 @@ class Recorder:
             self.ops.append(Op("set_attr", layer, [source], [], signature=("set_attr", name, id(layer))))
         elif value is None:
             self.ops.append(Op("set_attr", layer, [], [], signature=("set_attr", name, id(layer))))
+
+    def collective(self, run: Callable[[], str | None], variables: Sequence[Variable]) -> str | None:
+        """Run `run()`, a collective over all processes that gives `variables` new gradients (the multi-node
+        optimizer's all-reduce), as one op: a replay runs it again, on that call's gradients, as every process
+        does whether it replays or runs eagerly. The gradients it leaves take slots, for the ops after it. Returns
+        what `run` did: why the call cannot be replayed, or None."""
+        for v in variables:
+            self.watch(v)
+        self.reconcile_grads()  # the gradients it reads are those the recorded ops (or the step) left
+        token = recorder_slot.set(None)
+        try:
+            why_not = run()
+        finally:
+            recorder_slot.reset(token)
+        if why_not is not None:
+            self.refuse(why_not)
+        outputs = []
+        for v in variables:
+            if v.grad is None:  # no process had one: still a slot, which a replay fills with what it finds
+                outputs.append(self.n_slots)
+                self.n_slots += 1
+            else:
+                outputs.append(self.new_slot(v.grad._data))
+            self._expect_grad(v)
+            self._expect_data(v)  # a first exchange may also give new parameters their rank 0 values
+        target = Collective(run, list(variables))
+        self.ops.append(Op("collective", target, [], outputs, signature=("collective", run, tuple(map(id, variables)))))
+        return why_not
 
     # --- slots and sources --------------------------------------------------------------------------
     def new_slot(self, array: Any) -> int:

@@ -53,8 +53,8 @@ class Tape:
         # the Variables passed as array arguments (None for plain arrays), during a replay that has them
         self.arguments: list[Variable | None] = []
         self.on_arguments: bool = any(isinstance(op.target, tuple) for op in self.ops if op.kind != "forward")
-        # Python state a replay sets (a recurrent layer's hidden state): only a plain replay runs its Python.
-        self.sets_attributes: bool = any(op.kind == "set_attr" for op in self.ops)
+        # Why only a plain replay, which runs the tape's Python, can replay it (or None).
+        self.plain_only: str | None = _plain_only(self.ops)
         self.program: list[Callable[[list[Any]], None]] = [_compile(op, self.arguments) for op in self.ops]
         self.expected: list[tuple[Any, bool | None, bool | None]] = _expected_state(self.ops, recorder)
         # The optimizers the step updates, and the ids of the parameters each found (another set: record again).
@@ -124,6 +124,18 @@ class Tape:
             if has_grad is not None and (v.grad is not None) is not has_grad:
                 return False
         return True
+
+
+def _plain_only(ops: list[Op]) -> str | None:
+    kinds = {op.kind for op in ops}
+    if "set_attr" in kinds:
+        return "the step sets layer attributes (a recurrent layer's hidden state), which only a plain replay sets"
+    if "collective" in kinds:
+        return (
+            "the step exchanges gradients with the other processes (a multi-node optimizer), which runs between "
+            "the ops of a plain replay"
+        )
+    return None
 
 
 def same_values(a: Sequence[Any] | None, b: Sequence[Any] | None) -> bool:
@@ -241,6 +253,14 @@ def _compile(op: Op, arguments: list) -> Callable[[list], None]:
 
         def run(values: list) -> None:
             target.update()
+
+    elif op.kind == "collective":  # the same exchange on every process, whether it replays or not
+        exchange, variables = target.run, target.variables
+
+        def run(values: list) -> None:
+            exchange()
+            for slot, v in zip(outputs, variables):
+                values[slot] = None if v.grad is None else v.grad._data
 
     elif op.kind == "set_attr":  # a layer's attribute: a Variable without a graph (a hidden state), or None
         name, read_value = op.signature[1], _reader(op.inputs) if op.inputs else None

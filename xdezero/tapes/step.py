@@ -200,10 +200,8 @@ class CapturedStep(Generic[P, R]):
                 new.graph = GraphReplay(kit, new)
             elif self.compiled and backend.compiles_steps:
                 new.graph = CompiledReplay(backend.compile_step, new)
-            if new.graph is not None and new.sets_attributes:
-                new.graph.plain(
-                    "the step sets layer attributes (a recurrent layer's hidden state), which only a plain replay sets"
-                )
+            if new.graph is not None and new.plain_only:
+                new.graph.plain(new.plain_only)
         self._keep(self.tapes, key, new)
         return result
 
