@@ -239,3 +239,42 @@ def test_a_captured_exchange_replays_with_the_numbers_of_training_alone(xp, monk
         np.testing.assert_allclose(to_numpy(a.data), to_numpy(b.data), rtol=1e-6, atol=1e-7, err_msg=k)
     if kits or library(xp) == "jax":  # where a CUDA graph or jax.jit would have run it
         assert any("exchanges gradients with the other processes" in note for note in captured.graph_notes)
+
+
+def test_a_captured_step_on_one_process_has_no_exchange_and_compiles_where_its_library_does(xp):
+    model = reused()
+    for p in model.params():
+        p.data = asarray(xp, p.data, dtype=np.float32)
+    opt = dist.create_multi_node_optimizer(optimizers.SGD(lr=0.1), dist.SingleCommunicator()).setup(model)
+
+    @xdezero.capture
+    def step(x):
+        model.cleargrads()
+        loss = F.sum(model(x, 1) ** 2)
+        loss.backward()
+        opt.update()
+        return loss
+
+    for k in range(4):
+        step(asarray(xp, np.random.default_rng(k).standard_normal((5, 3)), dtype=np.float32))
+    (tape,) = step.tapes[next(iter(step.tapes))]
+    assert "collective" not in {op.kind for op in tape.ops}
+    assert step.graph_notes == []
+    assert step.graphs == (library(xp) == "jax")
+
+
+def test_a_parameter_changed_in_place_before_a_captured_exchange_is_refused():
+    model = reused()
+    opt = dist.create_multi_node_optimizer(optimizers.SGD(lr=0.1), Mirror()).setup(model)
+
+    @xdezero.capture
+    def step(x):
+        model.cleargrads()
+        loss = F.sum(model(x, 1) ** 2)
+        loss.backward()
+        np.clip(model.out.W.data, -0.1, 0.1, out=model.out.W.data)  # outside any op: a replay would miss it
+        opt.update()
+        return loss
+
+    with pytest.raises(xdezero.CaptureError, match="was changed in place before the multi-node optimizer's exchange"):
+        step(np.ones((5, 3)))

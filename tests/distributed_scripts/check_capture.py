@@ -6,7 +6,8 @@ Each check trains from the same parameters twice: a captured step through the mu
 of gradients is one op of the step, run again by every replay), and an eager step through the sequential
 all-reduce after backward (`comm.allreduce_grad`), which is the reference; the parameters agree after every step
 (float64, rtol 1e-12). The steps use a layer on some ranks only and one on none, so that ranks record different
-tapes and some gradients are missing on some ranks. Also: ranks that replay while others run eagerly, a captured
+tapes and some gradients are missing on some ranks. Also: ranks that replay while others run eagerly (and redo
+stale buckets, which the replaying rank must join), a captured
 step with gradient accumulation (`no_sync`), parameters created by the first call (broadcast inside the first
 recording), and a step that all-reduces outside the optimizer (refused, its call complete).
 """
@@ -104,6 +105,55 @@ def check_ranks_replaying_beside_eager_ranks(comm):
     trained_pair(comm, optimizers.Adam, seed=2, capture_here=comm.rank != 0)
 
 
+class Reused(Model):
+    def __init__(self):
+        super().__init__()
+        self.l1 = L.Linear(8, dtype=np.float64, in_size=3)
+        self.shared = L.Linear(8, dtype=np.float64, in_size=8)
+        self.out = L.Linear(2, dtype=np.float64, in_size=8)
+
+    def forward(self, x, uses):
+        h = F.tanh(self.l1(x))
+        for _ in range(uses):
+            h = F.tanh(self.shared(h))
+        return self.out(h)
+
+
+def check_stale_buckets_beside_a_replaying_rank(comm):
+    # The eager ranks use a layer more often than the step before, so their buckets start early, go stale and are
+    # redone; rank 0 replays, and must join the agreement and the redos.
+    np.random.seed(6)
+    ours = Reused()
+    np.random.seed(6)
+    ref = Reused()
+    opt = dist.create_multi_node_optimizer(optimizers.SGD(lr=0.1), comm, bucket_mb=1e-4, first_bucket_mb=1e-4)
+    opt.setup(ours)
+    ref_opt = optimizers.SGD(lr=0.1).setup(ref)
+    uses = 1
+
+    def train_step(x, t):
+        ours.cleargrads()
+        F.softmax_cross_entropy(ours(x, uses), t).backward()
+        opt.update()
+
+    step = xdezero.capture(train_step) if comm.rank == 0 else train_step
+    redone = []
+    send = comm._iallreduce_buffer
+    comm._iallreduce_buffer = lambda buf, op: redone.append(1) or send(buf, op)
+    for k in range(STEPS):
+        uses = 1 if comm.rank == 0 else 1 + k % 3
+        x, t = batch(comm, k)
+        step(x, t)
+        ref.cleargrads()
+        F.softmax_cross_entropy(ref(x, uses), t).backward()
+        comm.allreduce_grad(ref)
+        ref_opt.update()
+        same(ours, ref, f"stale buckets beside a replaying rank, step {k}")
+    comm._iallreduce_buffer = send
+    if comm.size > 1:
+        assert len(redone) > STEPS * len(opt._gradient_buckets().buckets), "no bucket was redone: checked nothing"
+
+
 def check_lazy_parameters(comm):
     # Created by the first call (from different draws on each rank) and broadcast from rank 0 inside its recording.
     ref = make(3)
@@ -192,6 +242,7 @@ def main() -> None:
     comm = dist.create_communicator(sys.argv[1] if len(sys.argv) > 1 else "auto")
     check_captured_equals_eager(comm)
     check_ranks_replaying_beside_eager_ranks(comm)
+    check_stale_buckets_beside_a_replaying_rank(comm)
     check_lazy_parameters(comm)
     check_no_sync(comm)
     check_exchange_outside_the_optimizer_is_refused(comm)

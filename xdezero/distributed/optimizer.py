@@ -109,7 +109,8 @@ class MultiNodeOptimizer:
                 "run the last micro-batch's backward outside no_sync(), then update()"
             )
         recorder = recorder_slot.get()
-        if recorder is not None:  # a captured step records: the exchange is one op of it, which replays run again
+        if recorder is not None and self.communicator.size > 1:
+            # A captured step is recording: the exchange is one op of it, which its replays run again.
             params = [p for _, p in named_params(self.actual_optimizer.target, "MultiNodeOptimizer.update")]
             if recorder.collective(self._exchange, params) is None:
                 self.actual_optimizer.update()
@@ -120,6 +121,8 @@ class MultiNodeOptimizer:
     def _exchange(self) -> str | None:
         """Average the gradients over all ranks (after broadcasting parameters created since the last call);
         return why this step's update is skipped, or None."""
+        if self.communicator.size == 1:
+            return None  # nothing to exchange, nor to broadcast
         if self._pending and not self._broadcast_created():
             self.skipped_updates += 1
             self.actual_optimizer.target.cleargrads()
@@ -127,8 +130,7 @@ class MultiNodeOptimizer:
                 "the multi-node optimizer skipped this step's update: parameters it created differed between the "
                 "processes (see MultiNodeOptimizer); create them before setup, or seed NumPy alike on every process"
             )
-        if self.communicator.size > 1:
-            self._gradient_buckets().finish()
+        self._gradient_buckets().finish()
         return None
 
     @contextmanager

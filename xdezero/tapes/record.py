@@ -330,6 +330,8 @@ class Recorder:
         for v in variables:
             self.watch(v)
         self.reconcile_grads()  # the gradients it reads are those the recorded ops (or the step) left
+        self.check_data(variables, "before the multi-node optimizer's exchange")
+        data = [v._data for v in variables]
         token = recorder_slot.set(None)
         try:
             why_not = run()
@@ -345,7 +347,9 @@ class Recorder:
             else:
                 outputs.append(self.new_slot(v.grad._data))
             self._expect_grad(v)
-            self._expect_data(v)  # a first exchange may also give new parameters their rank 0 values
+        for v, before in zip(variables, data):
+            if v._data is not before:  # a first exchange gives parameters created by the step rank 0's values
+                self._expect_data(v)
         target = Collective(run, list(variables))
         self.ops.append(Op("collective", target, [], outputs, signature=("collective", run, tuple(map(id, variables)))))
         return why_not
