@@ -197,6 +197,27 @@ def test_update_inside_no_sync_is_an_error_that_loses_nothing():
     np.testing.assert_allclose(model.W.data, before - 0.1 * 2 * grad)
 
 
+def reused_on(xp):
+    model = reused()
+    for p in model.params():
+        p.data = asarray(xp, p.data, dtype=np.float32)
+    return model
+
+
+def squared_step(model, optimizer, before_update=lambda: None):
+    """A training step of `model` on the sum of its squared outputs."""
+
+    def step(x):
+        model.cleargrads()
+        loss = F.sum(model(x, 1) ** 2)
+        loss.backward()
+        before_update()
+        optimizer.update()
+        return loss
+
+    return step
+
+
 def test_a_captured_exchange_replays_with_the_numbers_of_training_alone(xp, monkeypatch):
     # On the mirror the mean over the two ranks is this rank's gradient (halved, then doubled: exactly), so the
     # captured step through the multi-node optimizer must give the parameters of plain training, and its
@@ -205,27 +226,10 @@ def test_a_captured_exchange_replays_with_the_numbers_of_training_alone(xp, monk
     if library(xp) == "numpy":  # the stand-in CUDA-graph kit: a tape that exchanges replays plainly and says so
         monkeypatch.setattr(xdezero.tapes.step, "graph_kit", lambda arrays: kits.append(NumpyGraphs()) or kits[-1])
     comm = Mirror()
-    comm.size = 2
-    models = [reused(), reused()]
-    for model in models:
-        for p in model.params():
-            p.data = asarray(xp, p.data, dtype=np.float32)
-    ours, ref = models
+    ours, ref = reused_on(xp), reused_on(xp)
     opt = dist.create_multi_node_optimizer(optimizers.Adam(), comm, bucket_mb=1e-4, first_bucket_mb=1e-4)
     opt.setup(ours)
-    ref_opt = optimizers.Adam().setup(ref)
-
-    def step_of(model, optimizer):
-        def step(x):
-            model.cleargrads()
-            loss = F.sum(model(x, 1) ** 2)
-            loss.backward()
-            optimizer.update()
-            return loss
-
-        return step
-
-    captured, plain = xdezero.capture(step_of(ours, opt)), step_of(ref, ref_opt)
+    captured, plain = xdezero.capture(squared_step(ours, opt)), squared_step(ref, optimizers.Adam().setup(ref))
     exchanges = []
     send = comm._iallreduce_buffer
     comm._iallreduce_buffer = lambda buf, op: exchanges.append(1) or send(buf, op)
@@ -242,19 +246,9 @@ def test_a_captured_exchange_replays_with_the_numbers_of_training_alone(xp, monk
 
 
 def test_a_captured_step_on_one_process_has_no_exchange_and_compiles_where_its_library_does(xp):
-    model = reused()
-    for p in model.params():
-        p.data = asarray(xp, p.data, dtype=np.float32)
+    model = reused_on(xp)
     opt = dist.create_multi_node_optimizer(optimizers.SGD(lr=0.1), dist.SingleCommunicator()).setup(model)
-
-    @xdezero.capture
-    def step(x):
-        model.cleargrads()
-        loss = F.sum(model(x, 1) ** 2)
-        loss.backward()
-        opt.update()
-        return loss
-
+    step = xdezero.capture(squared_step(model, opt))
     for k in range(4):
         step(asarray(xp, np.random.default_rng(k).standard_normal((5, 3)), dtype=np.float32))
     (tape,) = step.tapes[next(iter(step.tapes))]
@@ -267,14 +261,9 @@ def test_a_parameter_changed_in_place_before_a_captured_exchange_is_refused():
     model = reused()
     opt = dist.create_multi_node_optimizer(optimizers.SGD(lr=0.1), Mirror()).setup(model)
 
-    @xdezero.capture
-    def step(x):
-        model.cleargrads()
-        loss = F.sum(model(x, 1) ** 2)
-        loss.backward()
-        np.clip(model.out.W.data, -0.1, 0.1, out=model.out.W.data)  # outside any op: a replay would miss it
-        opt.update()
-        return loss
+    def clip():  # outside any op: a replay would miss it
+        np.clip(model.out.W.data, -0.1, 0.1, out=model.out.W.data)
 
+    step = xdezero.capture(squared_step(model, opt, before_update=clip))
     with pytest.raises(xdezero.CaptureError, match="was changed in place before the multi-node optimizer's exchange"):
         step(np.ones((5, 3)))
