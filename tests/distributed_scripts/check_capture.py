@@ -7,9 +7,9 @@ of gradients is one op of the step, run again by every replay), and an eager ste
 all-reduce after backward (`comm.allreduce_grad`), which is the reference; the parameters agree after every step
 (float64, rtol 1e-12). The steps use a layer on some ranks only and one on none, so that ranks record different
 tapes and some gradients are missing on some ranks. Also: ranks that replay while others run eagerly (and redo
-stale buckets, which the replaying rank must join), a captured
-step with gradient accumulation (`no_sync`), parameters created by the first call (broadcast inside the first
-recording), and a step that all-reduces outside the optimizer (refused, its call complete).
+stale buckets, which the replaying rank must join), a captured step with gradient accumulation (`no_sync`),
+gradients sent in float16 (captured equals eager to the bit), parameters created by the first call (broadcast
+inside the first recording), and a step that all-reduces outside the optimizer (refused, its call complete).
 """
 
 from __future__ import annotations
@@ -215,6 +215,33 @@ def check_no_sync(comm):
     assert step.recorded == 1
 
 
+def check_float16_exchange(comm):
+    # The captured exchange is the eager one: with gradients sent in float16, the same parameters to the bit.
+    models = [make(7), make(7)]
+    opts = [
+        dist.create_multi_node_optimizer(optimizers.Adam(), comm, allreduce_grad_dtype="float16").setup(m)
+        for m in models
+    ]
+
+    def step_of(model, optimizer):
+        def train_step(x, t):
+            model.cleargrads()
+            F.softmax_cross_entropy(model(x, comm.rank), t).backward()
+            optimizer.update()
+
+        return train_step
+
+    captured, eager = xdezero.capture(step_of(models[0], opts[0])), step_of(models[1], opts[1])
+    for k in range(STEPS):
+        x, t = batch(comm, k)
+        captured(x, t)
+        eager(x, t)
+        for (name, a), (_, b) in zip(models[0].named_params(), models[1].named_params(), strict=True):
+            if a.data is not None:
+                np.testing.assert_array_equal(a.data, b.data, err_msg=f"float16 exchange, step {k}: {name}")
+    assert captured.recorded == 1
+
+
 def check_exchange_outside_the_optimizer_is_refused(comm):
     model = make(5)
     opt = optimizers.SGD().setup(model)
@@ -245,6 +272,7 @@ def main() -> None:
     check_stale_buckets_beside_a_replaying_rank(comm)
     check_lazy_parameters(comm)
     check_no_sync(comm)
+    check_float16_exchange(comm)
     check_exchange_outside_the_optimizer_is_refused(comm)
     if comm.rank == 0:
         print("ok", comm.size)
