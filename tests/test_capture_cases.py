@@ -77,54 +77,61 @@ def _loss(model, x, t):
     return F.softmax_cross_entropy(model(x), t)
 
 
+def _update(model, optimizer, loss):
+    model.cleargrads()
+    loss.backward()
+    optimizer.update()
+    return loss
+
+
+def _step_of(loss_of, before_update=None, after_update=None):
+    """`make(model, optimizer)` for the step: the loss `loss_of(model, *args)`, cleargrads, backward,
+    `before_update(model)`, update, `after_update(model)`; the step returns the loss."""
+
+    def make(model, optimizer):
+        def step(*args):
+            loss = loss_of(model, *args)
+            model.cleargrads()
+            loss.backward()
+            if before_update is not None:
+                before_update(model)
+            optimizer.update()
+            if after_update is not None:
+                after_update(model)
+            return loss
+
+        return step
+
+    return make
+
+
 # --- 1. a gradient edited between backward and update ------------------------------------------------
 
 
 def test_a_gradient_assigned_between_backward_and_update_is_replayed(xp):
-    def make(model, optimizer):
-        def step(x, t):
-            loss = _loss(model, x, t)
-            model.cleargrads()
-            loss.backward()
-            for p in model.params():
-                p.grad = p.grad * 0.5
-            optimizer.update()
-            return loss
+    def halve(model):
+        for p in model.params():
+            p.grad = p.grad * 0.5
 
-        return step
-
-    _check(xp, make, _batches(xp, 6))
+    _check(xp, _step_of(_loss, before_update=halve), _batches(xp, 6))
 
 
 def test_a_gradient_set_to_none_between_backward_and_update_is_replayed(xp):
-    def make(model, optimizer):
-        def step(x, t):
-            loss = _loss(model, x, t)
-            model.cleargrads()
-            loss.backward()
-            model.l0.W.grad = None  # this step leaves the first layer's weights alone
-            optimizer.update()
-            return loss
+    def drop(model):
+        model.l0.W.grad = None  # this step leaves the first layer's weights alone
 
-        return step
-
-    _check(xp, make, _batches(xp, 6))
+    _check(xp, _step_of(_loss, before_update=drop), _batches(xp, 6))
 
 
 def test_a_gradient_changed_in_place_is_refused(xp):
-    def make(model, optimizer):
-        def step(x, t):
-            loss = _loss(model, x, t)
-            model.cleargrads()
-            loss.backward()
-            model.l1.W.grad.data *= 0.5  # in place on NumPy and torch; a new array on JAX
-            optimizer.update()
-            return loss
-
-        return step
+    def halve_in_place(model):
+        model.l1.W.grad.data *= 0.5  # in place on NumPy and torch; a new array on JAX
 
     _check(
-        xp, make, _batches(xp, 4), refused=r"gradient of 'W' (\(.*\) )?was (changed in place|replaced with an array)"
+        xp,
+        _step_of(_loss, before_update=halve_in_place),
+        _batches(xp, 4),
+        refused=r"gradient of 'W' (\(.*\) )?was (changed in place|replaced with an array)",
     )
 
 
@@ -136,24 +143,18 @@ def test_a_parameter_changed_in_place_inside_the_step_is_refused(xp, when):
     if not _mutable(xp):
         pytest.skip("immutable arrays: nothing can be changed in place")
 
-    def make(model, optimizer):
-        def clip():
-            W = model.l0.W.data
-            W[...] = xp.clip(W, -0.3, 0.3)
+    def clip(model):
+        W = model.l0.W.data
+        W[...] = xp.clip(W, -0.3, 0.3)
 
-        def step(x, t):
-            if when == "before the forward":
-                clip()
-            loss = _loss(model, x, t)
-            model.cleargrads()
-            loss.backward()
-            optimizer.update()
-            if when == "after the update":
-                clip()
-            return loss
+    def clipped_loss(model, x, t):
+        clip(model)
+        return _loss(model, x, t)
 
-        return step
-
+    if when == "before the forward":
+        make = _step_of(clipped_loss)
+    else:
+        make = _step_of(_loss, after_update=clip)
     _check(xp, make, _batches(xp, 4), refused=r"data of 'W' (was )?changed")
 
 
@@ -163,30 +164,14 @@ def test_a_parameter_changed_in_place_inside_the_step_is_refused(xp, when):
 def test_an_l1_penalty_follows_the_signs_of_the_weights(xp):
     """With a large step the weights cross zero: a sign frozen at recording would drift from eager."""
 
-    def make(model, optimizer):
-        def step(x, t):
-            loss = _loss(model, x, t) + 0.5 * F.sum(F.abs(model.l0.W)) + 0.5 * F.sum(F.abs(model.l0.b))
-            model.cleargrads()
-            loss.backward()
-            optimizer.update()
-            return loss
+    def penalised(model, x, t):
+        return _loss(model, x, t) + 0.5 * F.sum(F.abs(model.l0.W)) + 0.5 * F.sum(F.abs(model.l0.b))
 
-        return step
-
-    _check(xp, make, _batches(xp, 8))
+    _check(xp, _step_of(penalised), _batches(xp, 8))
 
 
 def test_an_l1_loss_on_the_batch_replays(xp):
-    def make(model, optimizer):
-        def step(x, t):
-            loss = F.sum(F.abs(model(x) - t)) / 12
-            model.cleargrads()
-            loss.backward()
-            optimizer.update()
-            return loss
-
-        return step
-
+    make = _step_of(lambda model, x, t: F.sum(F.abs(model(x) - t)) / 12)
     rng = np.random.default_rng(3)
     calls = [(x, asarray(xp, rng.standard_normal((12, 3)).astype(np.float32))) for x, _ in _batches(xp, 6)]
     _check(xp, make, calls)
@@ -196,16 +181,7 @@ def test_an_l1_loss_on_the_batch_replays(xp):
 
 
 def test_a_boolean_mask_argument_with_another_count_of_true_values_gives_eager_numbers(xp):
-    def make(model, optimizer):
-        def step(x, t, mask):
-            loss = F.mean(F.sum(model(x), axis=1)[mask])
-            model.cleargrads()
-            loss.backward()
-            optimizer.update()
-            return loss
-
-        return step
-
+    make = _step_of(lambda model, x, t, mask: F.mean(F.sum(model(x), axis=1)[mask]))
     rng = np.random.default_rng(4)
     counts = [6, 6, 6, 4, 9, 6, 4, 9, 12, 1]
     calls = []
@@ -220,16 +196,11 @@ def test_a_boolean_mask_argument_with_another_count_of_true_values_gives_eager_n
 
 
 def test_an_argument_changed_in_place_inside_the_step_is_refused(xp):
-    def make(model, optimizer):
-        def step(x, t):
-            x -= xp.mean(x, axis=0)  # in place on NumPy and torch; a new array, computed outside xdezero, on JAX
-            loss = _loss(model, x, t)
-            model.cleargrads()
-            loss.backward()
-            optimizer.update()
-            return loss
+    def centred_loss(model, x, t):
+        x -= xp.mean(x, axis=0)  # in place on NumPy and torch; a new array, computed outside xdezero, on JAX
+        return _loss(model, x, t)
 
-        return step
+    make = _step_of(centred_loss)
 
     def copies(args):
         x, t = args
@@ -248,9 +219,7 @@ def test_an_argument_changed_in_place_inside_the_step_is_refused(xp):
 
 
 def test_a_parameter_replaced_between_calls_is_recorded_again(xp):
-    def make(model, optimizer):
-        return lambda x, t: _update(model, optimizer, _loss(model, x, t))
-
+    make = _step_of(_loss)
     (me, oe), (mc, oc) = _model(xp), _model(xp)
     eager, captured = make(me, oe), capture(make(mc, oc))
     for k, (x, t) in enumerate(_batches(xp, 8)):
@@ -263,13 +232,6 @@ def test_a_parameter_replaced_between_calls_is_recorded_again(xp):
             np.testing.assert_allclose(to_numpy(q.data), to_numpy(p.data), rtol=1e-6, atol=1e-6)
 
 
-def _update(model, optimizer, loss):
-    model.cleargrads()
-    loss.backward()
-    optimizer.update()
-    return loss
-
-
 # --- 8. more signatures than are kept ---------------------------------------------------------------------
 
 
@@ -277,9 +239,7 @@ def test_a_cycle_of_more_batch_sizes_than_are_kept_still_replays_most_of_them():
     """20 batch sizes in a cycle (a smaller last batch per epoch, length bucketing): the first 16 confirmed keep
     replaying; each new one used to evict the oldest before its confirming call came, so none ever replayed."""
 
-    def make(model, optimizer):
-        return lambda x, t: _update(model, optimizer, _loss(model, x, t))
-
+    make = _step_of(_loss)
     (me, oe), (mc, oc) = _model(np), _model(np)
     eager, captured = make(me, oe), capture(make(mc, oc))
     replays = 0
@@ -338,9 +298,7 @@ class _DeclaredMasked(_Masked):
 
 @pytest.mark.parametrize("op", [_Masked, _DeclaredMasked])
 def test_an_op_replays_what_it_declares_it_keeps_and_is_refused_otherwise(op):
-    def make(model, optimizer):
-        return lambda x, t: _update(model, optimizer, F.sum(op()(model(x)) * t))
-
+    make = _step_of(lambda model, x, t: F.sum(op()(model(x)) * t))
     rng = np.random.default_rng(2)
     calls = [(x, rng.standard_normal((12, 3)).astype(np.float32)) for x, _ in _batches(np, 6)]
     _check(
@@ -396,13 +354,6 @@ def _module_name(path: pathlib.Path) -> str:
 
 
 # --- more found by comparing captured and eager steps ------------------------------------------------------
-
-
-def _step_of(loss_of):
-    def make(model, optimizer):
-        return lambda *args: _update(model, optimizer, loss_of(model, *args))
-
-    return make
 
 
 @pytest.mark.parametrize("loss", ["sigmoid_cross_entropy", "binary_cross_entropy"])
