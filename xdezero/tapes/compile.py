@@ -18,13 +18,12 @@ reads a value on the host (a `float()`, a branch on an array).
 from __future__ import annotations
 
 import numbers
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from xdezero.backends import check_index_arrays, deferring_checks, is_array, random_draws, restore_streams, streams
 from xdezero.core import Variable
-from xdezero.tapes.graphs import frozen_setting, same_setting, state_refs
+from xdezero.tapes.graphs import frozen_setting, owner_state, same_setting, state_refs
 
 __all__ = ["CompiledReplay", "NoCompile"]
 
@@ -58,13 +57,8 @@ class _Locations:
     def look(self) -> None:
         """Note the tables and settings as they are now (before a trace)."""
         counted = {(id(owner), name) for owner, name, _ in self.counters}
-        self.tables, self.settings = [], []
-        for owner in self.owners:
-            for name, value in vars(owner).items():
-                if isinstance(value, dict | weakref.WeakKeyDictionary):
-                    self.tables.append((owner, name, value, [k for k, a in value.items() if is_array(a)]))
-                elif (id(owner), name) not in counted:
-                    self.settings.append((owner, name, frozen_setting(value)))
+        tables, self.settings = owner_state(self.owners, skip=counted)
+        self.tables = [(o, name, table, [k for k, a in table.items() if is_array(a)]) for o, name, table in tables]
 
     def inputs(self) -> list[Any]:
         """The arrays the step reads, now: [data, gradients read, tables' entries]."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numbers
 import weakref
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import Callable, Collection, MutableMapping, Sequence
 from typing import Any
 
 from xdezero.backends import GraphKit, check_index_arrays, deferring_checks, is_array, random_draws
@@ -57,16 +57,11 @@ class _State:
         # for `restore`, until a capture succeeds
         self.before: list[tuple[Variable, Any, Variable | None]] = [(v, v._data, v.grad) for v in variables]
         self.grads_read = grads_read  # ids of Variables whose gradient from before the step the step reads
-        self.tables: list[_Table] = []
-        self.settings: list[tuple[Any, str, Any]] = []  # (owner, name, value): every other attribute
-        for owner in owners:
-            for name, value in vars(owner).items():
-                if isinstance(value, dict | weakref.WeakKeyDictionary):
-                    self.tables.append(
-                        (owner, name, value, [(k, a) for k, a in value.items() if is_array(a)], len(value))
-                    )
-                else:
-                    self.settings.append((owner, name, frozen_setting(value)))
+        tables, self.settings = owner_state(owners)  # settings: (owner, name, value) of every other attribute
+        self.tables: list[_Table] = [
+            (owner, name, table, [(k, a) for k, a in table.items() if is_array(a)], len(table))
+            for owner, name, table in tables
+        ]
 
     def own_buffers(self, kit: GraphKit) -> None:
         """Give every array of the state a copy of its own, which the graph will read and write."""
@@ -155,6 +150,22 @@ class _State:
         """Give the Variables the gradients the step leaves (eager steps set them; so does each launch)."""
         for v, grad in self.grads_after:
             v.grad = grad
+
+
+def owner_state(
+    owners: Sequence[Any], skip: Collection[tuple[int, str]] = ()
+) -> tuple[list[tuple[Any, str, Any]], list[tuple[Any, str, Any]]]:
+    """The attributes of `owners` (optimizers and their hooks) as ([(owner, name, per-parameter table)],
+    [(owner, name, frozen value)] for every other attribute), leaving out `skip` ((id(owner), name) pairs)."""
+    tables: list[tuple[Any, str, Any]] = []
+    settings: list[tuple[Any, str, Any]] = []
+    for owner in owners:
+        for name, value in vars(owner).items():
+            if isinstance(value, dict | weakref.WeakKeyDictionary):
+                tables.append((owner, name, value))
+            elif (id(owner), name) not in skip:
+                settings.append((owner, name, frozen_setting(value)))
+    return tables, settings
 
 
 def frozen_setting(value: Any) -> Any:
