@@ -27,7 +27,25 @@ from xdezero.core import Function, Parameter, Variable
 from xdezero.layers import Layer
 from xdezero.optimizers import Optimizer
 
-__all__ = ["BOUND", "CaptureError", "Collective", "Op", "Recorder", "fill", "fingerprint", "record", "variable_name"]
+__all__ = [
+    "BOUND",
+    "COMPLETE",
+    "CaptureError",
+    "Collective",
+    "Op",
+    "Recorder",
+    "fill",
+    "fingerprint",
+    "record",
+    "variable_name",
+]
+
+
+# What every refusal after a recording call adds.
+COMPLETE = (
+    "This call ran eagerly and is complete (what it did is applied, as in an uncaptured call; its result is this "
+    "error's `result`): carry on uncaptured from the next call"
+)
 
 
 class CaptureError(RuntimeError):
@@ -615,10 +633,7 @@ def record(
     finally:
         recorder_slot.reset(token)
     if recorder.refusal is not None:
-        error = CaptureError(
-            f"{recorder.refusal}. This call ran eagerly and is complete (its update is applied; its result is this "
-            "error's `result`): carry on uncaptured from the next call"
-        )
+        error = CaptureError(f"{recorder.refusal}. {COMPLETE}")
         error.result = result
         raise error
     return recorder, result

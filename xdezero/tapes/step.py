@@ -60,16 +60,12 @@ from xdezero.backends import array_namespace, backend_of_namespace, device_of, g
 from xdezero.core import Variable
 from xdezero.tapes.compile import CompiledReplay
 from xdezero.tapes.graphs import GraphReplay
-from xdezero.tapes.record import CaptureError, record
+from xdezero.tapes.record import COMPLETE, CaptureError, record
 from xdezero.tapes.replay import Tape, same_tapes, same_values
 
 __all__ = ["capture", "CaptureError", "CapturedStep"]
 
 
-_COMPLETE = (
-    "This call ran eagerly and is complete (its update is applied; its result is this error's `result`): carry on "
-    "uncaptured from the next call"
-)
 MAX_SIGNATURES = 16  # signatures kept per captured step (and of first recordings awaiting their confirmation)
 RECENT = 2 * MAX_SIGNATURES  # calls: a tape replayed (or recorded) within as many calls is not evicted for another
 MAX_VARIANTS = 4  # tapes kept per signature, for steps that start from different states (see CapturedStep)
@@ -83,6 +79,9 @@ R = TypeVar("R")  # what the step returns
 
 def _arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
     return [*args, *(kwargs[k] for k in sorted(kwargs))]
+
+
+_BOOL_DTYPES: dict[Any, bool] = {}  # dtype -> whether it is a boolean one
 
 
 def _signature(
@@ -102,9 +101,12 @@ def _signature(
             if data.dtype == np.bool_:  # a mask: what it selects has as many rows as it has True values
                 parts.append(("true values", int(np.count_nonzero(data))))
         elif is_array(data):
-            dtype = str(data.dtype)
+            dtype = data.dtype  # the object: its name costs microseconds (NumPy's dtypes, which JAX uses)
             parts.append((type(data), tuple(data.shape), dtype, str(device_of(data)), in_variable))
-            if dtype.endswith("bool"):  # bool, torch.bool
+            is_bool = _BOOL_DTYPES.get(dtype)
+            if is_bool is None:
+                is_bool = _BOOL_DTYPES[dtype] = str(dtype).endswith("bool")  # bool, torch.bool
+            if is_bool:
                 parts.append(("true values", int(array_namespace(data).count_nonzero(data))))
         else:
             try:
@@ -172,7 +174,7 @@ class CapturedStep(Generic[P, R]):
         try:
             new = Tape(recorder, len(arrays), result)
         except CaptureError as error:
-            error.args = (f"{error}. {_COMPLETE}",)
+            error.args = (f"{error}. {COMPLETE}",)
             error.result = result
             raise
         first = next((tape for tape in pending if tape.state == new.state), None)
@@ -187,7 +189,7 @@ class CapturedStep(Generic[P, R]):
             error = CaptureError(
                 f"capture: the step cannot be replayed: {difference}. Its Python code must run the same "
                 "operations on every call (no branches on array values) and compute every array from its inputs "
-                f"with xdezero's functions; call the step uncaptured otherwise. {_COMPLETE}"
+                f"with xdezero's functions; call the step uncaptured otherwise. {COMPLETE}"
             )
             error.result = result
             raise error
