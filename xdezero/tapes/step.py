@@ -81,7 +81,7 @@ def _arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
     return [*args, *(kwargs[k] for k in sorted(kwargs))]
 
 
-_BOOL_DTYPES: dict[Any, bool] = {}  # dtype -> whether it is a boolean one
+_BOOL_DTYPES: dict[tuple[type, Any], bool] = {}  # (array type, dtype) -> whether the dtype is a boolean one
 
 
 def _signature(
@@ -103,9 +103,10 @@ def _signature(
         elif is_array(data):
             dtype = data.dtype  # the object: its name costs microseconds (NumPy's dtypes, which JAX uses)
             parts.append((type(data), tuple(data.shape), dtype, str(device_of(data)), in_variable))
-            is_bool = _BOOL_DTYPES.get(dtype)
+            kind = (type(data), dtype)  # dtypes of two libraries are never compared (array-api-strict warns)
+            is_bool = _BOOL_DTYPES.get(kind)
             if is_bool is None:
-                is_bool = _BOOL_DTYPES[dtype] = str(dtype).endswith("bool")  # bool, torch.bool
+                is_bool = _BOOL_DTYPES[kind] = str(dtype).endswith("bool")  # bool, torch.bool
             if is_bool:
                 parts.append(("true values", int(array_namespace(data).count_nonzero(data))))
         else:
