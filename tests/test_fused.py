@@ -250,3 +250,46 @@ def test_sigmoid_kernel_formula_matches_the_logistic_function():
         assert math.isclose(
             eval(body, {"tanh": math.tanh, "x": x}), 1 / (1 + math.exp(-x)), rel_tol=1e-12, abs_tol=1e-15
         )
+
+
+def _torch_composite_cases(torch):
+    """Per composite of the torch backend: (its portable function, arguments, whether it is the portable
+    arithmetic to the bit)."""
+    from xdezero.functions.activation import _sigmoid, _sigmoid_grad
+    from xdezero.functions.loss import _softmax_cross_entropy, _softmax_cross_entropy_grad
+    from xdezero.optimizers import _sgd
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(30, 7, generator=gen)
+    y = torch.sigmoid(x)
+    p = torch.softmax(x, 1)
+    t = torch.randint(0, 7, (30,), generator=gen)
+    gy = torch.tensor(1.7)
+    return {
+        "sigmoid": (_sigmoid, (x,), False),
+        "sigmoid_grad": (_sigmoid_grad, (y, x), False),
+        "sgd": (_sgd, (x, y, 0.1), False),
+        "softmax_cross_entropy": (_softmax_cross_entropy, (x, t), False),
+        "softmax_cross_entropy_grad": (_softmax_cross_entropy_grad, (p, t, gy), True),
+    }
+
+
+def test_torch_composites_give_the_portable_numbers(torch):
+    import array_api_compat.torch as xp
+
+    from xdezero.backends._torch import TorchBackend
+
+    composites = TorchBackend().composites()
+    cases = _torch_composite_cases(torch)
+    assert set(composites) == set(cases), "a torch composite without a case here"
+    for name, impl in composites.items():
+        portable, args, exact = cases[name]
+        expected, got = portable(xp, *args), impl(portable, xp, *args)
+        for e, g in zip(
+            expected if isinstance(expected, tuple) else [expected], got if isinstance(got, tuple) else [got]
+        ):
+            assert g.dtype == e.dtype and g.shape == e.shape, name
+            if exact:
+                assert torch.equal(g, e), name
+            else:
+                torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-7, msg=name)
