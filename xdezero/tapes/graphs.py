@@ -57,7 +57,8 @@ class _State:
         # for `restore`, until a capture succeeds
         self.before: list[tuple[Variable, Any, Variable | None]] = [(v, v._data, v.grad) for v in variables]
         self.grads_read = grads_read  # ids of Variables whose gradient from before the step the step reads
-        tables, self.settings = owner_state(owners)  # settings: (owner, name, value) of every other attribute
+        tables, settings = owner_state(owners)
+        self.settings: list[tuple[Any, str, Any]] = settings  # (owner, name, value): every other attribute
         self.tables: list[_Table] = [
             (owner, name, table, [(k, a) for k, a in table.items() if is_array(a)], len(table))
             for owner, name, table in tables
