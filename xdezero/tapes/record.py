@@ -22,23 +22,13 @@ import numpy as np
 
 from xdezero import core
 from xdezero._config import recorder_slot
-from xdezero.backends import Bits, dtype_name, is_array, to_host
+from xdezero.backends import is_array
 from xdezero.core import Function, Parameter, Variable
 from xdezero.layers import Layer
 from xdezero.optimizers import Optimizer
+from xdezero.tapes.values import BOUND, fingerprint, host_copy, moved_off_the_host, setting, still_holds
 
-__all__ = [
-    "BOUND",
-    "COMPLETE",
-    "CaptureError",
-    "Collective",
-    "Op",
-    "Recorder",
-    "fill",
-    "fingerprint",
-    "record",
-    "variable_name",
-]
+__all__ = ["COMPLETE", "CaptureError", "Collective", "Op", "Recorder", "record", "variable_name"]
 
 
 # What every refusal after a recording call adds.
@@ -141,7 +131,7 @@ class Recorder:
         self.argument_values: list[tuple[Any, np.ndarray | None]] = []  # the array arguments and host copies of them
         # Variables an earlier recording of this signature met, and their data when this call started: a change
         # before the step first meets one (an in-place clip before the forward) is found when it does
-        self.known: dict[int, np.ndarray | None] = {id(v): _host_copy(v._data) for v in known}
+        self.known: dict[int, np.ndarray | None] = {id(v): host_copy(v._data) for v in known}
         self.functions: set[int] = set()  # ids of the Functions this call ran (the others are of earlier calls)
         self.backward_ran: bool = False
         self.refusal: str | None = None  # why the step cannot be replayed, found while it ran on
@@ -158,7 +148,7 @@ class Recorder:
             if name in _PER_CALL:
                 continue
             if not _holds_arrays(value):
-                constants[name] = _setting(value)
+                constants[name] = setting(value)
             else:
                 template, found = _bind(self, value)
                 if found:
@@ -279,7 +269,7 @@ class Recorder:
             self.external.pop(id(v), None)
             self.watch(v)
             return
-        if _moved_off_the_host(previous, value):
+        if moved_off_the_host(previous, value):
             # A layer moves its NumPy-made parameters to the library of its first input, once: the next
             # recording never sees it, so this one notes nothing (the Variable is met when an op reads it).
             if id(v) in self.external:
@@ -403,7 +393,7 @@ class Recorder:
         if id(v) in self.external:
             return
         self.external[id(v)] = v
-        if id(v) in self.known and not _same_values(self.known[id(v)], v._data):
+        if id(v) in self.known and not still_holds(self.known[id(v)], v._data):
             self.refuse(
                 f"the data of {variable_name(v)} changed during the step before the step's first operation on it "
                 "(an in-place write such as np.clip(p.data, -c, c, out=p.data)): a replay would not repeat it; "
@@ -412,17 +402,17 @@ class Recorder:
         self._expect_data(v)
 
     def _expect_data(self, v: Variable) -> None:
-        self.expected_data[id(v)] = (v._data, _host_copy(v._data))
+        self.expected_data[id(v)] = (v._data, host_copy(v._data))
 
     def _expect_grad(self, v: Variable) -> None:
         grad = None if v.grad is None else v.grad._data
-        self.expected_grad[id(v)] = (grad, None if grad is None else _host_copy(grad))
+        self.expected_grad[id(v)] = (grad, None if grad is None else host_copy(grad))
 
     def check_data(self, variables: Sequence[Variable], when: str) -> None:
         """Refuse when one of `variables` holds other data than the recorded ops left (changed in place)."""
         for v in variables:
             data, host = self.expected_data.get(id(v), (v._data, None))
-            if v._data is not data or not _same_values(host, v._data):
+            if v._data is not data or not still_holds(host, v._data):
                 self.refuse(
                     f"the data of {variable_name(v)} was changed in place {when}, outside xdezero's functions and "
                     "optimizers (an in-place write such as np.clip(p.data, -c, c, out=p.data) or p.data[...] = v): "
@@ -440,7 +430,7 @@ class Recorder:
             expected, host = self.expected_grad.get(id(v), (_UNKNOWN, None))
             grad = None if v.grad is None else v.grad._data
             if grad is expected:
-                if host is not None and not _same_values(host, grad):
+                if host is not None and not still_holds(host, grad):
                     self.refuse(
                         f"the gradient of {variable_name(v)} was changed in place (p.grad.data *= c, or "
                         "p.grad.data[...] = v): a replay would not repeat it; assign a new one instead "
@@ -464,7 +454,7 @@ class Recorder:
     def check_arguments(self) -> None:
         """Refuse when an array argument was changed in place (`x -= x.mean(0)`): a replay reads each call's own."""
         for k, (array, host) in enumerate(self.argument_values):
-            if not _same_values(host, array):
+            if not still_holds(host, array):
                 self.refuse(
                     f"array argument {k} of the step was changed in place during the step (x -= x.mean(0)): a "
                     "replay would not repeat it; compute with xdezero's functions (x = x - F.mean(x, axis=0)), or "
@@ -491,40 +481,6 @@ _PER_CALL = frozenset(
 )
 
 
-def _setting(value: Any) -> Any:
-    """What identifies a setting an op was built with across the two recordings (compared by `repr`): numbers,
-    strings, tuples, slices and dicts by value; Variables and other ops by kind and shape; other objects by type."""
-    if value is None or isinstance(value, bool | int | float | complex | str | bytes | np.generic | type):
-        return value
-    if isinstance(value, tuple | list):
-        return (type(value).__name__, *map(_setting, value))
-    if isinstance(value, slice):
-        return ("slice", _setting(value.start), _setting(value.stop), _setting(value.step))
-    if isinstance(value, dict):
-        return ("dict", *((repr(k), _setting(v)) for k, v in value.items()))
-    if isinstance(value, Variable):
-        return ("Variable", value.shape)
-    if isinstance(value, Function):
-        return ("op", type(value).__name__)
-    if type(value).__repr__ is object.__repr__:  # its repr would be its address: the type is what compares
-        return ("object", type(value).__name__)
-    return repr(value)  # a dtype, a device
-
-
-def _host_copy(a: Any) -> np.ndarray | None:
-    return None if a is None else host_values(a).copy()
-
-
-def _same_values(host: np.ndarray | None, a: Any) -> bool:
-    """Whether `a` still holds the values of the host copy `host` (None: nothing to compare)."""
-    if host is None:
-        return True
-    if a is None:
-        return False
-    current = host_values(a)
-    return current.shape == host.shape and bool(np.array_equal(current, host, equal_nan=current.dtype.kind in "fc"))
-
-
 def _bind(recorder: Recorder, value: Any) -> tuple[Any, list]:
     """(template, sources) for an attribute holding arrays: the arrays the step computed or received (they
     have slots) become sources, read at replay; `BOUND` marks their places in the template."""
@@ -538,24 +494,6 @@ def _bind(recorder: Recorder, value: Any) -> tuple[Any, list]:
         if slot is not None:
             found.append(("slot", slot))
     return (type(value)(template), found) if found else (value, [])
-
-
-class _BoundMarker:
-    """The place of an array of the step in an attribute's template (`BOUND`)."""
-
-    def __repr__(self) -> str:  # the fingerprint of a template holds this, the same in both recordings
-        return "<array of the step>"
-
-
-BOUND = _BoundMarker()
-
-
-def fill(template: Any, arrays: Sequence[Any]) -> Any:
-    """The attribute's value for this replay: `template` with this replay's arrays in the marked places."""
-    if template is BOUND:
-        return arrays[0]
-    it = iter(arrays)
-    return type(template)(next(it) if v is BOUND else v for v in template)
 
 
 def _as_data(x: Any) -> Any:
@@ -572,35 +510,6 @@ def _attr_slots(recorder: Recorder, value: Any) -> Any:
     if isinstance(value, tuple | list):
         return [recorder.new_slot(v) if is_array(v) else None for v in value]
     return recorder.new_slot(value)
-
-
-def host_values(a: Any) -> np.ndarray:
-    """`a`'s values on the host, for comparing: its bit pattern where NumPy has no such dtype (bfloat16)."""
-    host = to_host(a)
-    return host.bits if isinstance(host, Bits) else host
-
-
-def fingerprint(values: Sequence[Any]) -> tuple[Any, ...]:
-    """What identifies constant values across the two recordings: shape, dtype and the host copy's bytes."""
-    out: list[Any] = []
-    for v in values:
-        for a in v if isinstance(v, tuple | list) else [v]:
-            if is_array(a):
-                host = host_values(a)
-                out.append((host.shape, dtype_name(a), host.tobytes()))
-            else:
-                out.append(repr(a))
-    return tuple(out)
-
-
-def _moved_off_the_host(previous: Any, value: Any) -> bool:
-    """Whether `value` is `previous`, a NumPy array, taken to another library (a layer following its input)."""
-    return (
-        isinstance(previous, np.ndarray)
-        and not isinstance(value, np.ndarray)
-        and tuple(value.shape) == previous.shape
-        and np.array_equal(host_values(value), previous)
-    )
 
 
 def record(
@@ -621,7 +530,7 @@ def record(
     recorder = Recorder(known)
     for a in arrays:
         recorder.new_slot(a)
-        recorder.argument_values.append((a, _host_copy(a)))
+        recorder.argument_values.append((a, host_copy(a)))
     for k, v in enumerate(variables or ()):
         if v is not None:  # its data is argument k; the gradient the step leaves on it goes to each call's own
             recorder.arguments[id(v)] = k

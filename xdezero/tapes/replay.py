@@ -16,7 +16,8 @@ from xdezero.backends import LEGACY_NUMPY, array_namespace, backend_of_namespace
 from xdezero.core import Function, Variable
 from xdezero.tapes.compile import CompiledReplay
 from xdezero.tapes.graphs import GraphReplay
-from xdezero.tapes.record import BOUND, CaptureError, Op, Recorder, fill, fingerprint, host_values
+from xdezero.tapes.record import CaptureError, Op, Recorder
+from xdezero.tapes.values import BOUND, fill, fingerprint, host_values, same_values
 
 __all__ = ["Tape", "same_tapes"]
 
@@ -73,7 +74,7 @@ class Tape:
             for kind, value in op.inputs:
                 if kind == "slot":
                     last_use[value] = k
-        kept = set(_result_slots(self.result))
+        kept = set(self.result_slots)
         for slot, k in last_use.items():
             if slot not in kept:
                 self.ops[k].frees.append(slot)
@@ -136,13 +137,6 @@ def _plain_only(ops: list[Op]) -> str | None:
             "the ops of a plain replay"
         )
     return None
-
-
-def same_values(a: Sequence[Any] | None, b: Sequence[Any] | None) -> bool:
-    """Whether two lists of host arrays hold the same values (None: unknown, never the same)."""
-    if a is None or b is None or len(a) != len(b):
-        return False
-    return all(x.shape == y.shape and x.dtype == y.dtype and np.array_equal(x, y) for x, y in zip(a, b))
 
 
 def _needs_grad(result: Any) -> bool:

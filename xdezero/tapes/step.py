@@ -41,8 +41,9 @@ behind must exist before the step (parameters do). An op built with an array of 
 built with are constants, and must be equal in the two recordings.
 
 This file holds the signature of a call and the wrapper that picks, records and replays tapes; record.py the
-recorder, replay.py a recording as a replay program (and the comparison of two recordings), graphs.py and
-compile.py the replay as one CUDA graph or one compiled function.
+recorder, replay.py a recording as a replay program (and the comparison of two recordings), values.py how
+values compare across calls and recordings, graphs.py and compile.py the replay as one CUDA graph or one compiled
+function.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ from xdezero.core import Variable
 from xdezero.tapes.compile import CompiledReplay
 from xdezero.tapes.graphs import GraphReplay
 from xdezero.tapes.record import COMPLETE, CaptureError, record
-from xdezero.tapes.replay import Tape, same_tapes, same_values
+from xdezero.tapes.replay import Tape, same_tapes
+from xdezero.tapes.values import same_values
 
 __all__ = ["capture", "CaptureError", "CapturedStep"]
 
