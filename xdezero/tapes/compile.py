@@ -18,12 +18,21 @@ reads a value on the host (a `float()`, a branch on an array).
 from __future__ import annotations
 
 import numbers
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from xdezero.backends import check_index_arrays, deferring_checks, is_array, random_draws, restore_streams, streams
 from xdezero.core import Variable
-from xdezero.tapes.graphs import frozen_setting, owner_state, same_setting, state_refs
+from xdezero.tapes.graphs import (
+    ArgumentCheck,
+    argument_checks,
+    failure,
+    frozen_setting,
+    owner_state,
+    same_setting,
+    state_refs,
+)
 
 __all__ = ["CompiledReplay", "NoCompile"]
 
@@ -130,7 +139,7 @@ class CompiledReplay:
         self.tape: Any = tape  # a replay.Tape (that module imports this one)
         self.compiled: Callable[..., Any] | None = None
         self.locations: _Locations = _Locations(*state_refs(tape.ops))
-        self.checks: list[tuple[list[int], list[tuple[int, int, str]], str, type[Exception]]] = []
+        self.checks: list[ArgumentCheck] = []
         self.note: str | None = None
         self.traces: int = 0
 
@@ -189,14 +198,14 @@ class CompiledReplay:
                 locations.count(owner, name, value)
                 raise _Counting
             results, new_state = [values[slot] for slot in tape.result_slots], locations.outputs()
-            self.checks = [_positions(entry, arrays) for entry in deferred]
+            only = "a compiled step checks only arguments"
+            self.checks = argument_checks(deferred, arrays, operator.is_, NoCompile, only)
         except (NoCompile, _Counting):
             raise
         except Exception as error:  # the library refused an operation while tracing (a host read)
             if random_draws() != draws:
                 raise NoCompile(_RANDOM) from error
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            raise NoCompile(f"the trace failed: {type(error).__name__}: {first_line}") from error
+            raise NoCompile(f"the trace failed: {failure(error)}") from error
         finally:
             locations.bind(before, locations.grads_read)
             for v, grad in zip(locations.variables, grads_before):
@@ -209,15 +218,3 @@ class CompiledReplay:
     def plain(self, why: str) -> None:
         """From now on: replay plainly, for the reason `why` (in `note`)."""
         self.note, self.compile_step, self.compiled = why, None, None
-
-
-def _positions(entry: tuple[Any, ...], arrays: list[Any]) -> tuple[list[int], list[tuple[int, int, str]], str, Any]:
-    """A deferred id check as the positions of the arguments it reads."""
-    checked, ranges, where, error = entry
-    positions = []
-    for a in checked:
-        k = next((k for k, argument in enumerate(arrays) if a is argument), None)
-        if k is None:
-            raise NoCompile(f"{where} checks ids that the step computes itself; a compiled step checks only arguments")
-        positions.append(k)
-    return positions, ranges, where, error

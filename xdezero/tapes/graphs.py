@@ -197,8 +197,8 @@ def _copied_back(kit: GraphKit, old: Any, new: Any, what: str) -> Any:
     return old
 
 
-# (positions of the arguments it reads, [(low, high, what)], where, error): an id check run before each launch
-_Check = tuple[list[int], list[tuple[int, int, str]], str, type[Exception]]
+# (positions of the arguments it reads, [(low, high, what)], where, error): an id check run before each call
+ArgumentCheck = tuple[list[int], list[tuple[int, int, str]], str, type[Exception]]
 
 
 class GraphedStep:
@@ -208,10 +208,16 @@ class GraphedStep:
     graph: Any  # the library's graph object
     state: _State
     inputs: list[Any]  # the buffers the arguments are copied into
-    checks: list[_Check]  # the id checks run before each launch
+    checks: list[ArgumentCheck]  # the id checks run before each launch
 
     def __init__(
-        self, kit: GraphKit, graph: Any, state: _State, inputs: list[Any], checks: list[_Check], values: list[Any]
+        self,
+        kit: GraphKit,
+        graph: Any,
+        state: _State,
+        inputs: list[Any],
+        checks: list[ArgumentCheck],
+        values: list[Any],
     ) -> None:
         self.kit, self.graph, self.state, self.inputs, self.checks = kit, graph, state, inputs, checks
         self.values = values  # the capture's slot values: those of the results are what the graph writes
@@ -263,7 +269,7 @@ def capture_graph(
         graph = kit.capture(step)
         if random_draws() != draws:
             raise NoGraph(random)
-        checks = [_check_positions(kit, entry, inputs) for entry in deferred]
+        checks = argument_checks(deferred, inputs, kit.same_memory, NoGraph, "a graph can check only its arguments")
     except NoGraph:
         state.restore()
         raise
@@ -272,22 +278,34 @@ def capture_graph(
             state.restore()
         if random_draws() != draws:
             raise NoGraph(random) from error
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise NoGraph(f"{kit.name} refused the capture: {type(error).__name__}: {first_line}") from error
+        raise NoGraph(f"{kit.name} refused the capture: {failure(error)}") from error
     state.captured()
     return GraphedStep(kit, graph, state, inputs, checks, values)
 
 
-def _check_positions(kit: GraphKit, entry: tuple[Any, ...], inputs: list[Any]) -> _Check:
-    """A deferred id check as the positions of the arguments it reads."""
-    arrays, ranges, where, error = entry
-    positions = []
-    for a in arrays:
-        k = next((k for k, buffer in enumerate(inputs) if kit.same_memory(a, buffer)), None)
-        if k is None:
-            raise NoGraph(f"{where} checks ids that the step computes itself; a graph can check only its arguments")
-        positions.append(k)
-    return positions, ranges, where, error
+def argument_checks(
+    deferred: list[Any],
+    inputs: Sequence[Any],
+    same: Callable[[Any, Any], bool],
+    refusal: type[Exception],
+    only: str,
+) -> list[ArgumentCheck]:
+    """The id checks deferred while the step ran (`deferring_checks`), as the positions in `inputs` of the arrays
+    each reads (`same(array, input)` finds them). A check that reads an array the step computes itself can run only
+    in a plain replay: `refusal` is raised, naming the check and saying what can (`only`)."""
+    checks = []
+    for arrays, ranges, where, error in deferred:
+        positions = [next((k for k, put in enumerate(inputs) if same(a, put)), None) for a in arrays]
+        if None in positions:
+            raise refusal(f"{where} checks ids that the step computes itself; {only}")
+        checks.append((positions, ranges, where, error))
+    return checks
+
+
+def failure(error: Exception) -> str:
+    """`error` in one line for a note: its type and the first line of its message."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 class GraphReplay:
