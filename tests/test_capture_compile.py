@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import xdezero.functions as F
+import xdezero.layers as L
 from xdezero import capture, models, optimizers
 from xdezero.backends import seed
 
@@ -64,6 +65,35 @@ def test_a_compiled_step_gives_the_eager_numbers(optimizer):
             _assert_close(q.data, p.data)
     assert captured.graphs == 1 and captured.graph_notes == [], captured.graph_notes
     assert getattr(oc, "t", None) == getattr(oe, "t", None)  # Adam's step count, passed in and out
+
+
+def test_an_embedding_step_compiles_and_gives_the_eager_numbers():
+    """The gradient of `embed_id` scatters into fresh zeros, which a traced value cannot place by its device."""
+
+    def twin():
+        np.random.seed(0)
+        model = models.Sequential(L.EmbedID(10, 4), L.Linear(3, in_size=4))
+        model.to_library("jax")
+        opt = optimizers.SGD(lr=0.1).setup(model)
+
+        def step(ids, t):
+            loss = F.softmax_cross_entropy(model(ids), t)
+            model.cleargrads()
+            loss.backward()
+            opt.update()
+            return loss
+
+        return model, step
+
+    (me, eager), (mc, step) = twin(), twin()
+    captured = capture(step)
+    rng = np.random.default_rng(2)
+    for _ in range(6):
+        ids, t = jnp.asarray(rng.integers(0, 10, 12)), jnp.asarray(rng.integers(0, 3, 12))
+        _assert_close(captured(ids, t).data, eager(ids, t).data)
+        for p, q in zip(me.params(), mc.params()):
+            _assert_close(q.data, p.data)
+    assert captured.graphs == 1 and captured.graph_notes == [], captured.graph_notes
 
 
 def test_a_new_learning_rate_is_traced_again():

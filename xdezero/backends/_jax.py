@@ -188,8 +188,10 @@ class JaxBackend(Backend):
         return dict.fromkeys(_COMPOSITES, _jitted)
 
     def scatter_add(self, shape: Shape, index: Any, values: Any) -> Any:
-        """`.at[index].add(values)` on fresh zeros."""
-        return jnp.zeros(shape, dtype=values.dtype, device=values.device).at[index].add(values)
+        """`.at[index].add(values)` on fresh zeros, on values' device (under `jax.jit` a traced value has none: the
+        compiled function places it)."""
+        device = None if isinstance(values, jax.core.Tracer) else values.device
+        return jnp.zeros(shape, dtype=values.dtype, device=device).at[index].add(values)
 
     def stream_key(self, like: Any, dtype: Any) -> tuple[str, str] | None:
         """One key chain per device."""
