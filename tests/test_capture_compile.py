@@ -9,6 +9,7 @@ import pytest
 
 import xdezero.functions as F
 import xdezero.layers as L
+from tests.helpers import train_step
 from xdezero import capture, models, optimizers
 from xdezero.backends import seed
 
@@ -30,16 +31,8 @@ def _twin(optimizer: str = "SGD", dropout: bool = False):
     model(np.zeros((1, 2), np.float32))
     model.to_library("jax")
     opt = OPTIMIZERS[optimizer]().setup(model)
-
-    def step(x, t):
-        h = model(x)
-        loss = F.softmax_cross_entropy(F.dropout(h, 0.3) if dropout else h, t)
-        model.cleargrads()
-        loss.backward()
-        opt.update()
-        return loss
-
-    return model, opt, step
+    loss = (lambda h, t: F.softmax_cross_entropy(F.dropout(h, 0.3), t)) if dropout else None
+    return model, opt, train_step(model, opt, loss)
 
 
 def _batches(n: int, batch: int = 20):
@@ -74,16 +67,7 @@ def test_an_embedding_step_compiles_and_gives_the_eager_numbers():
         np.random.seed(0)
         model = models.Sequential(L.EmbedID(10, 4), L.Linear(3, in_size=4))
         model.to_library("jax")
-        opt = optimizers.SGD(lr=0.1).setup(model)
-
-        def step(ids, t):
-            loss = F.softmax_cross_entropy(model(ids), t)
-            model.cleargrads()
-            loss.backward()
-            opt.update()
-            return loss
-
-        return model, step
+        return model, train_step(model, optimizers.SGD(lr=0.1).setup(model))
 
     (me, eager), (mc, step) = twin(), twin()
     captured = capture(step)
